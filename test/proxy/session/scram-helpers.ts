@@ -142,6 +142,8 @@ export interface UpstreamLoginOptions {
   bind?: boolean;
   /** Tamper with the binding data (to see the real server refuse it). */
   corruptBinding?: boolean;
+  /** Verify the server certificate against this CA (name: localhost); unverified when absent. */
+  ca?: Buffer;
 }
 
 /**
@@ -161,7 +163,7 @@ export async function upstreamLogin(o: UpstreamLoginOptions): Promise<UpstreamLo
       raw.write(req);
       const answer = await new Promise<Buffer>((r) => raw.once('data', r));
       if (answer.toString('latin1') !== 'S') throw new Error('server refused SSL');
-      const t = tlsConnect({ socket: raw, rejectUnauthorized: false });
+      const t = tlsConnect(o.ca ? { socket: raw, ca: o.ca, servername: 'localhost' } : { socket: raw, rejectUnauthorized: false });
       await new Promise<void>((resolve, reject) => t.once('secureConnect', resolve).once('error', reject));
       sock = t;
       if (o.bind !== false) {
