@@ -1,0 +1,103 @@
+// The SHA-256 hash chain and the instance registry. Every record carries `prev` (the hash of the record written
+// before it in this trail, whatever instance wrote it) and its own `hash`; each instance numbers its records from
+// 1 and opens with a genesis record naming the previous run's head, so deleting a whole run also breaks the chain.
+// The registry lists every instance with its last seq and head; it is kept in a small file next to the trail and
+// copied into genesis and checkpoint records.
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { ZERO_HASH, sealRecord, serializeRecord, type AuditEvent, type AuditRecord, type ChainHead, type InstanceRegistry } from './record.js';
+import { writeJsonAtomic, type RegistryFile, type SeriesPaths } from './files.js';
+
+/** Registry entries kept (most recent first); older instances stay provable through the chain itself. */
+export const REGISTRY_LIMIT = 64;
+
+/** A fresh instance id: host, pid and randomness, so two runs never share one. */
+export function newInstanceId(): string {
+  const host = hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 32) || 'host';
+  return `${host}-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
+
+export interface SealedBatch {
+  records: AuditRecord[];
+  data: string;
+}
+
+/** Chain state of one instance writing one trail. Sealing is tentative until `commit` (the write succeeded). */
+export class ChainState {
+  /** Last record committed to the trail (this instance's, or the previous run's before our genesis). */
+  private head: ChainHead | null = null;
+  private lastSeq = 0;
+  private readonly started: string;
+  registry: InstanceRegistry = {};
+
+  constructor(
+    readonly instance: string,
+    now: Date,
+  ) {
+    this.started = now.toISOString();
+  }
+
+  /** Called once the previous head is known (before the genesis record is sealed). */
+  setPrevious(previous: ChainHead | null, registry: InstanceRegistry): void {
+    this.head = previous;
+    this.registry = { ...registry };
+  }
+
+  get current(): ChainHead | null {
+    return this.head;
+  }
+
+  get seq(): number {
+    return this.lastSeq;
+  }
+
+  /**
+   * Seals events in order from the committed head. `build` lets a checkpoint compute its body from the head
+   * just before it (it sees the tentative head of the records sealed earlier in the same batch).
+   */
+  seal(items: Array<AuditEvent | ((head: ChainHead | null) => AuditEvent)>, time: string): SealedBatch {
+    let prev = this.head;
+    let seq = this.lastSeq;
+    const records: AuditRecord[] = [];
+    const lines: string[] = [];
+    for (const item of items) {
+      const event = typeof item === 'function' ? item(prev) : item;
+      seq += 1;
+      const record = sealRecord(event, { time, instance: this.instance, seq, prev: prev?.hash ?? ZERO_HASH });
+      records.push(record);
+      lines.push(serializeRecord(record));
+      prev = { instance: this.instance, seq, hash: record.hash };
+    }
+    return { records, data: lines.length ? lines.join('\n') + '\n' : '' };
+  }
+
+  /** The sealed records reached the sink: advance the head and the registry. */
+  commit(records: AuditRecord[]): void {
+    const last = records.at(-1);
+    if (!last) return;
+    this.head = { instance: last.instance, seq: last.seq, hash: last.hash };
+    this.lastSeq = last.seq;
+    this.registry = pruneRegistry({
+      ...this.registry,
+      [this.instance]: { started: this.started, lastSeq: last.seq, head: last.hash },
+    });
+  }
+
+  /** Marks this instance ended in the registry (close). */
+  end(now: Date): void {
+    const entry = this.registry[this.instance];
+    if (entry) this.registry = { ...this.registry, [this.instance]: { ...entry, ended: now.toISOString() } };
+  }
+}
+
+export function pruneRegistry(registry: InstanceRegistry): InstanceRegistry {
+  const ids = Object.keys(registry);
+  if (ids.length <= REGISTRY_LIMIT) return registry;
+  const keep = ids.sort((a, b) => (registry[b]!.started < registry[a]!.started ? -1 : 1)).slice(0, REGISTRY_LIMIT);
+  return Object.fromEntries(keep.map((id) => [id, registry[id]!]));
+}
+
+export async function writeRegistry(paths: SeriesPaths, registry: InstanceRegistry, now: Date, sync: boolean): Promise<void> {
+  const file: RegistryFile = { version: 1, series: paths.stem, updated: now.toISOString(), instances: registry };
+  await writeJsonAtomic(paths.registry, file, sync);
+}

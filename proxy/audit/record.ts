@@ -1,0 +1,226 @@
+// The audit record schema: one typed union keyed by `kind`, a set of common fields every record carries, and the
+// canonical JSON form that is hashed into the chain. Records never hold protected values or SQL literals:
+// statements appear only as fingerprints and data subjects only as keyed hashes.
+import { createHash } from 'node:crypto';
+
+export const AUDIT_RECORD_VERSION = 1;
+/** `prev` of the very first record of a trail. */
+export const ZERO_HASH = '0'.repeat(64);
+
+export const AUDIT_KINDS = [
+  'connect',
+  'auth_failure',
+  'disconnect',
+  'statement_intent',
+  'statement_complete',
+  'refusal',
+  'search',
+  'deletion',
+  'shredded_read',
+  'policy_reload',
+  'membership_change',
+  'password_change',
+  'key_event',
+  'heartbeat',
+  'genesis',
+  'checkpoint',
+  'instance_start',
+  'audit_query',
+] as const;
+export type AuditKind = (typeof AUDIT_KINDS)[number];
+
+/** The policy outcome for one protected column in one statement. */
+export type ColumnDecisionKind = 'plaintext' | 'mask' | 'null' | 'ciphertext' | 'deny' | 'write' | 'search' | 'delete';
+export interface ColumnDecision {
+  /** `schema.table.column` */
+  column: string;
+  decision: ColumnDecisionKind;
+}
+
+/** Where the chain stood: enough to name a record without holding it. */
+export interface ChainHead {
+  instance: string;
+  seq: number;
+  hash: string;
+}
+
+/** One instance's state in the registry (see chain.ts). */
+export interface RegistryEntry {
+  started: string;
+  lastSeq: number;
+  head: string;
+  ended?: string;
+}
+export type InstanceRegistry = Record<string, RegistryEntry>;
+
+/** Fields every record carries; those that do not apply to a kind are null. */
+export interface AuditCommon {
+  v: number;
+  time: string;
+  instance: string;
+  seq: number;
+  session: string | null;
+  user: string | null;
+  client: string | null;
+  tlsSubject: string | null;
+  applicationName: string | null;
+  database: string | null;
+  /** Statement fingerprint (literals and comments removed), never SQL text with values. */
+  fingerprint: string | null;
+  command: string | null;
+  columns: ColumnDecision[];
+  rows: number | null;
+  durationMs: number | null;
+  sqlstate: string | null;
+  /** Keyed hashes of the data subjects touched (subject.ts), at most `maxInlineSubjects`. */
+  subjects?: string[];
+  /** Id of the subject key the hashes were made with (one per retention period). */
+  subjectKeyId?: string;
+  /** When the subjects did not fit inline: sha256 (hex) of the side file holding them, and how many. */
+  subjectsRef?: string;
+  subjectCount?: number;
+  /** Hash of the previous record in this trail (hex SHA-256), ZERO_HASH for the first. */
+  prev: string;
+  /** SHA-256 (hex) of this record's canonical bytes without `hash`. */
+  hash: string;
+}
+
+export type KeyEventKind = 'init' | 'rotate' | 'reencrypt' | 'retire' | 'shred' | 'rewrap' | 'escrow' | 'unwrap';
+
+/** The kind-specific part of each record. */
+export type AuditPayload =
+  | { kind: 'connect'; protocol?: string; tls: boolean }
+  | { kind: 'auth_failure'; reason: string }
+  | { kind: 'disconnect'; reason?: string }
+  | { kind: 'statement_intent'; statement: string; mode: 'protected' | 'all' }
+  | { kind: 'statement_complete'; statement: string }
+  | { kind: 'refusal'; reason: string; statement?: string }
+  | { kind: 'search'; statement?: string; limitHit?: boolean }
+  | { kind: 'deletion'; table: string; how: 'delete' | 'update_null' | 'truncate' | 'shred' }
+  | { kind: 'shredded_read'; keyId: string }
+  | { kind: 'policy_reload'; ok: boolean; digest?: string; error?: string }
+  | { kind: 'membership_change'; role: string; member: string; action: 'grant' | 'revoke' | 'approve' | 'reject' | 'pending'; by?: string }
+  | { kind: 'password_change'; role: string; action: 'pending' | 'approve' | 'reject' | 'observed'; by?: string }
+  | { kind: 'key_event'; event: KeyEventKind; keyId: string; purpose?: string; detail?: string }
+  | { kind: 'heartbeat'; lost: number; uptimeS: number }
+  | { kind: 'genesis'; previous: ChainHead | null; registry: InstanceRegistry; program: string; repairedTailBytes?: number }
+  | { kind: 'checkpoint'; checkpoint: CheckpointBody; keyId: string | null; sig: string | null; registry: InstanceRegistry }
+  | { kind: 'instance_start'; program: string; version: string; pid: number; host: string }
+  | { kind: 'audit_query'; query: AuditQueryDescription; results: number | null };
+
+/** What a checkpoint signs: the head of the chain at a point in time. */
+export interface CheckpointBody {
+  instance: string;
+  seq: number;
+  head: string;
+  time: string;
+}
+
+/** An `audit search` as recorded: subject values appear only as hashes. */
+export interface AuditQueryDescription {
+  user?: string;
+  column?: string;
+  session?: string;
+  from?: string;
+  to?: string;
+  decision?: string;
+  kind?: string;
+  subjectHashes?: number;
+}
+
+export type AuditRecord = AuditCommon & AuditPayload;
+export type RecordOf<K extends AuditKind> = AuditCommon & Extract<AuditPayload, { kind: K }>;
+
+/** Common fields a caller may set; the trail fills time, instance, seq, prev, hash and defaults the rest to null. */
+export type AuditEventCommon = Partial<Omit<AuditCommon, 'v' | 'time' | 'instance' | 'seq' | 'prev' | 'hash'>>;
+/** What callers hand to `AuditTrail.append`. */
+export type AuditEvent = AuditEventCommon & AuditPayload;
+
+const CONTEXT_DEFAULTS = {
+  session: null,
+  user: null,
+  client: null,
+  tlsSubject: null,
+  applicationName: null,
+  database: null,
+  fingerprint: null,
+  command: null,
+  rows: null,
+  durationMs: null,
+  sqlstate: null,
+} as const;
+
+/** Fills in the chain fields and defaults; the hash is computed last over everything else. */
+export function sealRecord(event: AuditEvent, chain: { time: string; instance: string; seq: number; prev: string }): AuditRecord {
+  const unsealed = {
+    ...CONTEXT_DEFAULTS,
+    columns: [],
+    ...event,
+    v: AUDIT_RECORD_VERSION,
+    time: chain.time,
+    instance: chain.instance,
+    seq: chain.seq,
+    prev: chain.prev,
+  } as Omit<AuditRecord, 'hash'>;
+  return { ...unsealed, hash: recordHash(unsealed) } as AuditRecord;
+}
+
+/**
+ * Canonical JSON: object keys sorted by UTF-16 code unit order at every level, no whitespace, `undefined`
+ * members dropped, numbers must be finite. Two equal records always serialize to the same bytes.
+ */
+export function canonicalJson(value: unknown): string {
+  if (value === null) return 'null';
+  switch (typeof value) {
+    case 'string':
+      return JSON.stringify(value);
+    case 'boolean':
+      return value ? 'true' : 'false';
+    case 'number':
+      if (!Number.isFinite(value)) throw new TypeError('canonicalJson: non-finite number');
+      return JSON.stringify(value);
+    case 'object': {
+      if (Array.isArray(value)) return `[${value.map((v) => (v === undefined ? 'null' : canonicalJson(v))).join(',')}]`;
+      const obj = value as Record<string, unknown>;
+      const keys = Object.keys(obj)
+        .filter((k) => obj[k] !== undefined)
+        .sort();
+      return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(',')}}`;
+    }
+    default:
+      throw new TypeError(`canonicalJson: unsupported ${typeof value}`);
+  }
+}
+
+/** SHA-256 (hex) over the canonical bytes of the record without its `hash` member. */
+export function recordHash(record: Omit<AuditRecord, 'hash'> | AuditRecord): string {
+  const { hash: _hash, ...rest } = record as AuditRecord;
+  return createHash('sha256').update(canonicalJson(rest)).digest('hex');
+}
+
+/** The line written to a JSON Lines sink (no trailing newline). */
+export function serializeRecord(record: AuditRecord): string {
+  return canonicalJson(record);
+}
+
+export class AuditParseError extends Error {
+  override readonly name = 'AuditParseError';
+}
+
+/** Parses one JSON Lines record and checks its shape (not its hash; see verify.ts). */
+export function parseRecord(line: string): AuditRecord {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    throw new AuditParseError('not valid JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new AuditParseError('not an object');
+  const r = value as Record<string, unknown>;
+  if (typeof r.kind !== 'string' || !(AUDIT_KINDS as readonly string[]).includes(r.kind)) throw new AuditParseError('unknown kind');
+  if (typeof r.instance !== 'string' || typeof r.time !== 'string') throw new AuditParseError('missing instance or time');
+  if (typeof r.seq !== 'number' || !Number.isSafeInteger(r.seq) || r.seq < 1) throw new AuditParseError('bad seq');
+  if (typeof r.prev !== 'string' || typeof r.hash !== 'string') throw new AuditParseError('missing prev or hash');
+  if (!Array.isArray(r.columns)) throw new AuditParseError('missing columns');
+  return value as AuditRecord;
+}

@@ -1,0 +1,298 @@
+// The JSON Lines file sink: the point of truth. Appends whole batches to the active file, rotates by size and
+// age into names that sort, keeps a manifest of rotated files, and syncs per the fsync policy. `append()` resolves
+// only when the bytes have been handed to the OS (and, with fsync `always`, synced), which is what "the intent
+// record reached the OS" means. All operations run one at a time.
+import { mkdir, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import {
+  readManifest,
+  rotatedName,
+  seriesPaths,
+  writeJsonAtomic,
+  type Manifest,
+  type ManifestEntry,
+  type SeriesPaths,
+} from '../files.js';
+import { parseRecord, type ChainHead } from '../record.js';
+
+export type FsyncPolicy = 'none' | 'interval' | 'always';
+
+export interface FileSinkOptions {
+  path: string;
+  maxBytes: number;
+  maxAgeSeconds: number;
+  fsync: FsyncPolicy;
+  fsyncIntervalMs: number;
+  now?: () => Date;
+}
+
+/** A batch of consecutive records, already serialized (each line ends with \n). */
+export interface Batch {
+  data: string;
+  count: number;
+  first: ChainHead;
+  last: ChainHead;
+}
+
+export interface OpenResult {
+  /** The last record already in the series (the previous run's head), or null for a new trail. */
+  previous: ChainHead | null;
+  /** Bytes of a torn final line that were cut off (a crash mid-write; that record was never acknowledged). */
+  repairedTailBytes: number;
+}
+
+interface ActiveStats {
+  records: number;
+  bytes: number;
+  firstSeq: number | null;
+  firstInstance: string | null;
+  last: ChainHead | null;
+}
+
+export class FileSink {
+  readonly paths: SeriesPaths;
+  private fh: FileHandle | null = null;
+  private manifest: Manifest | null = null;
+  private active: ActiveStats = { records: 0, bytes: 0, firstSeq: null, firstInstance: null, last: null };
+  private queue: Promise<unknown> = Promise.resolve();
+  private dirty = false;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly now: () => Date;
+
+  constructor(private readonly opts: FileSinkOptions) {
+    this.paths = seriesPaths(opts.path);
+    this.now = opts.now ?? (() => new Date());
+  }
+
+  get isOpen(): boolean {
+    return this.fh !== null;
+  }
+
+  /** Runs `fn` after every earlier operation, so writes, syncs and rotations never interleave. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Takes the series lock, opens the active file, repairs a torn tail and reports the previous head. */
+  open(): Promise<OpenResult> {
+    return this.serial(async () => {
+      if (this.fh) return { previous: this.active.last ?? this.lastRotatedHead(), repairedTailBytes: 0 };
+      await mkdir(this.paths.dir, { recursive: true, mode: 0o750 });
+      await this.lock();
+      try {
+        this.manifest = (await readManifest(this.paths)) ?? {
+          version: 1,
+          series: this.paths.stem,
+          next: 1,
+          activeSince: this.now().toISOString(),
+          files: [],
+        };
+        const fh = await open(this.paths.active, 'a+', 0o640);
+        let repaired = 0;
+        try {
+          repaired = await this.scanActive(fh);
+        } catch (e) {
+          await fh.close();
+          throw e;
+        }
+        this.fh = fh;
+        if (this.opts.fsync === 'interval') {
+          this.timer = setInterval(() => void this.sync().catch(() => undefined), this.opts.fsyncIntervalMs);
+          this.timer.unref();
+        }
+        return { previous: this.active.last ?? this.lastRotatedHead(), repairedTailBytes: repaired };
+      } catch (e) {
+        await this.unlock();
+        throw e;
+      }
+    });
+  }
+
+  private lastRotatedHead(): ChainHead | null {
+    const last = this.manifest?.files.at(-1);
+    return last && last.lastHash && last.lastInstance && last.lastSeq !== null
+      ? { instance: last.lastInstance, seq: last.lastSeq, hash: last.lastHash }
+      : null;
+  }
+
+  /** Counts the active file's records and finds its last one; cuts a torn final line (never acknowledged). */
+  private async scanActive(fh: FileHandle): Promise<number> {
+    const { size } = await fh.stat();
+    this.active = { records: 0, bytes: size, firstSeq: null, firstInstance: null, last: null };
+    if (size === 0) return 0;
+    const text = await readFile(this.paths.active, 'utf8');
+    let end = text.length;
+    let repaired = 0;
+    if (!text.endsWith('\n')) {
+      end = text.lastIndexOf('\n') + 1;
+      repaired = Buffer.byteLength(text.slice(end));
+      await fh.truncate(Buffer.byteLength(text.slice(0, end)));
+      this.active.bytes -= repaired;
+    }
+    const lines = text.slice(0, end).split('\n');
+    lines.pop();
+    this.active.records = lines.length;
+    if (lines.length > 0) {
+      const first = parseRecord(lines[0]!);
+      const last = parseRecord(lines[lines.length - 1]!);
+      this.active.firstSeq = first.seq;
+      this.active.firstInstance = first.instance;
+      this.active.last = { instance: last.instance, seq: last.seq, hash: last.hash };
+    }
+    return repaired;
+  }
+
+  private async lock(): Promise<void> {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await writeFile(this.paths.lock, `${process.pid}\n`, { flag: 'wx', mode: 0o640 });
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        const pid = Number((await readFile(this.paths.lock, 'utf8').catch(() => '')).trim());
+        if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
+          throw Object.assign(new Error(`audit series ${this.paths.stem} is locked by process ${pid}`), { code: 'ELOCKED' });
+        }
+        await unlink(this.paths.lock).catch(() => undefined); // stale lock of a dead process
+      }
+    }
+    throw Object.assign(new Error('could not take the audit series lock'), { code: 'ELOCKED' });
+  }
+
+  private async unlock(): Promise<void> {
+    await unlink(this.paths.lock).catch(() => undefined);
+  }
+
+  /** Appends one batch. On failure the file is cut back to where it was, so no partial record stays behind. */
+  append(batch: Batch): Promise<void> {
+    return this.serial(async () => {
+      if (!this.fh) throw Object.assign(new Error('audit file is not open'), { code: 'ENOTOPEN' });
+      const bytes = Buffer.from(batch.data, 'utf8');
+      if (this.shouldRotate(bytes.length)) await this.rotate();
+      const fh = this.fh;
+      let off = 0;
+      try {
+        while (off < bytes.length) {
+          const { bytesWritten } = await fh.write(bytes, off, bytes.length - off);
+          if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+          off += bytesWritten;
+        }
+        if (this.opts.fsync === 'always') await fh.datasync();
+        else this.dirty = true;
+      } catch (e) {
+        if (off > 0) await fh.truncate(this.active.bytes).catch(() => undefined);
+        throw e;
+      }
+      const a = this.active;
+      a.bytes += bytes.length;
+      a.records += batch.count;
+      if (a.firstSeq === null) {
+        a.firstSeq = batch.first.seq;
+        a.firstInstance = batch.first.instance;
+      }
+      a.last = batch.last;
+    });
+  }
+
+  private shouldRotate(incoming: number): boolean {
+    if (this.active.records === 0) return false;
+    if (this.opts.maxBytes > 0 && this.active.bytes + incoming > this.opts.maxBytes) return true;
+    if (this.opts.maxAgeSeconds > 0 && this.manifest) {
+      const age = this.now().getTime() - Date.parse(this.manifest.activeSince);
+      if (age >= this.opts.maxAgeSeconds * 1000) return true;
+    }
+    return false;
+  }
+
+  /** Closes the active file under its rotated name, lists it in the manifest, and starts a new active file. */
+  private async rotate(): Promise<void> {
+    const fh = this.fh!;
+    const m = this.manifest!;
+    if (this.opts.fsync !== 'none') await fh.datasync();
+    await fh.close();
+    this.fh = null;
+    const closed = this.now();
+    const name = rotatedName(this.paths.stem, m.next, closed);
+    await rename(this.paths.active, join(this.paths.dir, name));
+    const a = this.active;
+    const entry: ManifestEntry = {
+      index: m.next,
+      name,
+      records: a.records,
+      bytes: a.bytes,
+      firstSeq: a.firstSeq,
+      firstInstance: a.firstInstance,
+      lastSeq: a.last?.seq ?? null,
+      lastInstance: a.last?.instance ?? null,
+      lastHash: a.last?.hash ?? null,
+      closed: closed.toISOString(),
+    };
+    this.manifest = { ...m, next: m.next + 1, activeSince: closed.toISOString(), files: [...m.files, entry] };
+    await writeJsonAtomic(this.paths.manifest, this.manifest, this.opts.fsync !== 'none');
+    this.fh = await open(this.paths.active, 'a+', 0o640);
+    this.active = { records: 0, bytes: 0, firstSeq: null, firstInstance: null, last: a.last };
+  }
+
+  /** Flushes written data to stable storage (the `interval` policy's timer, and close). */
+  sync(): Promise<void> {
+    return this.serial(async () => {
+      if (this.fh && this.dirty) {
+        this.dirty = false;
+        await this.fh.datasync();
+      }
+    });
+  }
+
+  /**
+   * Writes a subject side file (a list too long to inline) and returns its SHA-256, which the record carries so
+   * the chain covers the file's contents. Content-addressed: writing the same list twice is harmless.
+   */
+  writeSideFile(content: string): Promise<string> {
+    return this.serial(async () => {
+      const sha = createHash('sha256').update(content).digest('hex');
+      await mkdir(this.paths.subjects, { recursive: true, mode: 0o750 });
+      const path = join(this.paths.subjects, `${sha}.json`);
+      const fh = await open(path, 'w', 0o640);
+      try {
+        await fh.writeFile(content);
+        if (this.opts.fsync === 'always') await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      return sha;
+    });
+  }
+
+  /** Rotation index the active file will get: the postgres feeder's cursor uses it to follow renames. */
+  get activeIndex(): number {
+    return this.manifest?.next ?? 1;
+  }
+
+  close(): Promise<void> {
+    return this.serial(async () => {
+      if (this.timer) clearInterval(this.timer);
+      this.timer = null;
+      if (!this.fh) return;
+      const fh = this.fh;
+      this.fh = null;
+      try {
+        if (this.opts.fsync !== 'none' && this.dirty) await fh.datasync();
+      } finally {
+        await fh.close();
+        await this.unlock();
+      }
+    });
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -1,0 +1,322 @@
+// AuditTrail: the one object the proxy talks to. Appends are queued and written in order by a single writer, so
+// the chain is linear; appends that arrive while a write is in flight are grouped into the next write (group
+// commit), and each caller's promise settles only when its own record has reached the OS. With failMode
+// `closed` a record that cannot be written rejects with AuditUnavailableError (the caller refuses the access);
+// with `open` it resolves and the record is counted as lost.
+import { hostname } from 'node:os';
+import type { KeyObject } from 'node:crypto';
+import type { Writable } from 'node:stream';
+import { auditConfigSchema, type AuditConfig, type AuditConfigInput } from './config.js';
+import { ChainState, newInstanceId, writeRegistry } from './chain.js';
+import { CheckpointFileSink, publicKeyId, signCheckpoint } from './checkpoint.js';
+import { AuditUnavailableError, ioReason } from './errors.js';
+import { readRegistry } from './files.js';
+import { canonicalJson, type AuditEvent, type AuditRecord, type ChainHead, type CheckpointBody } from './record.js';
+import { subjectHash } from './subject.js';
+import { FileSink, type Batch, type OpenResult } from './sinks/file.js';
+import { StdoutSink } from './sinks/stdout.js';
+import { PostgresFeeder } from './sinks/postgres.js';
+
+/** Where metrics hook in (metrics.ts provides one); every method optional. */
+export interface AuditObserver {
+  written?(records: number): void;
+  lost?(records: number): void;
+  /** Seconds from append() to the record reaching the OS. */
+  writeLatency?(seconds: number): void;
+}
+
+/** The current subject key from the keyring (purpose `subject`, the current retention period). */
+export interface SubjectKeySource {
+  subjectKey(): { id: string; key: KeyObject };
+}
+
+export interface AuditTrailOptions {
+  instanceId?: string;
+  /** Ed25519 private key for checkpoints; without it checkpoints are written unsigned. */
+  signingKey?: KeyObject;
+  keyring?: SubjectKeySource;
+  /** Recorded in genesis/instance_start: `proxy`, `cli` … */
+  program?: string;
+  version?: string;
+  observer?: AuditObserver;
+  /** Stream for the stdout sink (default process.stdout). */
+  stdout?: Writable;
+  now?: () => Date;
+}
+
+interface PrimarySink {
+  readonly isOpen: boolean;
+  open(): Promise<OpenResult>;
+  append(batch: Batch): Promise<void>;
+  close(): Promise<void>;
+}
+
+type Item = AuditEvent | ((head: ChainHead | null) => AuditEvent);
+interface Pending {
+  item: Item;
+  at: bigint;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+const MAX_BATCH = 1024;
+/** After a failed open, appends fail fast for this long before the sink is tried again. */
+const REOPEN_BACKOFF_MS = 1000;
+
+export class AuditTrail {
+  readonly instanceId: string;
+  readonly config: AuditConfig;
+  private readonly chain: ChainState;
+  private readonly primary: PrimarySink;
+  private readonly file: FileSink | null;
+  private readonly mirror: StdoutSink | null;
+  private readonly feeder: PostgresFeeder | null;
+  private readonly checkpointSink: CheckpointFileSink | null;
+  private readonly now: () => Date;
+  private readonly startedAt: number;
+  private queue: Pending[] = [];
+  private flushing: Promise<void> | null = null;
+  private started = false;
+  private closed = false;
+  private lastOpenFailure = 0;
+  private lastError: string | null = null;
+  private counts = { written: 0, lost: 0, checkpointSinkFailures: 0 };
+  private timers: NodeJS.Timeout[] = [];
+
+  private constructor(
+    cfg: AuditConfig,
+    private readonly opts: AuditTrailOptions,
+  ) {
+    this.config = cfg;
+    this.now = opts.now ?? (() => new Date());
+    this.startedAt = Date.now();
+    this.instanceId = opts.instanceId ?? newInstanceId();
+    this.chain = new ChainState(this.instanceId, this.now());
+    const fileCfg = cfg.sinks.find((s) => s.type === 'file');
+    const stdout = cfg.sinks.some((s) => s.type === 'stdout') ? new StdoutSink(opts.stdout) : null;
+    this.file = fileCfg
+      ? new FileSink({ ...fileCfg, fsync: cfg.fsync, fsyncIntervalMs: cfg.fsyncIntervalMs, now: this.now })
+      : null;
+    this.primary = this.file ?? stdout!;
+    this.mirror = this.file ? stdout : null;
+    const pgCfg = cfg.sinks.find((s) => s.type === 'postgres');
+    this.feeder = pgCfg && this.file ? new PostgresFeeder(pgCfg, this.file) : null;
+    this.checkpointSink = cfg.checkpointSink ? new CheckpointFileSink(cfg.checkpointSink.path) : null;
+  }
+
+  /**
+   * Opens the trail. Never throws for an unavailable sink: the trail starts degraded and every append reports
+   * it (closed mode) until the sink can be opened, so the proxy still serves statements that touch nothing
+   * protected. Throws only for an invalid configuration.
+   */
+  static async open(cfg: AuditConfigInput | AuditConfig, opts: AuditTrailOptions = {}): Promise<AuditTrail> {
+    const trail = new AuditTrail(auditConfigSchema.parse(cfg), opts);
+    await trail.feeder?.start();
+    // genesis and instance_start go out now if the sink is there; otherwise with the first append that succeeds
+    await trail.writeBatch([]).catch(() => undefined);
+    const { heartbeatSeconds, checkpointSeconds } = trail.config;
+    if (heartbeatSeconds > 0) trail.every(heartbeatSeconds, () => trail.heartbeat());
+    if (checkpointSeconds > 0) trail.every(checkpointSeconds, () => trail.checkpoint());
+    return trail;
+  }
+
+  private every(seconds: number, fn: () => Promise<void>): void {
+    const t = setInterval(() => void fn().catch(() => undefined), seconds * 1000);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  /** Appends one record; see the class comment for what the promise means in each fail mode. */
+  append(event: AuditEvent): Promise<void> {
+    return this.enqueue(event);
+  }
+
+  /** Writes a heartbeat record (also done on a timer). */
+  heartbeat(): Promise<void> {
+    return this.enqueue({ kind: 'heartbeat', lost: this.counts.lost, uptimeS: Math.round((Date.now() - this.startedAt) / 1000) });
+  }
+
+  /** Writes a checkpoint over the current head, signed if a key was given, to the main and checkpoint sinks. */
+  checkpoint(): Promise<void> {
+    const key = this.opts.signingKey ?? null;
+    const keyId = key ? publicKeyId(key) : null;
+    return this.enqueue((head) => {
+      const body: CheckpointBody = {
+        instance: head?.instance ?? this.instanceId,
+        seq: head?.seq ?? 0,
+        head: head?.hash ?? '',
+        time: this.now().toISOString(),
+      };
+      return { kind: 'checkpoint', checkpoint: body, keyId, sig: key ? signCheckpoint(body, key) : null, registry: this.chain.registry };
+    });
+  }
+
+  /** Subject hashes for values of one logical type under the current subject key (deduplicated). */
+  hashSubjects(logicalType: string, canonicals: Buffer[]): { subjects: string[]; subjectKeyId: string } {
+    if (!this.opts.keyring) throw new Error('no subject key source configured');
+    const { id, key } = this.opts.keyring.subjectKey();
+    return { subjects: [...new Set(canonicals.map((c) => subjectHash(key, logicalType, c)))], subjectKeyId: id };
+  }
+
+  head(): ChainHead | null {
+    return this.chain.current;
+  }
+
+  stats(): { written: number; lost: number; pending: number; checkpointSinkFailures: number; lastError: string | null } {
+    return { ...this.counts, pending: this.queue.length, lastError: this.lastError };
+  }
+
+  /** For /readyz: the primary sink is open and the last write succeeded. */
+  writable(): boolean {
+    return !this.closed && this.primary.isOpen && this.lastError === null;
+  }
+
+  private enqueue(item: Item): Promise<void> {
+    if (this.closed) return this.fail(new AuditUnavailableError('audit trail is closed', 'closed'), 1);
+    if (this.queue.length >= this.config.maxPending)
+      return this.fail(new AuditUnavailableError('audit writer is behind: pending buffer full', 'buffer_full'), 1);
+    if (this.feeder && this.feeder.lag() > (this.config.sinks.find((s) => s.type === 'postgres')?.maxLagRecords ?? Infinity))
+      return this.fail(new AuditUnavailableError('audit database sink is down past its buffer', 'sink_lag'), 1);
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ item, at: process.hrtime.bigint(), resolve, reject });
+      this.flushing ??= this.flushLoop();
+    });
+  }
+
+  /** Closed mode: reject. Open mode: count the loss and resolve. */
+  private fail(err: AuditUnavailableError, n: number): Promise<void> {
+    if (this.config.failMode === 'open') {
+      this.counts.lost += n;
+      this.opts.observer?.lost?.(n);
+      return Promise.resolve();
+    }
+    return Promise.reject(err);
+  }
+
+  private async flushLoop(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, MAX_BATCH);
+        try {
+          await this.writeBatch(batch.map((p) => p.item));
+          this.lastError = null;
+          const t = process.hrtime.bigint();
+          for (const p of batch) {
+            this.opts.observer?.writeLatency?.(Number(t - p.at) / 1e9);
+            p.resolve();
+          }
+        } catch (e) {
+          const err =
+            e instanceof AuditUnavailableError
+              ? e
+              : new AuditUnavailableError(`audit record could not be written (${ioReason(e)})`, 'io', { cause: e });
+          this.lastError = err.message;
+          if (this.config.failMode === 'open') {
+            this.counts.lost += batch.length;
+            this.opts.observer?.lost?.(batch.length);
+            for (const p of batch) p.resolve();
+          } else for (const p of batch) p.reject(err);
+        }
+      }
+    } finally {
+      this.flushing = null;
+    }
+  }
+
+  /** Opens the primary sink if needed, reading the previous head and registry for the genesis record. */
+  private async ensureStarted(): Promise<Item[]> {
+    if (this.started) return [];
+    if (Date.now() - this.lastOpenFailure < REOPEN_BACKOFF_MS && this.lastOpenFailure > 0)
+      throw new AuditUnavailableError(`audit sink unavailable (${this.lastError ?? 'opening failed'})`, 'io');
+    let opened: OpenResult;
+    let registry = {};
+    try {
+      opened = await this.primary.open();
+      if (this.file) registry = (await readRegistry(this.file.paths))?.instances ?? {};
+    } catch (e) {
+      this.lastOpenFailure = Date.now();
+      const locked = (e as NodeJS.ErrnoException).code === 'ELOCKED';
+      const err = new AuditUnavailableError(
+        locked ? 'audit file is in use by another mamori process' : `audit sink could not be opened (${ioReason(e)})`,
+        locked ? 'locked' : 'io',
+        { cause: e },
+      );
+      this.lastError = err.message;
+      throw err;
+    }
+    this.chain.setPrevious(opened.previous, registry);
+    const program = this.opts.program ?? 'proxy';
+    const genesis: AuditEvent = {
+      kind: 'genesis',
+      previous: opened.previous,
+      registry,
+      program,
+      ...(opened.repairedTailBytes > 0 ? { repairedTailBytes: opened.repairedTailBytes } : {}),
+    };
+    const start: AuditEvent = { kind: 'instance_start', program, version: this.opts.version ?? '0.1.0', pid: process.pid, host: hostname() };
+    return [genesis, start];
+  }
+
+  private async writeBatch(items: Item[]): Promise<void> {
+    const preamble = await this.ensureStarted();
+    const prepared = await Promise.all(items.map((i) => this.spillSubjects(i)));
+    const all = [...preamble, ...prepared];
+    if (all.length === 0) return;
+    const sealed = this.chain.seal(all, this.now().toISOString());
+    const records = sealed.records;
+    const last = records[records.length - 1]!;
+    await this.primary.append({
+      data: sealed.data,
+      count: records.length,
+      first: { instance: records[0]!.instance, seq: records[0]!.seq, hash: records[0]!.hash },
+      last: { instance: last.instance, seq: last.seq, hash: last.hash },
+    });
+    this.chain.commit(records);
+    if (preamble.length > 0) this.started = true;
+    this.counts.written += records.length;
+    this.opts.observer?.written?.(records.length);
+    this.feeder?.notify(records.length);
+    if (this.mirror) await this.mirror.append({ data: sealed.data, count: 0, first: last, last }).catch(() => undefined);
+    await this.afterWrite(records);
+  }
+
+  /** Checkpoints go to the second sink too; checkpoints and heartbeats refresh the registry file. */
+  private async afterWrite(records: AuditRecord[]): Promise<void> {
+    let registryDue = false;
+    for (const r of records) {
+      if (r.kind === 'checkpoint' && this.checkpointSink) {
+        await this.checkpointSink.append(r).catch(() => {
+          this.counts.checkpointSinkFailures++;
+        });
+      }
+      if (r.kind === 'checkpoint' || r.kind === 'heartbeat' || r.kind === 'genesis') registryDue = true;
+    }
+    if (registryDue && this.file)
+      await writeRegistry(this.file.paths, this.chain.registry, this.now(), this.config.fsync === 'always').catch(() => undefined);
+  }
+
+  /** Subject lists longer than `maxInlineSubjects` move to a side file the record names by SHA-256. */
+  private async spillSubjects(item: Item): Promise<Item> {
+    if (typeof item === 'function' || !item.subjects || item.subjects.length <= this.config.maxInlineSubjects || !this.file) return item;
+    const content = canonicalJson({ subjectKeyId: item.subjectKeyId ?? null, subjects: item.subjects });
+    const sha = await this.file.writeSideFile(content);
+    const { subjects, ...rest } = item;
+    return { ...rest, subjectsRef: sha, subjectCount: subjects.length } as AuditEvent;
+  }
+
+  /** Final checkpoint, drain, registry marked ended, sinks closed. Appends after this are refused. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    if (this.started || this.queue.length > 0) await this.checkpoint().catch(() => undefined);
+    this.closed = true;
+    while (this.flushing) await this.flushing;
+    if (this.started && this.file) {
+      this.chain.end(this.now());
+      await writeRegistry(this.file.paths, this.chain.registry, this.now(), this.config.fsync !== 'none').catch(() => undefined);
+    }
+    await this.primary.close();
+    await this.feeder?.close();
+  }
+}
