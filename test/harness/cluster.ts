@@ -3,7 +3,7 @@
 // TLS on (a fresh CA and server certificate), a random free port, torn down by stop() or at exit.
 // PostgreSQL refuses to run as root, so as root the server runs as an unprivileged OS user.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,0 +1,236 @@
+// The listener: accepts clients, runs their startup phase, enforces the connection limit and startup
+// timeout, forwards CancelRequests, owns the client-leg TLS context (reloadable) and the control
+// connection pool, and shuts down gracefully.
+import { readFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import pg from 'pg';
+import { loadModule } from 'libpg-query';
+import type { Logger } from 'pino';
+import type { MamoriConfig } from '../config/schema.js';
+import type { ConfigSecrets } from '../config/load.js';
+import { errorResponse, MamoriError, PG_ERRORS } from './errors.js';
+import { fetchVerifier } from './session/auth-lookup.js';
+import { readStartup } from './session/startup.js';
+import { Session, type SessionHooks } from './session/session.js';
+import { openUpstream, tlsOptionsFor, type UpstreamTarget } from './session/upstream.js';
+import type { ScramVerifier } from './session/scram.js';
+
+export interface MamoriServer {
+  port: number;
+  host: string;
+  /** Sessions currently open (authenticated or in startup). */
+  readonly connections: number;
+  /** Re-reads the client-leg certificate and key (SIGHUP). */
+  reloadTls(): void;
+  /** Stops accepting, lets sessions finish up to the grace period, then ends the rest. */
+  shutdown(graceSeconds?: number): Promise<void>;
+}
+
+export interface StartOptions {
+  config: MamoriConfig;
+  secrets: ConfigSecrets;
+  log: Logger;
+  hooks?: SessionHooks;
+}
+
+interface TlsState {
+  context: SecureContext;
+  certDer: Buffer;
+}
+
+function loadTls(cfg: NonNullable<MamoriConfig['tls']>): TlsState {
+  const cert = readFileSync(cfg.cert);
+  const key = readFileSync(cfg.key);
+  const context = createSecureContext({
+    cert, key, minVersion: cfg.minVersion,
+    ...(cfg.clientCa ? { ca: readFileSync(cfg.clientCa) } : {}),
+  });
+  return { context, certDer: new X509Certificate(cert).raw };
+}
+
+export function upstreamTarget(cfg: MamoriConfig): UpstreamTarget {
+  const t = cfg.upstream.tls;
+  return {
+    host: cfg.upstream.host,
+    port: cfg.upstream.port,
+    connectTimeoutMs: cfg.upstream.connectTimeoutSeconds * 1000,
+    tls: { mode: t.mode, ca: t.ca ? readFileSync(t.ca) : undefined, servername: t.servername },
+  };
+}
+
+/** pg connection settings for mamori's own logins upstream (control connection), TLS as configured. */
+export function controlClientConfig(cfg: MamoriConfig, secrets: ConfigSecrets, target: UpstreamTarget): pg.ClientConfig {
+  return {
+    host: target.host,
+    port: target.port,
+    user: cfg.control.user,
+    password: secrets.controlPassword,
+    database: cfg.control.database,
+    application_name: 'mamori-control',
+    ssl: target.tls.mode === 'disable' ? false : tlsOptionsFor(target),
+  };
+}
+
+export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
+  const { config, secrets, log } = opts;
+  await loadModule(); // libpg-query's WASM, once
+  const target = upstreamTarget(config);
+  let tls: TlsState | null = config.tls ? loadTls(config.tls) : null;
+  const pool = new pg.Pool({ ...controlClientConfig(config, secrets, target), max: 4, idleTimeoutMillis: 30_000 });
+  pool.on('error', (err) => log.warn({ err: err.message }, 'control connection error'));
+  const fn = config.auth.lookupFunction;
+  const lookupVerifier = async (user: string): Promise<ScramVerifier | null> => {
+    const client = await pool.connect();
+    try {
+      return await fetchVerifier(client, fn, user);
+    } finally {
+      client.release();
+    }
+  };
+
+  const sessions = new Set<Session>();
+  let pendingStartups = 0;
+  let shuttingDown = false;
+  const limits = config.limits;
+
+  const handle = async (raw: Socket): Promise<void> => {
+    const clientAddress = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? 0}`;
+    raw.setNoDelay(true);
+    raw.on('error', () => undefined);
+    pendingStartups++;
+    const timer = setTimeout(() => raw.destroy(), limits.startupTimeoutSeconds * 1000);
+    let counted = true;
+    const uncount = (): void => {
+      if (counted) pendingStartups--;
+      counted = false;
+    };
+    try {
+      const outcome = await readStartup(raw, {
+        context: () => tls?.context ?? null,
+        requestCert: Boolean(config.tls?.clientCa),
+      });
+      if (outcome.kind === 'closed') {
+        log.debug({ client: clientAddress, reason: outcome.reason }, 'connection closed during startup');
+        raw.destroy();
+        return;
+      }
+      if (outcome.kind === 'cancel') {
+        await forwardCancel(target, outcome.raw, log);
+        return;
+      }
+      const sock = outcome.socket;
+      const refuse = (msg: Buffer): void => {
+        sock.end(msg);
+        setTimeout(() => sock.destroy(), 1000).unref();
+      };
+      if (outcome.kind === 'unsupported') {
+        refuse(PG_ERRORS.unsupportedProtocol(outcome.packet.major, outcome.packet.minor));
+        return;
+      }
+      if (shuttingDown) return refuse(PG_ERRORS.shuttingDown());
+      if (sessions.size + pendingStartups > limits.maxConnections) {
+        log.warn({ client: clientAddress }, 'connection refused: max connections reached');
+        return refuse(PG_ERRORS.tooManyClients());
+      }
+      if (config.tls?.require && !outcome.tls) {
+        return refuse(errorResponse(new MamoriError('invalid_authorization_specification',
+          'TLS is required: connect with sslmode=require or stronger', { severity: 'FATAL' })));
+      }
+      let tlsSubject: string | null = null;
+      if (outcome.tls && config.tls?.clientCa) {
+        const t = sock as TLSSocket;
+        const peer = t.getPeerCertificate();
+        if (peer && Object.keys(peer).length > 0) {
+          if (!t.authorized) {
+            return refuse(errorResponse(new MamoriError('invalid_authorization_specification',
+              'the client certificate is not trusted', { severity: 'FATAL' })));
+          }
+          tlsSubject = peer.subject ? Object.entries(peer.subject).map(([k, v]) => `${k}=${String(v)}`).join(',') : null;
+        }
+      }
+      const session = new Session(sock, {
+        upstream: target,
+        lookupVerifier,
+        certificateDer: () => tls?.certDer ?? null,
+        limits,
+        hooks: opts.hooks ?? {},
+        log,
+        onClose: (s) => sessions.delete(s),
+      }, clientAddress, outcome.tls);
+      session.tlsSubject = tlsSubject;
+      sessions.add(session);
+      uncount();
+      await session.start(outcome.message);
+    } catch (err) {
+      log.error({ err: (err as Error).message, client: clientAddress }, 'session startup error');
+      raw.destroy();
+    } finally {
+      clearTimeout(timer);
+      uncount();
+    }
+  };
+
+  const server: Server = createServer({ noDelay: true, pauseOnConnect: true }, (sock) => {
+    void handle(sock);
+  });
+  server.maxConnections = limits.maxConnections * 2 + 16; // hard backstop; the limit proper is PostgreSQL-worded
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : config.listen.port;
+  log.info({ host: config.listen.host, port, upstream: `${target.host}:${target.port}`, tls: Boolean(tls) }, 'mamori listening');
+
+  return {
+    port,
+    host: config.listen.host,
+    get connections() {
+      return sessions.size + pendingStartups;
+    },
+    reloadTls() {
+      if (!config.tls) return;
+      try {
+        tls = loadTls(config.tls);
+        log.info('TLS certificate reloaded');
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'TLS certificate reload failed; keeping the old certificate');
+      }
+    },
+    async shutdown(graceSeconds = limits.shutdownGraceSeconds) {
+      shuttingDown = true;
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      const deadline = Date.now() + graceSeconds * 1000;
+      while (sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      for (const s of sessions) s.terminate();
+      await closed;
+      await pool.end();
+      log.info('mamori stopped');
+    },
+  };
+}
+
+/** Forwards a CancelRequest upstream unchanged (over TLS when the upstream leg uses it). */
+async function forwardCancel(target: UpstreamTarget, raw: Buffer, log: Logger): Promise<void> {
+  try {
+    const up = await openUpstream(target);
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, 5000);
+      const done = (): void => {
+        clearTimeout(t);
+        resolve();
+      };
+      up.once('close', done);
+      up.once('error', done);
+      up.end(raw);
+    });
+    up.destroy();
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'cancel forwarding failed');
+  }
+}

@@ -1,0 +1,662 @@
+// One client session: authentication (mamori is the SCRAM server; it logs in upstream with the ClientKey
+// recovered from the client's proof), then the running phase, where both directions are framed, every
+// message is tracked by the Pipeline, and unchanged messages are forwarded as their original bytes.
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
+import { errorResponse, MamoriError, PG_ERRORS, toMamoriError } from '../errors.js';
+import { Framer, FramingError, type Frame } from '../wire/framer.js';
+import { BE, FE, ProtocolError, type StartupMessage, type TransactionStatus } from '../wire/types.js';
+import { decodeAuthentication, encodeAuthentication, decodeParameterStatus } from '../wire/backend.js';
+import {
+  decodeBind, decodeClose, decodeDescribe, decodeExecute, decodeParse, decodeQuery,
+  decodeSASLInitialResponse, decodeSASLResponse, encodeParse, encodeQuery, encodeSASLInitialResponse, encodeSASLResponse,
+} from '../wire/frontend.js';
+import { encodeStartupMessage } from '../wire/startup.js';
+import { DesyncError, Pipeline, RESERVED_PREFIX, type Expectation, type InjectedOwner } from './pipeline.js';
+import { ScramClientWithKey, ScramServerExchange, tlsServerEndPointHash, wipeSecret, type ScramVerifier } from './scram.js';
+import { openUpstream, type UpstreamSocket, type UpstreamTarget } from './upstream.js';
+import { namespaceEffects } from './namespace.js';
+
+export type ClientSocket = Socket | TLSSocket;
+
+/** What a hook decides for one client message in the running phase. */
+export type Decision =
+  | { action: 'forward' }
+  | { action: 'refuse'; error: MamoriError };
+
+export const FORWARD: Decision = { action: 'forward' };
+
+/**
+ * Policy hooks (later issues: SQL analysis, result transforms, audit). A hook may return a promise:
+ * the message and everything after it wait until it settles ("decisions before execution").
+ */
+export interface SessionHooks {
+  clientMessage?(session: Session, frame: Frame): Decision | Promise<Decision>;
+}
+
+export interface SessionLimits {
+  maxRewriteMessageBytes: number;
+  maxMessageBytes: number;
+  idleTimeoutSeconds: number;
+}
+
+export interface SessionEnv {
+  upstream: UpstreamTarget;
+  /** The user's SCRAM verifier through the control connection; null for unknown users. */
+  lookupVerifier(user: string): Promise<ScramVerifier | null>;
+  /** DER of mamori's own certificate for SCRAM-SHA-256-PLUS on the client leg. */
+  certificateDer(): Buffer | null;
+  limits: SessionLimits;
+  hooks: SessionHooks;
+  log: Logger;
+  onClose(session: Session): void;
+}
+
+let nextSessionId = 1;
+
+/** Parses libpq's `options` startup parameter (`-c name=value`, `--name=value`, backslash escapes). */
+export function parseStartupOptions(options: string): Array<[string, string]> {
+  const words: string[] = [];
+  let cur = '';
+  let has = false;
+  for (let i = 0; i < options.length; i++) {
+    const ch = options[i]!;
+    if (ch === '\\' && i + 1 < options.length) {
+      cur += options[++i];
+      has = true;
+    } else if (ch === ' ' || ch === '\t' || ch === '\n') {
+      if (has) words.push(cur);
+      cur = '';
+      has = false;
+    } else {
+      cur += ch;
+      has = true;
+    }
+  }
+  if (has) words.push(cur);
+  const out: Array<[string, string]> = [];
+  for (let i = 0; i < words.length; i++) {
+    let w = words[i]!;
+    if (w === '-c' && i + 1 < words.length) w = words[++i]!;
+    else if (w.startsWith('-c')) w = w.slice(2);
+    else if (w.startsWith('--')) w = w.slice(2);
+    else continue;
+    const eq = w.indexOf('=');
+    if (eq > 0) out.push([w.slice(0, eq).replace(/-/g, '_').toLowerCase(), w.slice(eq + 1)]);
+  }
+  return out;
+}
+
+export class Session {
+  readonly id = `s${process.pid.toString(36)}-${(nextSessionId++).toString(36)}`;
+  readonly pipeline = new Pipeline({ namespaceEffects });
+  /** Server-reported parameters (ParameterStatus) plus the startup GUCs, as the session knows them. */
+  readonly params = new Map<string, string>();
+  /** Startup parameters and `options` GUCs as the client sent them. */
+  readonly startupGucs = new Map<string, string>();
+  user = '';
+  database = '';
+  applicationName = '';
+  tlsSubject: string | null = null;
+  log: Logger;
+  private upstream: UpstreamSocket | null = null;
+  private closed = false;
+  private clientFramer: Framer | null = null;
+  private serverFramer: Framer | null = null;
+  /** Client messages waiting behind an undecided one, in order. */
+  private held: Frame[] = [];
+  private deciding = false;
+  private out: Buffer[] = [];
+  private idleTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private client: ClientSocket,
+    private readonly env: SessionEnv,
+    readonly clientAddress: string,
+    readonly clientTls: boolean,
+  ) {
+    this.log = env.log.child({ session: this.id, client: clientAddress });
+  }
+
+  get txStatus(): TransactionStatus {
+    return this.pipeline.txStatus;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Authentication
+
+  async start(startup: StartupMessage): Promise<void> {
+    const params = new Map(startup.params);
+    this.user = params.get('user') ?? '';
+    this.database = params.get('database') || this.user;
+    this.applicationName = params.get('application_name') ?? '';
+    for (const [k, v] of startup.params) {
+      if (k === 'options') for (const [gk, gv] of parseStartupOptions(v)) this.startupGucs.set(gk, gv);
+      else if (k !== 'user' && k !== 'database' && !k.startsWith('_pq_.')) this.startupGucs.set(k, v);
+    }
+    this.log = this.log.child({ user: this.user, database: this.database });
+    if (!this.user) return this.fatal(PG_ERRORS.noUserName(), 'no user name');
+    if (params.has('replication') && !/^(false|off|no|0)$/i.test(params.get('replication')!)) {
+      return this.fatal(errorResponse(new MamoriError('feature_not_supported',
+        'replication connections are not supported through mamori', { severity: 'FATAL' })), 'replication refused');
+    }
+    const cert = this.env.certificateDer();
+    let upstream: UpstreamSocket;
+    let verifier: ScramVerifier | null;
+    try {
+      [verifier, upstream] = await Promise.all([
+        this.env.lookupVerifier(this.user),
+        openUpstream(this.env.upstream),
+      ]);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'upstream unavailable during startup');
+      return this.fatal(errorResponse(new MamoriError('connection_failure',
+        'could not connect to the upstream server', { severity: 'FATAL' })), 'upstream unavailable');
+    }
+    this.upstream = upstream;
+    upstream.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
+    upstream.on('close', () => this.close('upstream closed'));
+    this.client.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
+    this.client.on('close', () => this.close('client closed'));
+
+    const up = new MessageReader(upstream, this.env.limits.maxRewriteMessageBytes, false);
+    const cl = new MessageReader(this.client, this.env.limits.maxRewriteMessageBytes, false);
+    upstream.write(encodeStartupMessage({ protocol: startup.protocol, params: startup.params }));
+
+    let clientKey: Buffer | null = null;
+    try {
+      // Upstream speaks first: NegotiateProtocolVersion (relayed), then its authentication request.
+      let m = await up.next();
+      if (m.type === BE.NegotiateProtocolVersion) {
+        this.client.write(m.raw);
+        m = await up.next();
+      }
+      if (m.type === BE.ErrorResponse) return this.fatal(m.raw, 'upstream refused the startup');
+      if (m.type !== BE.Authentication) throw new ProtocolError('upstream did not ask for authentication');
+      const auth = decodeAuthentication(m.body);
+
+      if (auth.kind === 'AuthenticationCleartextPassword' || auth.kind === 'AuthenticationMD5Password') {
+        // The upstream wants the password itself: relay the exchange, but never over a plaintext client leg.
+        if (!this.clientTls) {
+          return this.fatal(errorResponse(new MamoriError('invalid_authorization_specification',
+            'the upstream requires password authentication, which mamori relays only over TLS', { severity: 'FATAL' })),
+          'cleartext/md5 over a non-TLS client leg');
+        }
+        this.client.write(m.raw);
+        const p = await cl.next();
+        if (p.type !== FE.AuthResponse) throw new ProtocolError('expected a password message');
+        upstream.write(p.raw);
+      } else {
+        // Mamori authenticates the client itself with SCRAM against the verifier.
+        const scram = new ScramServerExchange({
+          verifier, user: this.user,
+          channelBinding: this.clientTls && cert ? tlsServerEndPointHash(cert) : null,
+        });
+        this.client.write(encodeAuthentication({ kind: 'AuthenticationSASL', mechanisms: scram.mechanisms() }));
+        const first = await cl.next();
+        if (first.type !== FE.AuthResponse) throw new ProtocolError('expected SASLInitialResponse');
+        const init = decodeSASLInitialResponse(first.body);
+        const r1 = scram.clientFirst(init.mechanism, init.data ?? Buffer.alloc(0));
+        if (!r1.ok) return this.authFailed(r1.reason);
+        this.client.write(encodeAuthentication({ kind: 'AuthenticationSASLContinue', data: r1.serverFirst }));
+        const fin = await cl.next();
+        if (fin.type !== FE.AuthResponse) throw new ProtocolError('expected SASLResponse');
+        const r2 = scram.clientFinal(decodeSASLResponse(fin.body).data);
+        if (!r2.ok) return this.authFailed(r2.reason);
+        clientKey = r2.clientKey;
+
+        if (auth.kind === 'AuthenticationSASL') {
+          const upCert = 'getPeerCertificate' in upstream ? (upstream as TLSSocket).getPeerCertificate(false)?.raw : undefined;
+          const sc = new ScramClientWithKey({ clientKey, verifier: verifier!, channelBinding: upCert ? tlsServerEndPointHash(upCert) : null });
+          const mech = sc.chooseMechanism(auth.mechanisms);
+          upstream.write(encodeSASLInitialResponse({ mechanism: mech, data: sc.clientFirst() }));
+          const c1 = await up.next();
+          if (c1.type === BE.ErrorResponse) return this.fatal(c1.raw, 'upstream refused the login');
+          const cont = decodeAuthentication(c1.body);
+          if (cont.kind !== 'AuthenticationSASLContinue') throw new ProtocolError('upstream: expected SASLContinue');
+          const s1 = sc.serverFirst(cont.data);
+          if (!s1.ok) throw new MamoriError('invalid_authorization_specification', `upstream SCRAM: ${s1.reason}`, { severity: 'FATAL' });
+          upstream.write(encodeSASLResponse(s1.clientFinal));
+          const c2 = await up.next();
+          if (c2.type === BE.ErrorResponse) return this.fatal(c2.raw, 'upstream refused the login');
+          const final = decodeAuthentication(c2.body);
+          if (final.kind !== 'AuthenticationSASLFinal') throw new ProtocolError('upstream: expected SASLFinal');
+          const s2 = sc.serverFinal(final.data);
+          sc.dispose();
+          if (!s2.ok) throw new MamoriError('invalid_authorization_specification', `upstream SCRAM: ${s2.reason}`, { severity: 'FATAL' });
+          const ok = await up.next();
+          if (ok.type === BE.ErrorResponse) return this.fatal(ok.raw, 'upstream refused the login');
+          if (decodeAuthentication(ok.body).kind !== 'AuthenticationOk') throw new ProtocolError('upstream: expected AuthenticationOk');
+        } else if (auth.kind !== 'AuthenticationOk') {
+          return this.fatal(errorResponse(new MamoriError('feature_not_supported',
+            'the upstream asks for an authentication method mamori does not support', { severity: 'FATAL' })), 'unsupported upstream auth');
+        }
+        this.client.write(encodeAuthentication({ kind: 'AuthenticationSASLFinal', data: r2.serverFinal }));
+        this.client.write(encodeAuthentication({ kind: 'AuthenticationOk' }));
+      }
+    } catch (err) {
+      const e = toMamoriError(err);
+      this.log.warn({ err: (err as Error).message }, 'startup failed');
+      return this.fatal(errorResponse(new MamoriError(e.code, e.message, { severity: 'FATAL' })), 'startup failed');
+    } finally {
+      wipeSecret(clientKey);
+    }
+    this.log.info({ tls: this.clientTls, applicationName: this.applicationName }, 'session authenticated');
+    // Hand both sockets to the running phase, with whatever was read ahead.
+    this.run(up.detach(), cl.detach());
+  }
+
+  private authFailed(reason: string): void {
+    this.log.warn({ reason }, 'authentication failed');
+    this.fatal(PG_ERRORS.passwordAuthFailed(this.user), 'authentication failed');
+  }
+
+  /** Sends a FATAL error to the client and ends the session. */
+  fatal(raw: Buffer, reason: string): void {
+    if (this.closed) return;
+    this.client.write(raw);
+    this.close(reason);
+  }
+
+  close(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.flushOut();
+    this.log.debug({ reason }, 'session closed');
+    this.client.end();
+    this.client.destroySoon?.();
+    setTimeout(() => this.client.destroy(), 1000).unref();
+    this.upstream?.destroy();
+    this.env.onClose(this);
+  }
+
+  /** Ends the session with PostgreSQL's administrator-command FATAL (graceful shutdown deadline). */
+  terminate(): void {
+    this.fatal(PG_ERRORS.adminShutdown(), 'shutdown');
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Running phase
+
+  private run(upRest: Buffer[], clRest: Buffer[]): void {
+    const upstream = this.upstream!;
+    const client = this.client;
+    const limits = this.env.limits;
+    this.serverFramer = new Framer(
+      {
+        frame: (f) => this.onServerFrame(f),
+        streamStart: (_t, header) => this.toClient(header),
+        streamChunk: (c) => this.toClient(c),
+        streamEnd: () => undefined,
+      },
+      {
+        maxBufferedBytes: limits.maxRewriteMessageBytes,
+        maxMessageBytes: limits.maxMessageBytes,
+        // Rows and COPY data stream through while no policy needs to see them.
+        streamable: (t) => (t === BE.DataRow || t === BE.CopyData) && !this.pipeline.peek()?.owner,
+      },
+    );
+    this.clientFramer = new Framer(
+      {
+        frame: (f) => this.onClientFrame(f),
+        streamStart: (_t, header) => upstream.write(header),
+        streamChunk: (c) => upstream.write(c),
+        streamEnd: () => undefined,
+      },
+      {
+        maxBufferedBytes: limits.maxRewriteMessageBytes,
+        maxMessageBytes: limits.maxMessageBytes,
+        streamable: (t) => t === FE.CopyData && this.pipeline.copyIn,
+      },
+    );
+    upstream.on('data', (chunk: Buffer) => this.feed(this.serverFramer!, chunk, 'server'));
+    client.on('data', (chunk: Buffer) => this.feed(this.clientFramer!, chunk, 'client'));
+    // Backpressure: a slow reader pauses the socket that feeds it.
+    client.on('drain', () => upstream.resume());
+    upstream.on('drain', () => {
+      if (!this.deciding) client.resume();
+    });
+    client.on('end', () => this.close('client ended'));
+    // The server's first ReadyForQuery (after ParameterStatus and BackendKeyData) ends the startup.
+    this.pipeline.expect({ kind: 'sync' });
+    for (const c of upRest) this.feed(this.serverFramer, c, 'server');
+    for (const c of clRest) this.feed(this.clientFramer, c, 'client');
+    upstream.resume();
+    client.resume();
+  }
+
+  private feed(framer: Framer, chunk: Buffer, side: 'client' | 'server'): void {
+    if (this.closed) return;
+    try {
+      framer.push(chunk);
+    } catch (err) {
+      if (err instanceof FramingError || err instanceof ProtocolError) {
+        this.log.warn({ side, err: err.message }, 'protocol violation');
+        if (side === 'client') {
+          this.flushOut();
+          this.fatal(errorResponse(new MamoriError(/exceeds/.test(err.message) ? 'program_limit_exceeded' : 'protocol_violation',
+            err.message, { severity: 'FATAL' })), 'client protocol violation');
+        } else {
+          this.fatal(errorResponse(new MamoriError('connection_failure', 'invalid data from the upstream server', { severity: 'FATAL' })), 'upstream protocol violation');
+        }
+        return;
+      }
+      if (err instanceof DesyncError) {
+        this.log.error({ err: err.message }, 'protocol desynchronised');
+        this.fatal(errorResponse(new MamoriError('internal_error', 'protocol state lost; closing the session', { severity: 'FATAL' })), 'desync');
+        return;
+      }
+      throw err;
+    }
+    this.flushOut();
+  }
+
+  // Server → client ------------------------------------------------------------------------------
+
+  private onServerFrame(f: Frame): void {
+    const route = this.pipeline.server(f);
+    if (f.type === BE.ParameterStatus) {
+      const ps = decodeParameterStatus(f.body);
+      this.params.set(ps.name, ps.value);
+    }
+    switch (route.to) {
+      case 'client':
+        this.toClient(f.raw);
+        if (f.type === BE.ErrorResponse && isFatal(f.body)) this.close('upstream FATAL');
+        break;
+      case 'replace':
+        this.toClient(route.raw);
+        break;
+      case 'owner':
+        route.owner.response(f);
+        break;
+      case 'drop':
+        break;
+    }
+    if (f.type === BE.ReadyForQuery) this.armIdleTimer();
+  }
+
+  /** Queues bytes for the client; adjacent subarrays of one chunk are merged into one write. */
+  toClient(b: Buffer): void {
+    const last = this.out[this.out.length - 1];
+    if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
+      this.out[this.out.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
+    } else {
+      this.out.push(b);
+    }
+  }
+
+  private flushOut(): void {
+    if (this.out.length === 0) return;
+    const out = this.out;
+    this.out = [];
+    let ok = true;
+    if (out.length === 1) ok = this.client.write(out[0]!);
+    else {
+      this.client.cork();
+      for (const b of out) ok = this.client.write(b) && ok;
+      this.client.uncork();
+    }
+    if (!ok) this.upstream?.pause();
+  }
+
+  // Client → server ------------------------------------------------------------------------------
+
+  private onClientFrame(f: Frame): void {
+    if (this.idleTimer) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = null;
+    }
+    if (this.deciding) {
+      this.held.push(copyFrame(f));
+      return;
+    }
+    this.process(f);
+  }
+
+  private process(f: Frame): void {
+    const hook = this.env.hooks.clientMessage;
+    const d = hook ? hook(this, f) : FORWARD;
+    if (d instanceof Promise) {
+      this.deciding = true;
+      this.client.pause();
+      const frame = copyFrame(f);
+      d.then(
+        (decision) => this.apply(frame, decision),
+        (err: unknown) => this.apply(frame, { action: 'refuse', error: toMamoriError(err) }),
+      ).finally(() => {
+        this.deciding = false;
+        while (!this.deciding && this.held.length > 0) this.process(this.held.shift()!);
+        if (!this.deciding && !this.closed) this.client.resume();
+        this.flushOut();
+      });
+      return;
+    }
+    this.apply(f, d);
+  }
+
+  private apply(f: Frame, d: Decision): void {
+    if (this.closed) return;
+    let e: Expectation | null;
+    try {
+      e = this.expectationFor(f);
+    } catch (err) {
+      const me = toMamoriError(err);
+      if (me.code === 'reserved_name') {
+        d = { action: 'refuse', error: me };
+        e = this.expectationForKind(f);
+      } else {
+        this.fatal(errorResponse(new MamoriError(me.code, me.message, { severity: 'FATAL' })), 'bad client message');
+        return;
+      }
+    }
+    if (d.action === 'refuse') return this.refuse(f, e, d.error);
+    if (e) this.pipeline.expect(e);
+    this.toUpstream(f.raw);
+    if (f.type === FE.Terminate) this.close('client terminated');
+  }
+
+  toUpstream(raw: Buffer): void {
+    if (!this.upstream!.write(raw)) this.client.pause();
+  }
+
+  /**
+   * Refuses one client message so that client and server stay in step: a substitute that the server
+   * rejects at the same point goes upstream (aborting a transaction block, starting skip-until-Sync),
+   * and mamori's own ErrorResponse replaces the server's.
+   */
+  refuse(f: Frame, e: Expectation | null, error: MamoriError): void {
+    this.log.info({ sqlstate: error.sqlstate, reason: error.code }, 'statement refused');
+    const refusal = errorResponse(error);
+    if (f.type === FE.Query || f.type === FE.FunctionCall) {
+      this.pipeline.expect({ kind: 'query', refusal });
+      this.toUpstream(encodeQuery(REFUSAL_SQL));
+      return;
+    }
+    if (!e || e.kind === 'sync') {
+      // Sync/Flush/Copy messages are never refused by policy; a refusal here is a bug: fail closed.
+      this.fatal(errorResponse(new MamoriError('internal_error', 'cannot refuse this message', { severity: 'FATAL' })), 'refusal of an unrefusable message');
+      return;
+    }
+    this.pipeline.expect({ kind: e.kind, refusal });
+    this.toUpstream(encodeParse({ name: `${RESERVED_PREFIX}refused`, sql: REFUSAL_SQL, paramTypes: [] }));
+  }
+
+  /**
+   * Sends mamori's own messages upstream at the current pipeline position; responses go to `owner`.
+   * `kinds` gives the expectation for each message that the server answers (Flush has none).
+   */
+  inject(messages: Buffer[], kinds: Array<Expectation['kind'] | null>, owner: InjectedOwner): void {
+    kinds.forEach((k) => {
+      if (k) this.pipeline.expect({ kind: k, owner, name: `${RESERVED_PREFIX}inj`, statement: { sql: '', paramTypes: [] } });
+    });
+    for (const m of messages) this.toUpstream(m);
+  }
+
+  private expectationFor(f: Frame): Expectation | null {
+    switch (f.type) {
+      case FE.Query: {
+        const q = decodeQuery(f.body);
+        return { kind: 'query', sql: q.sql };
+      }
+      case FE.Parse: {
+        const p = decodeParse(f.body);
+        reserved(p.name, 'prepared statement');
+        return { kind: 'parse', name: p.name, statement: { sql: p.sql, paramTypes: p.paramTypes } };
+      }
+      case FE.Bind: {
+        const b = decodeBind(f.body);
+        reserved(b.portal, 'portal');
+        reserved(b.statement, 'prepared statement');
+        return { kind: 'bind', name: b.portal, portal: { statement: b.statement, resultFormats: b.resultFormats } };
+      }
+      case FE.Describe: {
+        const d = decodeDescribe(f.body);
+        reserved(d.name, d.target === 'S' ? 'prepared statement' : 'portal');
+        return { kind: 'describe', target: d.target, name: d.name };
+      }
+      case FE.Execute: {
+        const x = decodeExecute(f.body);
+        reserved(x.portal, 'portal');
+        const portal = this.pipeline.portals.get(x.portal);
+        const sql = portal ? this.pipeline.statements.get(portal.statement)?.sql : undefined;
+        return { kind: 'execute', name: x.portal, ...(sql !== undefined ? { sql } : {}) };
+      }
+      case FE.Close: {
+        const c = decodeClose(f.body);
+        reserved(c.name, c.target === 'S' ? 'prepared statement' : 'portal');
+        return { kind: 'close', target: c.target, name: c.name };
+      }
+      case FE.Sync:
+        return { kind: 'sync' };
+      case FE.FunctionCall:
+        return { kind: 'function' };
+      case FE.Flush:
+      case FE.Terminate:
+      case FE.CopyData:
+      case FE.CopyDone:
+      case FE.CopyFail:
+        return null;
+      default:
+        throw new MamoriError('protocol_violation', `invalid frontend message type ${f.type}`, { severity: 'FATAL' });
+    }
+  }
+
+  private expectationForKind(f: Frame): Expectation | null {
+    const kinds: Record<number, Expectation['kind']> = {
+      [FE.Parse]: 'parse', [FE.Bind]: 'bind', [FE.Describe]: 'describe', [FE.Execute]: 'execute', [FE.Close]: 'close',
+    };
+    const k = kinds[f.type];
+    return k ? { kind: k } : null;
+  }
+
+  private armIdleTimer(): void {
+    const secs = this.env.limits.idleTimeoutSeconds;
+    if (secs <= 0 || !this.pipeline.idle || this.closed) return;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      if (this.pipeline.idle) this.fatal(PG_ERRORS.idleSessionTimeout(), 'idle timeout');
+    }, secs * 1000);
+    this.idleTimer.unref();
+  }
+}
+
+/** Text the server rejects at parse time, used as the substitute for a refused message. */
+const REFUSAL_SQL = 'mamori refused this statement';
+
+function reserved(name: string, what: string): void {
+  if (name.startsWith(RESERVED_PREFIX)) {
+    throw new MamoriError('reserved_name', `${what} names beginning with "${RESERVED_PREFIX}" are reserved for mamori`);
+  }
+}
+
+function isFatal(body: Buffer): boolean {
+  // Severity is the first field ('S'); FATAL and PANIC end the connection.
+  const s = body.toString('latin1', 1, 6);
+  return s === 'FATAL' || s === 'PANIC';
+}
+
+function copyFrame(f: Frame): Frame {
+  const raw = Buffer.from(f.raw);
+  return { type: f.type, raw, body: raw.subarray(f.raw.length - f.body.length) };
+}
+
+/**
+ * Reads whole messages from a socket during startup, one at a time; `detach()` stops reading and returns
+ * anything already read past the last message, for the running phase to consume first.
+ */
+class MessageReader {
+  private queue: Frame[] = [];
+  private waiter: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
+  private error: Error | null = null;
+  private readonly framer: Framer;
+  private readonly onData: (c: Buffer) => void;
+  private readonly onEnd: () => void;
+  private rawRest: Buffer[] = [];
+
+  constructor(private readonly sock: ClientSocket | UpstreamSocket, maxBytes: number, startup: boolean) {
+    this.framer = new Framer({ frame: (f) => this.push(copyFrame(f)) }, { maxBufferedBytes: maxBytes, maxMessageBytes: maxBytes, startup });
+    this.onData = (c: Buffer) => {
+      this.rawRest.push(c);
+      try {
+        this.framer.push(c);
+      } catch (err) {
+        this.fail(err as Error);
+      }
+    };
+    this.onEnd = () => this.fail(new MamoriError('connection_failure', 'connection closed during startup', { severity: 'FATAL' }));
+    sock.on('data', this.onData);
+    sock.on('end', this.onEnd);
+    sock.on('close', this.onEnd);
+    sock.resume();
+  }
+
+  private push(f: Frame): void {
+    // Track how many raw bytes have been consumed as whole messages.
+    this.consumed += f.raw.length;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.resolve(f);
+    } else this.queue.push(f);
+  }
+  private consumed = 0;
+
+  private fail(err: Error): void {
+    this.error = err;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.reject(err);
+    }
+  }
+
+  next(): Promise<Frame> {
+    const f = this.queue.shift();
+    if (f) return Promise.resolve(f);
+    if (this.error) return Promise.reject(this.error);
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+      const timer = setTimeout(() => this.fail(new MamoriError('connection_failure', 'timed out during startup', { severity: 'FATAL' })), 30_000);
+      const orig = this.waiter;
+      this.waiter = {
+        resolve: (v) => { clearTimeout(timer); orig.resolve(v); },
+        reject: (e) => { clearTimeout(timer); orig.reject(e); },
+      };
+    });
+  }
+
+  /** Stops reading; returns bytes received but not yet consumed by next() (queued frames, then the partial rest). */
+  detach(): Buffer[] {
+    this.sock.pause();
+    this.sock.off('data', this.onData);
+    this.sock.off('end', this.onEnd);
+    this.sock.off('close', this.onEnd);
+    const all = Buffer.concat(this.rawRest);
+    const unconsumedQueued = this.queue.reduce((n, f) => n + f.raw.length, 0);
+    const start = this.consumed - unconsumedQueued;
+    return start < all.length ? [all.subarray(start)] : [];
+  }
+}
