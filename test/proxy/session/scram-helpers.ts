@@ -61,15 +61,16 @@ export function peerCertStream(der: Buffer): { getPeerCertificate(): { raw: Buff
 
 // ---- minimal PostgreSQL framing for the upstream login --------------------------------------------
 
-class MessageReader {
+export class MessageReader {
   private buf = Buffer.alloc(0);
   private waiters: (() => void)[] = [];
   private ended = false;
-  constructor(sock: Socket | TLSSocket) {
-    sock.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.wake();
-    });
+  private readonly onData = (d: Buffer): void => {
+    this.buf = Buffer.concat([this.buf, d]);
+    this.wake();
+  };
+  constructor(private readonly sock: Socket | TLSSocket) {
+    sock.on('data', this.onData);
     sock.on('close', () => {
       this.ended = true;
       this.wake();
@@ -88,6 +89,18 @@ class MessageReader {
     this.buf = this.buf.subarray(n);
     return out;
   }
+  /** Stops reading; returns what was buffered but not consumed. */
+  detach(): Buffer {
+    this.sock.off('data', this.onData);
+    const rest = this.buf;
+    this.buf = Buffer.alloc(0);
+    return rest;
+  }
+  /** An untyped (startup-phase) message: int32 length including itself, then the body. */
+  async untyped(): Promise<Buffer> {
+    const len = (await this.read(4)).readInt32BE(0);
+    return Buffer.from(await this.read(len - 4));
+  }
   async message(): Promise<{ type: string; body: Buffer }> {
     const head = await this.read(5);
     const body = await this.read(head.readInt32BE(1) - 4);
@@ -105,7 +118,7 @@ function startupMessage(params: Record<string, string>): Buffer {
   return msg;
 }
 
-function typed(type: string, body: Buffer): Buffer {
+export function typed(type: string, body: Buffer): Buffer {
   const head = Buffer.alloc(5);
   head.write(type, 0, 'latin1');
   head.writeInt32BE(body.length + 4, 1);
@@ -130,6 +143,12 @@ export interface UpstreamLoginResult {
   error?: string;
 }
 
+/** A logged-in upstream connection kept open (keepOpen), with bytes already received after AuthenticationOk. */
+export interface OpenUpstream {
+  socket: Socket | TLSSocket;
+  pending: Buffer;
+}
+
 export interface UpstreamLoginOptions {
   host: string;
   port: number;
@@ -144,6 +163,8 @@ export interface UpstreamLoginOptions {
   corruptBinding?: boolean;
   /** Verify the server certificate against this CA (name: localhost); unverified when absent. */
   ca?: Buffer;
+  /** Hand the logged-in connection to this callback instead of closing it. */
+  keepOpen?: (up: OpenUpstream) => void;
 }
 
 /**
@@ -155,6 +176,7 @@ export async function upstreamLogin(o: UpstreamLoginOptions): Promise<UpstreamLo
   await new Promise<void>((resolve, reject) => raw.once('connect', resolve).once('error', reject));
   let sock: Socket | TLSSocket = raw;
   let binding: Buffer | null = null;
+  let kept = false;
   try {
     if (o.tls) {
       const req = Buffer.alloc(8);
@@ -180,7 +202,13 @@ export async function upstreamLogin(o: UpstreamLoginOptions): Promise<UpstreamLo
       if (m.type === 'E') return { ok: false, mechanism, error: errorText(m.body) };
       if (m.type !== 'R') return { ok: false, mechanism, error: `unexpected message ${m.type}` };
       const code = m.body.readInt32BE(0);
-      if (code === 0) return { ok: true, mechanism };
+      if (code === 0) {
+        if (o.keepOpen) {
+          o.keepOpen({ socket: sock, pending: reader.detach() });
+          kept = true;
+        }
+        return { ok: true, mechanism };
+      }
       if (code === 10) {
         const offered = m.body.subarray(4).toString('utf8').split('\0').filter((s) => s.length > 0);
         mechanism = client.chooseMechanism(offered);
@@ -200,7 +228,9 @@ export async function upstreamLogin(o: UpstreamLoginOptions): Promise<UpstreamLo
       }
     }
   } finally {
-    sock.destroy();
-    raw.destroy();
+    if (!kept) {
+      sock.destroy();
+      raw.destroy();
+    }
   }
 }
