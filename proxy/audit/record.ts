@@ -104,7 +104,7 @@ export type AuditPayload =
   | { kind: 'key_event'; event: KeyEventKind; keyId: string; purpose?: string; detail?: string }
   | { kind: 'heartbeat'; lost: number; uptimeS: number }
   | { kind: 'genesis'; previous: ChainHead | null; registry: InstanceRegistry; program: string; repairedTailBytes?: number }
-  | { kind: 'checkpoint'; checkpoint: CheckpointBody; keyId: string | null; sig: string | null; registry: InstanceRegistry }
+  | { kind: 'checkpoint'; checkpoint: CheckpointBody; keyId: string | null; sig: string | null; registry: InstanceRegistry; series?: string }
   | { kind: 'instance_start'; program: string; version: string; pid: number; host: string }
   | { kind: 'audit_query'; query: AuditQueryDescription; results: number | null };
 

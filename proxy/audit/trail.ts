@@ -147,7 +147,15 @@ export class AuditTrail {
         head: head?.hash ?? '',
         time: this.now().toISOString(),
       };
-      return { kind: 'checkpoint', checkpoint: body, keyId, sig: key ? signCheckpoint(body, key) : null, registry: this.chain.registry };
+      return {
+        kind: 'checkpoint',
+        checkpoint: body,
+        keyId,
+        sig: key ? signCheckpoint(body, key) : null,
+        registry: this.chain.registry,
+        // names the file series, so one checkpoint sink can serve several series
+        ...(this.file ? { series: this.file.paths.stem } : {}),
+      };
     });
   }
 
