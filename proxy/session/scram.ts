@@ -27,7 +27,8 @@ export interface ScramVerifier {
 export type ScramFailure =
   | 'bad_message' // malformed message, wrong nonce, or a call out of order
   | 'unsupported_mechanism'
-  | 'channel_binding' // binding flag/type inconsistent with the mechanism or connection, or binding data mismatch
+  | 'channel_binding' // binding flag/type inconsistent with the mechanism or the connection
+  | 'channel_binding_mismatch' // the client bound to a different certificate (a TLS man in the middle)
   | 'channel_binding_downgrade' // client sent 'y' although the server offered -PLUS
   | 'bad_proof'
   | 'unknown_user'; // no usable SCRAM verifier (unknown, NOLOGIN, expired, md5/plain): a mock exchange ran
@@ -254,6 +255,28 @@ export function tlsServerEndPointHashFromPem(pem: string | Buffer): Buffer {
 // ---------------------------------------------------------------------------------------------
 // Server side
 
+/** The FATAL error a client gets for a failure, worded and coded as PostgreSQL 15's server does. */
+export function scramFailureError(reason: ScramFailure, user: string): { code: string; message: string; detail?: string } {
+  switch (reason) {
+    case 'bad_proof':
+    case 'unknown_user': // indistinguishable from a wrong password, on purpose
+      return { code: '28P01', message: `password authentication failed for user "${user}"` };
+    case 'channel_binding_mismatch':
+      return { code: '28000', message: 'SCRAM channel binding check failed' };
+    case 'channel_binding_downgrade':
+      return {
+        code: '08P01',
+        message: 'SCRAM channel binding negotiation error',
+        detail: 'The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.',
+      };
+    case 'unsupported_mechanism':
+      return { code: '08P01', message: 'client selected an invalid SASL authentication mechanism' };
+    case 'channel_binding':
+    case 'bad_message':
+      return { code: '08P01', message: 'malformed SCRAM message' };
+  }
+}
+
 type ServerState = 'initial' | 'first' | 'done';
 
 export interface ScramServerOptions {
@@ -385,7 +408,9 @@ export class ScramServerExchange {
     const header = Buffer.from(this.gs2Header, 'latin1');
     const expected = this.usesBinding ? Buffer.concat([header, this.channelBinding!]) : header;
     if (!safeEqual(cbind, expected)) {
-      return this.fail('channel_binding', this.usesBinding ? 'channel-binding data mismatch' : 'unexpected channel-binding attribute');
+      return this.usesBinding
+        ? this.fail('channel_binding_mismatch', 'channel-binding data mismatch')
+        : this.fail('channel_binding', 'unexpected channel-binding attribute');
     }
     if (attrs[1]!.slice(2) !== this.fullNonce) return this.fail('bad_message', 'nonce mismatch');
 

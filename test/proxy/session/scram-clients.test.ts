@@ -14,7 +14,7 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { startCluster, type Cluster } from '../../harness/cluster.js';
 import { DEFAULT_LOOKUP_FUNCTION, fetchVerifier, installLookupFunction } from '../../../proxy/session/auth-lookup.js';
-import { ScramServerExchange, tlsServerEndPointHash, wipeSecret } from '../../../proxy/session/scram.js';
+import { ScramServerExchange, scramFailureError, tlsServerEndPointHash, wipeSecret, type ScramFailure } from '../../../proxy/session/scram.js';
 import { MessageReader, typed, upstreamLogin, type OpenUpstream } from './scram-helpers.js';
 
 const ALICE_PW = 'alice-pw-42';
@@ -32,8 +32,9 @@ function int32(n: number): Buffer {
   return b;
 }
 
-function fatal(sock: Socket, code: string, message: string): void {
-  sock.end(typed('E', Buffer.from(`SFATAL\0VFATAL\0C${code}\0M${message}\0\0`)));
+function fatal(sock: Socket, code: string, message: string, detail?: string): void {
+  const d = detail === undefined ? '' : `D${detail}\0`;
+  sock.end(typed('E', Buffer.from(`SFATAL\0VFATAL\0C${code}\0M${message}\0${d}\0`)));
 }
 
 async function serve(raw: Socket, cert: { key: Buffer; cert: Buffer; der: Buffer }): Promise<void> {
@@ -66,17 +67,20 @@ async function serve(raw: Socket, cert: { key: Buffer; cert: Buffer; der: Buffer
   const mechanism = init.body.toString('utf8', 0, nul);
   const dataLen = init.body.readInt32BE(nul + 1);
   const s1 = ex.clientFirst(mechanism, init.body.subarray(nul + 5, nul + 5 + Math.max(0, dataLen)));
-  const authFailed = () => fatal(sock, '28P01', `password authentication failed for user "${user}"`);
+  const authFailed = (reason: ScramFailure) => {
+    const e = scramFailureError(reason, user);
+    fatal(sock, e.code, e.message, e.detail);
+  };
   if (!s1.ok) {
     outcomes.push(s1.reason);
-    return authFailed();
+    return authFailed(s1.reason);
   }
   sock.write(typed('R', Buffer.concat([int32(11), s1.serverFirst])));
   const resp = await reader.message();
   const s2 = ex.clientFinal(resp.body);
   if (!s2.ok) {
     outcomes.push(s2.reason);
-    return authFailed();
+    return authFailed(s2.reason);
   }
   let up: OpenUpstream | null = null;
   const r = await upstreamLogin({

@@ -13,6 +13,7 @@ import {
   formatScramVerifier,
   mockScramSalt,
   parseScramVerifier,
+  scramFailureError,
   scramKeysFromPassword,
   tlsServerEndPointHash,
   tlsServerEndPointHashFromPem,
@@ -174,14 +175,14 @@ describe('server half against node-postgres SASL client', () => {
     assert.ok(r.clientKey!.equals(clientKey));
   });
 
-  test('SCRAM-SHA-256-PLUS with a different certificate (a man in the middle) gives channel_binding', async () => {
+  test('SCRAM-SHA-256-PLUS with a different certificate (a man in the middle) gives channel_binding_mismatch', async () => {
     const r = await runPgClient({
       verifier,
       serverBinding: tlsServerEndPointHash(cert.der),
       password,
       stream: peerCertStream(otherCert.der),
     });
-    assert.equal(r.finalReason, 'channel_binding');
+    assert.equal(r.finalReason, 'channel_binding_mismatch');
   });
 
   test("a TLS client sending 'y' when -PLUS was offered is refused as a downgrade", async () => {
@@ -220,6 +221,16 @@ describe('server half against node-postgres SASL client', () => {
     assert.equal(seen[0], `s=${mockScramSalt('ghost', secret).toString('base64')},i=4096`);
     // The mock server-first looks like a real one: 16-byte salt, same shape.
     assert.match(seen[0]!, /^s=[A-Za-z0-9+/]{22}==,i=4096$/);
+  });
+});
+
+describe('client-facing errors', () => {
+  test('worded as PostgreSQL; unknown user and wrong password are the same error', () => {
+    assert.deepEqual(scramFailureError('bad_proof', 'alice'), { code: '28P01', message: 'password authentication failed for user "alice"' });
+    assert.deepEqual(scramFailureError('unknown_user', 'alice'), scramFailureError('bad_proof', 'alice'));
+    assert.equal(scramFailureError('channel_binding_mismatch', 'a').code, '28000');
+    assert.equal(scramFailureError('channel_binding_downgrade', 'a').message, 'SCRAM channel binding negotiation error');
+    for (const r of ['bad_message', 'channel_binding', 'unsupported_mechanism'] as const) assert.equal(scramFailureError(r, 'a').code, '08P01');
   });
 });
 
