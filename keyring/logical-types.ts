@@ -49,7 +49,7 @@ const ALIASES: Record<string, LogicalType> = {
  * Throws TypeError on anything else.
  */
 export function parseLogicalType(s: string): LogicalTypeSpec {
-  const m = /^\s*([a-z_]+(?:\s+varying)?)\s*(?:\(\s*(\d+)\s*\))?\s*$/i.exec(s);
+  const m = /^\s*([a-z_][a-z0-9_]*(?:\s+varying)?)\s*(?:\(\s*(\d+)\s*\))?\s*$/i.exec(s);
   const name = m?.[1]?.toLowerCase().replace(/\s+/g, ' ');
   const type = name !== undefined ? ALIASES[name] : undefined;
   if (m === null || type === undefined) throw new TypeError(`unknown logical type "${s}"`);
