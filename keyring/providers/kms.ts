@@ -37,7 +37,7 @@ export class KmsRootProvider implements RootKeyProvider {
   private readonly client: KmsClientLike;
 
   constructor(private readonly cfg: KmsConfig, escrow?: KeyringNode, private readonly opts: KmsProviderOptions = {}) {
-    if (!/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/.test(cfg.keyArn)) {
+    if (!/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)\/[A-Za-z0-9/_-]+$/.test(cfg.keyArn)) {
       throw new RootKeyError(`keyring.kms.keyArn must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)`);
     }
     const provider = opts.clientProvider ?? defaultProvider;
