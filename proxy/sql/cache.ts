@@ -1,0 +1,80 @@
+// A bounded LRU of analyses keyed by (query bytes, search_path, catalog epoch, role set, lexing settings).
+// An analysis depends on nothing else, so a hit can be reused as is (plans are treated as immutable).
+import type { Analysis, AnalysisContext } from './types.js';
+
+export class LruCache<K, V> {
+  private readonly map = new Map<K, V>();
+  constructor(readonly capacity: number) {
+    if (!(capacity >= 1)) throw new RangeError('capacity must be at least 1');
+  }
+  get(k: K): V | undefined {
+    const v = this.map.get(k);
+    if (v === undefined) return undefined;
+    this.map.delete(k); // move to most recent
+    this.map.set(k, v);
+    return v;
+  }
+  set(k: K, v: V): void {
+    if (this.map.has(k)) this.map.delete(k);
+    else if (this.map.size >= this.capacity) this.map.delete(this.map.keys().next().value as K);
+    this.map.set(k, v);
+  }
+  get size(): number {
+    return this.map.size;
+  }
+  clear(): void {
+    this.map.clear();
+  }
+}
+
+export interface AnalysisKeyParts {
+  searchPath: readonly string[];
+  catalogEpoch: number | string;
+  roleSet: string; // e.g. the sorted effective role names, or an id of the policy decision set
+  standardConformingStrings?: boolean;
+  clientEncoding?: string;
+  maxInListItems?: number;
+  allowDdl?: boolean;
+}
+
+// \u0000 cannot occur in a query string the server accepts, so it separates the parts unambiguously.
+export function analysisKey(sql: Buffer, p: AnalysisKeyParts): string {
+  return [
+    sql.toString('latin1'),
+    p.searchPath.join('\u0001'),
+    String(p.catalogEpoch),
+    p.roleSet,
+    p.standardConformingStrings === false ? 'scs=off' : 'scs=on',
+    p.clientEncoding ?? 'UTF8',
+    String(p.maxInListItems ?? ''),
+    p.allowDdl ? 'ddl' : '',
+  ].join('\u0000');
+}
+
+export class AnalysisCache {
+  private readonly lru: LruCache<string, Analysis>;
+  hits = 0;
+  misses = 0;
+  constructor(capacity = 1024) {
+    this.lru = new LruCache(capacity);
+  }
+  // Returns the cached analysis or computes, stores and returns it.
+  getOrAnalyse(sql: Buffer, parts: AnalysisKeyParts, ctx: AnalysisContext, run: (sql: Buffer, ctx: AnalysisContext) => Analysis): Analysis {
+    const key = analysisKey(sql, parts);
+    const hit = this.lru.get(key);
+    if (hit) {
+      this.hits++;
+      return hit;
+    }
+    this.misses++;
+    const a = run(sql, ctx);
+    this.lru.set(key, a);
+    return a;
+  }
+  get size(): number {
+    return this.lru.size;
+  }
+  clear(): void {
+    this.lru.clear();
+  }
+}

@@ -1,0 +1,55 @@
+// libpg-query (PostgreSQL's own parser in WASM): load once, parse a UTF-8 query buffer.
+import { loadModule, parseSync } from 'libpg-query';
+
+// The parser's JSON AST. Its shape is PostgreSQL's parse-node tree; the analysis walks it defensively.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AstNode = Record<string, any>;
+
+let loaded = false;
+
+export async function loadParser(): Promise<void> {
+  if (!loaded) {
+    await loadModule();
+    loaded = true;
+  }
+}
+
+export function parserLoaded(): boolean {
+  return loaded;
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+export class SqlDecodeError extends Error {}
+
+export class SqlSyntaxError extends Error {
+  constructor(
+    message: string,
+    readonly cursor: number,
+  ) {
+    super(message);
+  }
+}
+
+// Decodes strictly: a buffer that is not valid UTF-8, or holds a NUL byte (the server stops reading there),
+// cannot be parsed the way the server reads it.
+export function decodeSql(sql: Buffer): string {
+  if (sql.includes(0)) throw new SqlDecodeError('query text contains a NUL byte');
+  try {
+    return strictUtf8.decode(sql);
+  } catch {
+    throw new SqlDecodeError('query text is not valid UTF-8');
+  }
+}
+
+export function parseText(text: string): AstNode[] {
+  if (!loaded) throw new Error('libpg-query is not loaded: call loadParser() first');
+  if (text.trim() === '') return [];
+  try {
+    const r = parseSync(text) as unknown as { stmts?: AstNode[] };
+    return r.stmts ?? [];
+  } catch (e) {
+    const details = (e as { sqlDetails?: { cursorPosition?: number } }).sqlDetails;
+    throw new SqlSyntaxError((e as Error).message, details?.cursorPosition ?? -1);
+  }
+}
