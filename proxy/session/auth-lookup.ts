@@ -2,6 +2,7 @@
 // `mamori setup-db` installs, and the query mamori runs over its control connection. The control role
 // needs no superuser and no access to pg_authid: only USAGE on the schema and EXECUTE on this function.
 import type pg from 'pg';
+import { parseQualifiedName } from '../../config/identifiers.js';
 import { parseScramVerifier, type ScramVerifier } from './scram.js';
 
 export const DEFAULT_LOOKUP_FUNCTION = 'mamori.get_auth';
@@ -11,17 +12,16 @@ export interface QualifiedName {
   name: string;
 }
 
-const IDENT = '[A-Za-z_][A-Za-z0-9_$]{0,62}';
-const QUALIFIED_RE = new RegExp(`^(${IDENT})\\.(${IDENT})$`);
-
 /**
- * Validates `schema.function` written as unquoted SQL identifiers, folded to lower case as PostgreSQL
- * folds them. The schema is required: an unqualified name would resolve through the caller's search_path.
+ * Validates `schema.function` with the config's identifier rules (unquoted parts fold to lower case,
+ * "quoted" parts are verbatim). The schema is required: an unqualified name would resolve through the
+ * caller's search_path.
  */
 export function parseLookupFunctionName(text: string): QualifiedName {
-  const m = QUALIFIED_RE.exec(text);
-  if (!m) throw new Error(`lookup function name must be schema.function (unquoted identifiers), got ${JSON.stringify(text)}`);
-  return { schema: m[1]!.toLowerCase(), name: m[2]!.toLowerCase() };
+  const parsed = parseQualifiedName(text);
+  if (!parsed.ok) throw new Error(`lookup function name must be schema.function: ${parsed.reason}`);
+  if (parsed.parts.length !== 2) throw new Error(`lookup function name must be schema.function, got ${parsed.parts.length} part(s)`);
+  return { schema: parsed.parts[0]!, name: parsed.parts[1]! };
 }
 
 /** A double-quoted SQL identifier. */

@@ -124,14 +124,14 @@ describe('lookup function and the control role', () => {
     await cluster.query(`CREATE ROLE "Ctl ""Two""" LOGIN PASSWORD 'two-pw'`);
     const su = await superuser();
     try {
-      await installLookupFunction(su, 'auth_x.lookup', 'Ctl "Two"');
+      await installLookupFunction(su, '"Auth X".lookup', 'Ctl "Two"');
     } finally {
       await su.end();
     }
     const two = new pg.Client({ host: cluster.host, port: cluster.port, user: 'Ctl "Two"', password: 'two-pw', database: 'postgres' });
     await two.connect();
     try {
-      assert.deepEqual(await fetchVerifier(two, 'auth_x.lookup', 'alice'), await verifierFromCatalog('alice'));
+      assert.deepEqual(await fetchVerifier(two, '"Auth X".LOOKUP', 'alice'), await verifierFromCatalog('alice'));
       // It was granted only the new function, not mamori's.
       await assert.rejects(fetchVerifier(two, DEFAULT_LOOKUP_FUNCTION, 'alice'), (e: { code?: string }) => e.code === '42501');
     } finally {
@@ -140,10 +140,11 @@ describe('lookup function and the control role', () => {
   });
 
   test('function names are validated as schema-qualified identifiers', () => {
-    for (const bad of ['get_auth', 'a.b.c', 'x;drop', '"q".f', 'mamori.get-auth', 'mamori.', '.f', '1a.f', 'a.f()']) {
+    for (const bad of ['get_auth', 'a.b.c', 'x;drop', 'mamori.get-auth', 'mamori.', '.f', '1a.f', 'a.f()', '"a.f', 'a."', 'a. f']) {
       assert.throws(() => lookupFunctionSql(bad, CONTROL), /schema\.function/, bad);
     }
     assert.deepEqual(parseLookupFunctionName('Mamori.Get_Auth'), { schema: 'mamori', name: 'get_auth' });
+    assert.deepEqual(parseLookupFunctionName('"My Schema"."get""auth"'), { schema: 'My Schema', name: 'get"auth' });
     assert.match(lookupFunctionSql('mamori.get_auth', 'x"y'), /TO "x""y";/);
   });
 });
