@@ -79,6 +79,7 @@ export class AuditTrail {
   private started = false;
   private closed = false;
   private lastOpenFailure = 0;
+  private openFailure: AuditUnavailableError | null = null;
   private lastError: string | null = null;
   private counts = { written: 0, lost: 0, checkpointSinkFailures: 0 };
   private timers: NodeJS.Timeout[] = [];
@@ -234,8 +235,7 @@ export class AuditTrail {
   /** Opens the primary sink if needed, reading the previous head and registry for the genesis record. */
   private async ensureStarted(): Promise<Item[]> {
     if (this.started) return [];
-    if (Date.now() - this.lastOpenFailure < REOPEN_BACKOFF_MS && this.lastOpenFailure > 0)
-      throw new AuditUnavailableError(`audit sink unavailable (${this.lastError ?? 'opening failed'})`, 'io');
+    if (this.openFailure && Date.now() - this.lastOpenFailure < REOPEN_BACKOFF_MS) throw this.openFailure;
     let opened: OpenResult;
     let registry = {};
     try {
@@ -250,8 +250,10 @@ export class AuditTrail {
         { cause: e },
       );
       this.lastError = err.message;
+      this.openFailure = err;
       throw err;
     }
+    this.openFailure = null;
     this.chain.setPrevious(opened.previous, registry);
     const program = this.opts.program ?? 'proxy';
     const genesis: AuditEvent = {
