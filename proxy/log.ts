@@ -1,7 +1,7 @@
 // Structured logs (pino) that cannot carry secrets by accident: every logged object, child binding and
 // serialized error is walked and any field whose name looks secret — at any depth — is replaced by a censor.
 // Log statement fingerprints, never SQL text: `sql`, `query` and friends are censored too.
-import pino, { type DestinationStream, type Logger, type LoggerOptions } from 'pino';
+import pino, { type Bindings, type ChildLoggerOptions, type DestinationStream, type Logger, type LoggerOptions } from 'pino';
 import type { LogConfig } from '../config/schema.js';
 
 export type { Logger } from 'pino';
@@ -66,7 +66,26 @@ export function createLogger(cfg: LogConfig, dest?: DestinationStream): Logger {
     // formatters.log runs first, but pino applies the err serializer afterwards; censor its output as well.
     serializers: { err: (e: unknown) => redact(e instanceof Error ? errorFields(e) : e) },
   };
-  return dest ? pino(opts, dest) : pino(opts);
+  return guardBindings(dest ? pino(opts, dest) : pino(opts));
+}
+
+/**
+ * pino resets the bindings formatter for child loggers, so child bindings are censored here instead. Installed
+ * once on the root; children are created with Object.create(parent) and inherit it with the right `this`.
+ */
+function guardBindings(root: Logger): Logger {
+  const child = root.child;
+  const setBindings = root.setBindings;
+  const guarded = {
+    child(this: Logger, bindings: Bindings, options?: ChildLoggerOptions) {
+      return Reflect.apply(child, this, [redact(bindings), options]) as Logger;
+    },
+    setBindings(this: Logger, bindings: Bindings) {
+      Reflect.apply(setBindings, this, [redact(bindings)]);
+    },
+  };
+  // The generic signatures of pino's methods cannot be restated exactly; behaviour is the same.
+  return Object.assign(root, guarded as unknown as Pick<Logger, 'child' | 'setBindings'>);
 }
 
 export interface SessionFields {
