@@ -45,7 +45,7 @@ export interface ConfigWatcher {
   reload(): Promise<ReloadOutcome>;
   /** The outcome of the initial load (resolved `unchanged` at once when `initial` was given). */
   readonly ready: Promise<ReloadOutcome>;
-  /** The configuration in force. */
+  /** The configuration in force; switches to a new one once onChange has returned (onChange gets `previous`). */
   current(): MamoriConfig | undefined;
   close(): void;
 }
