@@ -81,6 +81,7 @@ interface RangeEntry {
   columns: Cols | null; // null: unknown column set (function results and other opaque items)
   order: string[];
   protectedCount: number;
+  qualifiedOnly?: boolean; // old/new/excluded: reachable only by qualified names
 }
 
 interface Output {
@@ -448,8 +449,8 @@ class Analyser {
   // undefined: no column of that name anywhere in scope
   unqualified(name: string, scope: Scope): ProtectedColumn | null | undefined {
     for (let s: Scope | null = scope; s; s = s.parent) {
-      const hits = s.entries.filter((e) => e.columns?.has(name));
-      const maybe = s.entries.some((e) => !e.columns);
+      const hits = s.entries.filter((e) => !e.qualifiedOnly && e.columns?.has(name));
+      const maybe = s.entries.some((e) => !e.qualifiedOnly && !e.columns);
       if (hits.length === 0) {
         if (maybe) return null;
         continue;
@@ -479,13 +480,19 @@ class Analyser {
 
   // Evaluates an expression. Returns the protected column when the expression IS a plain reference to one
   // (the caller decides whether that position is allowed); refuses protected columns in any other construct.
-  expr(n: AstNode | undefined, scope: Scope): ProtectedColumn | null {
+  expr(n: AstNode | undefined, scope: Scope, construct = 'an expression'): ProtectedColumn | null {
     if (!n || typeof n !== 'object') return null;
     if (Array.isArray(n)) {
       for (const x of n) this.valueExpr(x, scope, 'a list');
       return null;
     }
-    const type = Object.keys(n)[0]!;
+    const keys = Object.keys(n);
+    const type = keys[0]!;
+    if (keys.length !== 1 || !/^[A-Z]/.test(type)) {
+      // a bare struct inside a node (e.g. JsonValueExpr in JsonKeyValue): its fields take the parent's construct
+      this.struct(n, scope, construct);
+      return null;
+    }
     const v = n[type];
     switch (type) {
       case 'ColumnRef':
@@ -538,7 +545,7 @@ class Analyser {
 
   // A position where a protected column may not appear directly.
   valueExpr(n: AstNode | undefined, scope: Scope, construct: string): void {
-    const p = this.expr(n, scope);
+    const p = this.expr(n, scope, construct);
     if (p) throw notSupported(p, construct);
   }
 
@@ -551,7 +558,10 @@ class Analyser {
     const type = Object.keys(n)[0]!;
     const v = n[type];
     if (!v || typeof v !== 'object') return;
-    const construct = constructName(type, v);
+    this.struct(v, scope, constructName(type, v));
+  }
+
+  struct(v: AstNode, scope: Scope, construct: string): void {
     for (const [, child] of Object.entries(v)) {
       if (Array.isArray(child)) {
         for (const c of child) if (c && typeof c === 'object') this.valueExpr(c, scope, construct);
@@ -824,7 +834,7 @@ class Analyser {
       if (ro?.option === 'RETURNING_OPTION_OLD') oldName = ro.value;
       if (ro?.option === 'RETURNING_OPTION_NEW') newName = ro.value;
     }
-    rscope.entries.push({ ...target, refname: oldName, schema: null }, { ...target, refname: newName, schema: null });
+    rscope.entries.push({ ...target, refname: oldName, schema: null, qualifiedOnly: true }, { ...target, refname: newName, schema: null, qualifiedOnly: true });
     const exprs: AstNode[] = r.exprs ?? (Array.isArray(r) ? r : []);
     return this.targetList(exprs, rscope, 'returning');
   }
@@ -883,7 +893,7 @@ class Analyser {
     const oc = ins.onConflictClause;
     if (oc) {
       const cscope = newScope(scope);
-      cscope.entries.push(target, { ...target, refname: 'excluded', schema: null });
+      cscope.entries.push(target, { ...target, refname: 'excluded', schema: null, qualifiedOnly: true });
       for (const el of oc.infer?.indexElems ?? []) {
         const ie = el.IndexElem;
         if (ie.expr) this.valueExpr(ie.expr, cscope, 'an ON CONFLICT index expression');

@@ -6,7 +6,8 @@ import { parseText, type AstNode } from './parser.js';
 
 export class SpanError extends Error {}
 
-const LOCATION_KEYS = new Set(['location', 'stmt_location', 'stmt_len', 'rexpr_list_start', 'rexpr_list_end']);
+const LOCATION_KEY = /(^|_)location$|_start$|_end$|^stmt_len$/;
+const LOCATION_KEYS = { has: (k: string) => LOCATION_KEY.test(k) };
 
 // A copy of an AST without location fields, for structural comparison.
 export function stripLocations(n: unknown): unknown {

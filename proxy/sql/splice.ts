@@ -81,7 +81,9 @@ function expectedNode(x: Expected): unknown {
   }
 }
 
-const LOCATION_KEYS = new Set(['location', 'stmt_location', 'rexpr_list_start', 'rexpr_list_end']);
+// Byte-position fields of parse nodes (location, stmt_location, rexpr_list_start, list_end …).
+const LOCATION_KEY = /(^|_)location$|_start$|_end$/;
+const LOCATION_KEYS = { has: (k: string) => LOCATION_KEY.test(k) };
 
 // Deep equality ignoring key order and location fields.
 function equalNoLoc(a: unknown, b: unknown): boolean {
