@@ -114,11 +114,15 @@ export const PG_ERRORS = {
     postgresStyleError('invalid_password', `password authentication failed for user "${user}"`, { severity: 'FATAL' }),
   noUserName: (): Buffer =>
     postgresStyleError('invalid_authorization_specification', 'no PostgreSQL user name specified in startup packet', { severity: 'FATAL' }),
-  /** `latestMinor` is the newest 3.x minor mamori offers (2 = protocol 3.2). */
-  unsupportedProtocol: (major: number, minor: number, latestMinor = 2): Buffer =>
-    postgresStyleError('feature_not_supported', `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.${latestMinor}`, {
-      severity: 'FATAL',
-    }),
+  /**
+   * `latestMinor` is the newest 3.x minor mamori offers (2 = protocol 3.2). A client asking for a version
+   * before 3.0 gets the error in the old protocol's form, as PostgreSQL sends it: 'E', then one string.
+   */
+  unsupportedProtocol: (major: number, minor: number, latestMinor = 2): Buffer => {
+    const message = `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.${latestMinor}`;
+    if (major < 3) return Buffer.from(`EFATAL:  ${message}\n\0`, 'utf8');
+    return postgresStyleError('feature_not_supported', message, { severity: 'FATAL' });
+  },
   shuttingDown: (): Buffer => postgresStyleError('cannot_connect_now', 'the database system is shutting down', { severity: 'FATAL' }),
   adminShutdown: (): Buffer =>
     postgresStyleError('admin_shutdown', 'terminating connection due to administrator command', { severity: 'FATAL' }),
