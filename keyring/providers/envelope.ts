@@ -36,7 +36,7 @@ export function envelope(root: KeyringNode, escrow?: KeyringNode, unwrapWith: Ke
         out = await decrypt(unwrapWith, blob, { maxBodySize: 1024 });
       } catch (err) {
         // The SDK's messages name providers and keys, never key bytes; keep only our own wording plus the cause.
-        throw new UnwrapError(`cannot unwrap ${describeContext(ctx)}: ${(err as Error).message}`, { cause: err });
+        throw new UnwrapError(`cannot unwrap ${describeContext(ctx)}: ${(err as Error).message.replace(/\s+/g, ' ').trim()}`, { cause: err });
       }
       try {
         if (out.messageHeader.suiteId !== SUITE) throw new UnwrapError(`cannot unwrap ${describeContext(ctx)}: unexpected algorithm suite`);

@@ -44,7 +44,9 @@ export class KmsRootProvider implements RootKeyProvider {
     const client = provider(cfg.region);
     if (!client) throw new RootKeyError(`no KMS client for region ${cfg.region}`);
     this.client = client;
-    this.identity = `aws-kms:${cfg.keyArn}`;
+    // A multi-region key is one key in every region: its identity leaves the region out, so a replica opens
+    // what the primary wrapped.
+    this.identity = `aws-kms:${cfg.multiRegion ? cfg.keyArn.replace(/^(arn:aws[a-z-]*:kms:)[a-z0-9-]+:/, '$1*:') : cfg.keyArn}`;
     const keyring: KeyringNode = cfg.multiRegion
       ? // MRK-aware: a replica of the same multi-region key in cfg.region can unwrap what the primary wrapped.
         new AwsKmsMrkAwareSymmetricKeyringNode({ keyId: cfg.keyArn, client: client as never })
