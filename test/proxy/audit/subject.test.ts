@@ -1,0 +1,54 @@
+// Subject hashes: keyed, domain-separated by logical type, stable across written forms; normalization refuses
+// bad input without echoing it.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac, createSecretKey, randomBytes } from 'node:crypto';
+import { normalizeSubject, subjectHash, SubjectFormatError } from '../../../proxy/audit/subject.js';
+
+const key = createSecretKey(randomBytes(32));
+
+describe('subjectHash', () => {
+  test('128-bit base64url, deterministic per key, different per key and per logical type', () => {
+    const v = Buffer.from('123456789018');
+    const a = subjectHash(key, 'mynumber', v);
+    assert.match(a, /^[A-Za-z0-9_-]{22}$/);
+    assert.equal(subjectHash(key, 'mynumber', v), a);
+    assert.notEqual(subjectHash(createSecretKey(randomBytes(32)), 'mynumber', v), a);
+    assert.notEqual(subjectHash(key, 'phone', v), a);
+  });
+
+  test('matches the documented encoding, and length prefixes keep type/value boundaries apart', () => {
+    const v = Buffer.from('123456789018');
+    const u32 = (n: number): Buffer => Buffer.from([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
+    const expected = createHmac('sha256', key)
+      .update(Buffer.concat([Buffer.from('mamori-subject-v1\0'), u32(8), Buffer.from('mynumber'), Buffer.from([0]), u32(12), v]))
+      .digest()
+      .subarray(0, 16)
+      .toString('base64url');
+    assert.equal(subjectHash(key, 'mynumber', v), expected);
+    assert.notEqual(subjectHash(key, 'ab', Buffer.from('c')), subjectHash(key, 'a', Buffer.from('bc')));
+  });
+});
+
+describe('normalizeSubject', () => {
+  test('every accepted written form of one number normalizes to the same 12 digits', () => {
+    for (const form of ['123456789018', '1234 5678 9018', '1234-5678-9018', '１２３４\u3000５６７８\u3000９０１８', '1234ー5678ー9018', '1234\u22125678\u22129018'])
+      assert.deepEqual(normalizeSubject(form), { logicalType: 'mynumber', canonical: Buffer.from('123456789018') });
+    assert.equal(normalizeSubject('000000000019').canonical.toString(), '000000000019');
+  });
+
+  test('corporate numbers (13 digits, leading check digit)', () => {
+    // check digit for 700110005901: computed by the MYNUMBER.md rule
+    const body = '700110005901';
+    let sum = 0;
+    for (let n = 1; n <= 12; n++) sum += Number(body[12 - n]) * (n % 2 ? 1 : 2);
+    const full = `${9 - (sum % 9)}${body}`;
+    assert.equal(normalizeSubject(full).logicalType, 'corporate_number');
+  });
+
+  test('bad input is refused without repeating it', () => {
+    for (const bad of ['123456789012', '12345678901', 'abcd56789018', '1234/5678/9018']) {
+      assert.throws(() => normalizeSubject(bad), (e: unknown) => e instanceof SubjectFormatError && !e.message.includes(bad.slice(0, 8)));
+    }
+  });
+});
