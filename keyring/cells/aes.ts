@@ -22,7 +22,8 @@ export interface AesState {
   /** S2V memo: CMAC(<zero>) and the D value after the last single-AD vector seen (the cell header) */
   d0: Buffer;
   lastAd: Buffer | null;
-  lastD: Buffer | null;
+  /** [D, dbl(D)] for lastAd */
+  lastD: [Buffer, Buffer] | null;
 }
 
 const states = new WeakMap<KeyObject, AesState>();
@@ -91,8 +92,9 @@ export function paddedLength(len: number): number {
 }
 
 export function cmac(s: AesState, msg: Uint8Array): Buffer {
-  const m = Buffer.alloc(paddedLength(msg.length));
+  const m = Buffer.allocUnsafe(paddedLength(msg.length));
   m.set(msg);
+  m.fill(0, msg.length);
   return cmacPadded(s, m, msg.length);
 }
 

@@ -3,44 +3,49 @@
 import { timingSafeEqual, type KeyObject } from 'node:crypto';
 import { aesState, cmacPadded, dblInPlace, paddedLength, sivCtr, xorInto, type AesState } from './aes.js';
 
-/** D after folding the associated-data vector (before the plaintext), memoized for one-element vectors. */
-function s2vPrefix(s: AesState, ad: readonly Uint8Array[]): Buffer {
-  if (ad.length === 1) {
-    const a = ad[0]!;
-    if (s.lastAd !== null && s.lastAd.equals(a)) return s.lastD!;
-  }
+/**
+ * D after folding the associated-data vector (before the plaintext), and dbl(D) for short plaintexts.
+ * Memoized for one-element vectors: the cell header is the same for every cell of a key version.
+ * Callers must not modify the returned buffers.
+ */
+function s2vPrefix(s: AesState, ad: readonly Uint8Array[]): [Buffer, Buffer] {
+  if (ad.length === 1 && s.lastAd !== null && s.lastAd.equals(ad[0]!)) return s.lastD!;
   const d = Buffer.from(s.d0);
   for (const a of ad) {
-    const m = Buffer.alloc(paddedLength(a.length));
-    m.set(a);
-    const c = cmacPadded(s, m, a.length);
+    const c = cmacPadded(s, zeroPadded(a), a.length);
     xorInto(dblInPlace(d), 0, c, 0, 16);
   }
+  const r: [Buffer, Buffer] = [d, dblInPlace(Buffer.from(d))];
   if (ad.length === 1) {
-    // The cell header is the same for every cell of a key version: memoize its fold.
     s.lastAd = Buffer.from(ad[0]!);
-    s.lastD = d;
+    s.lastD = r;
   }
-  return d;
+  return r;
+}
+
+/** A copy of `a` zero-padded to CMAC's padded length (pooled allocation, then explicit zeroing). */
+function zeroPadded(a: Uint8Array): Buffer {
+  const n = paddedLength(a.length);
+  const m = Buffer.allocUnsafe(n);
+  m.set(a);
+  m.fill(0, a.length);
+  return m;
 }
 
 /** S2V (RFC 5297 §2.4) over ad[0..] and the plaintext; returns V. */
 export function s2v(s: AesState, ad: readonly Uint8Array[], p: Uint8Array): Buffer {
   if (ad.length > 126) throw new RangeError('AES-SIV takes at most 126 associated-data components');
-  const d = s2vPrefix(s, ad);
+  const [d, dd] = s2vPrefix(s, ad);
   const len = p.length;
-  const m = Buffer.alloc(paddedLength(len));
-  m.set(p);
+  const m = zeroPadded(p);
   if (len >= 16) {
     xorInto(m, len - 16, d, 0, 16); // T = Sn xorend D
-  } else {
-    // T = dbl(D) xor pad(Sn); cmacPadded would pad again, so pad here and hand it a full block
-    m[len] = 0x80;
-    const dd = dblInPlace(Buffer.from(d));
-    xorInto(m, 0, dd, 0, 16);
-    return cmacPadded(s, m, 16);
+    return cmacPadded(s, m, len);
   }
-  return cmacPadded(s, m, len);
+  // T = dbl(D) xor pad(Sn); cmacPadded would pad again, so pad here and hand it one full block
+  m[len] = 0x80;
+  xorInto(m, 0, dd, 0, 16);
+  return cmacPadded(s, m, 16);
 }
 
 export interface SivKey {
@@ -48,11 +53,10 @@ export interface SivKey {
   ctrKey: KeyObject;
 }
 
-function states(k: SivKey): [AesState, AesState] {
-  const mac = aesState(k.macKey);
+function ctrState(k: SivKey, mac: AesState): AesState {
   const ctr = aesState(k.ctrKey);
   if (mac.bits !== ctr.bits) throw new RangeError('AES-SIV key halves must be the same size');
-  return [mac, ctr];
+  return ctr;
 }
 
 /**
@@ -60,10 +64,10 @@ function states(k: SivKey): [AesState, AesState] {
  * point used by the cell code.
  */
 export function sivEncryptInto(k: SivKey, ad: readonly Uint8Array[], p: Uint8Array, out: Buffer, off: number): void {
-  const [mac, ctr] = states(k);
+  const mac = aesState(k.macKey);
   const v = s2v(mac, ad, p);
   v.copy(out, off);
-  sivCtr(ctr, v, p, out, off + 16);
+  sivCtr(ctrState(k, mac), v, p, out, off + 16);
 }
 
 /** AES-SIV encrypt: returns V ‖ C. */
@@ -76,11 +80,11 @@ export function sivEncrypt(k: SivKey, ad: readonly Uint8Array[], p: Uint8Array):
 /** AES-SIV decrypt of V ‖ C; null when the synthetic IV does not verify (no plaintext is released). */
 export function sivDecrypt(k: SivKey, ad: readonly Uint8Array[], vc: Uint8Array): Buffer | null {
   if (vc.length < 16) return null;
-  const [mac, ctr] = states(k);
+  const mac = aesState(k.macKey);
   const v = vc.subarray(0, 16);
   const c = vc.subarray(16);
   const p = Buffer.allocUnsafe(c.length);
-  sivCtr(ctr, v, c, p, 0);
+  sivCtr(ctrState(k, mac), v, c, p, 0);
   const t = s2v(mac, ad, p);
   if (!timingSafeEqual(t, v)) {
     p.fill(0);
