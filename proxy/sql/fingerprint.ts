@@ -198,7 +198,7 @@ export function fingerprint(sql: string | Buffer): string {
     if (c === 44 /* , */ || c === 41 /* ) */ || c === 59 /* ; */) space = false;
     emit(s[i]!);
     if (c === 40 /* ( */) space = false;
-    else if (c === 44) space = true;
+    else if (c === 44 || c === 59) space = true;
     i++;
   }
   const text = out.join('');
