@@ -192,14 +192,14 @@ export function decodeCopyResponse(body: Buffer, what = 'CopyResponse'): CopyRes
 
 export function decodeNegotiateProtocolVersion(body: Buffer): NegotiateProtocolVersion {
   const r = new Reader(body, 'NegotiateProtocolVersion');
-  const newestMinor = r.int32();
+  const version = r.int32();
   const n = r.int32();
   if (n < 0) throw new ProtocolError('NegotiateProtocolVersion: negative option count');
   r.expectItems(n, 1);
   const unrecognized: string[] = [];
   for (let i = 0; i < n; i++) unrecognized.push(r.cstring());
   r.end();
-  return { kind: 'NegotiateProtocolVersion', newestMinor, unrecognized };
+  return { kind: 'NegotiateProtocolVersion', version, unrecognized };
 }
 
 export function decodeFunctionCallResponse(body: Buffer): FunctionCallResponse {
@@ -422,10 +422,10 @@ export function encodeCopyBothResponse(msg: CopyResponseBody): Buffer {
   return encodeCopyResponse(BE.CopyBothResponse, msg);
 }
 
-export function encodeNegotiateProtocolVersion(msg: { newestMinor: number; unrecognized: readonly string[] }): Buffer {
+export function encodeNegotiateProtocolVersion(msg: { version: number; unrecognized: readonly string[] }): Buffer {
   let size = 8;
   for (const o of msg.unrecognized) size += cstringSize(o);
-  const w = new Writer(BE.NegotiateProtocolVersion, size).int32(msg.newestMinor).int32(msg.unrecognized.length);
+  const w = new Writer(BE.NegotiateProtocolVersion, size).int32(msg.version).int32(msg.unrecognized.length);
   for (const o of msg.unrecognized) w.cstring(o);
   return w.finish();
 }

@@ -380,8 +380,12 @@ export interface CopyBothResponse extends CopyResponseBody {
 }
 export interface NegotiateProtocolVersion {
   kind: 'NegotiateProtocolVersion';
-  /** Newest minor version the server supports for the requested major. */
-  newestMinor: number;
+  /**
+   * The newest protocol version the server supports for the requested major, as a full version code
+   * (196608 = 3.0, 196610 = 3.2): the docs call it the minor version, but servers send PG_PROTOCOL(3, minor)
+   * and libpq reads it that way.
+   */
+  version: number;
   /** Protocol options (`_pq_.*`) the server did not recognise. */
   unrecognized: string[];
 }

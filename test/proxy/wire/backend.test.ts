@@ -67,8 +67,8 @@ describe('backend messages', () => {
       { kind: 'CopyBothResponse', format: 0, columnFormats: [] },
       { kind: 'CopyData', data: Buffer.from('row\n') },
       { kind: 'CopyDone' },
-      { kind: 'NegotiateProtocolVersion', newestMinor: 0, unrecognized: ['_pq_.compression'] },
-      { kind: 'NegotiateProtocolVersion', newestMinor: 2, unrecognized: [] },
+      { kind: 'NegotiateProtocolVersion', version: 196608, unrecognized: ['_pq_.compression'] },
+      { kind: 'NegotiateProtocolVersion', version: 196610, unrecognized: [] },
       { kind: 'FunctionCallResponse', result: Buffer.from([0, 0, 0, 7]) },
       { kind: 'FunctionCallResponse', result: null },
     ];

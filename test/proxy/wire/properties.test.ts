@@ -102,7 +102,7 @@ const backendArb: fc.Arbitrary<BackendMessage> = fc.oneof(
   rec({ kind: fc.constant('CopyOutResponse' as const), ...copyBody }),
   rec({ kind: fc.constant('CopyBothResponse' as const), ...copyBody }),
   rec({ kind: fc.constant('CopyData' as const), data: bytes }),
-  rec({ kind: fc.constant('NegotiateProtocolVersion' as const), newestMinor: int32, unrecognized: fc.array(str, { maxLength: 4 }) }),
+  rec({ kind: fc.constant('NegotiateProtocolVersion' as const), version: int32, unrecognized: fc.array(str, { maxLength: 4 }) }),
   rec({ kind: fc.constant('FunctionCallResponse' as const), result: field }),
 );
 
