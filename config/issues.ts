@@ -136,12 +136,23 @@ function convert(issue: Issue, path: PathSegment[], root: Schema | undefined, ou
         add(at, found === undefined ? `required (one of ${allowed})` : `expected one of ${allowed}, got ${describeValue(found)}`);
         return;
       }
-      // A plain union: report the branch that got furthest (most specific path).
-      const branches = issue.errors;
-      const best = branches.reduce<Issue[] | undefined>((acc, b) => (acc === undefined || b.length < acc.length ? b : acc), undefined);
-      if (best && best.length > 0) {
+      // A plain union: if some branch got past the shape check, report that branch's issues (the deepest);
+      // if every branch refused the value's shape, say which shapes are accepted.
+      const depth = (b: readonly Issue[]) =>
+        Math.max(...b.map((i) => (i.path.length === 0 && (i.code === 'invalid_type' || i.code === 'invalid_value') ? -1 : i.path.length)));
+      const branches = issue.errors.filter((b) => b.length > 0);
+      const best = branches.reduce<readonly Issue[] | undefined>(
+        (acc, b) => (acc === undefined || depth(b) > depth(acc) ? b : acc),
+        undefined,
+      );
+      if (best && depth(best) >= 0) {
         for (const sub of best) convert(sub, [...path, ...(sub.path as PathSegment[])], root, out);
-      } else add(path, 'does not match any allowed form');
+      } else {
+        const shapes = branches.flat().map((i) =>
+          i.code === 'invalid_value' ? i.values.map((v) => JSON.stringify(v)).join(' or ') : i.code === 'invalid_type' ? (EXPECTED[i.expected] ?? i.expected) : 'another form',
+        );
+        add(path, `expected ${[...new Set(shapes)].join(' or ')}, got ${describeValue(input)}`);
+      }
       return;
     }
     case 'invalid_key': {

@@ -2,7 +2,7 @@
 // from the environment variables the file names. Pure apart from reading the one file.
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type ScalarTag, type Tags } from 'yaml';
 import { configSchema, type MamoriConfig, type MamoriConfigInput } from './schema.js';
 import { formatConfigIssues, fromZodIssues, formatPath, type ConfigIssue, type PathSegment } from './issues.js';
 
@@ -42,6 +42,11 @@ export interface ParseOptions extends LoadOptions {
 // Aliases can expand exponentially ("billion laughs"); a config needs few.
 const MAX_ALIAS_COUNT = 100;
 
+// In mamori's vocabulary `null` is a word (`read: { null: [...] }`, `others: null`), not YAML's null, so the
+// plain scalar null/Null/NULL stays a string; `~` and an empty value are still YAML null.
+const customTags = (tags: Tags): Tags =>
+  tags.map((t) => (typeof t === 'object' && t.tag === 'tag:yaml.org,2002:null' ? ({ ...t, test: /^~?$/ } as ScalarTag) : t));
+
 export async function loadConfig(file: string, env: Env = process.env, opts: LoadOptions = {}): Promise<LoadResult> {
   let text: string;
   try {
@@ -56,7 +61,7 @@ export async function loadConfig(file: string, env: Env = process.env, opts: Loa
 
 export function parseConfigText(text: string, opts: ParseOptions): LoadResult {
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, lineCounter });
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, lineCounter, customTags });
   const at = (issue: ConfigIssue): ConfigIssue => (opts.file === undefined ? issue : { file: opts.file, ...issue });
 
   if (doc.errors.length > 0) {

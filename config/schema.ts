@@ -249,7 +249,10 @@ export function configSchema(baseDir: string) {
       heartbeatSeconds: int().min(1).default(60),
       checkpointEverySeconds: int().min(1).default(300),
       signingKeyFile: fileWithDefault('./.mamori/audit-signing.key'),
-      checkpointSink: sink.nullable().prefault({ type: 'file', path: './audit-checkpoints/mamori.jsonl' }),
+      // `none`: checkpoints only in the main sinks (not recommended: the second copy is what defeats rollback).
+      checkpointSink: z
+        .union([z.literal('none').transform(() => null), sink])
+        .prefault({ type: 'file', path: './audit-checkpoints/mamori.jsonl' }),
     })
     .superRefine((a, ctx) => {
       const seen = new Map<string, number>();

@@ -204,6 +204,43 @@ describe('loadConfig', () => {
     }
   });
 
+  test('null is a word here (read.null, others: null), while ~ is still YAML null', async () => {
+    const r = await load('columns:\n  public.e.n: { type: text, read: { null: [viewer] }, others: null }\n');
+    assert.ok(r.ok);
+    assert.deepEqual(r.config.columns['public.e.n']!.read.null, ['viewer']);
+    assert.equal(r.config.columns['public.e.n']!.others, 'null');
+    assert.deepEqual(await errorsOf('tls: ~\n'), [{ path: 'tls', message: 'expected a mapping, got null', line: 1, column: 1 }]);
+  });
+
+  test('checkpointSink: none, a sink, or a clear error for anything else', async () => {
+    const none = await load('audit: { checkpointSink: none }\n');
+    assert.ok(none.ok);
+    assert.equal(none.config.audit.checkpointSink, null);
+    assert.deepEqual(await errorsOf('audit: { checkpointSink: nope }\n'), [
+      { path: 'audit.checkpointSink', message: 'expected "none" or a mapping, got "nope"', line: 1, column: 10 },
+    ]);
+    assert.deepEqual(await errorsOf('audit: { checkpointSink: { type: ftp } }\n'), [
+      { path: 'audit.checkpointSink.type', message: 'expected one of file|postgres|stdout, got "ftp"', line: 1, column: 28 },
+    ]);
+    assert.deepEqual(await errorsOf('audit: { checkpointSink: { type: file, path: x, rotatebytes: 3 } }\n'), [
+      {
+        path: 'audit.checkpointSink.rotatebytes',
+        message: 'unknown key; did you mean "rotateBytes"?',
+        line: 1,
+        column: 49,
+      },
+    ]);
+  });
+
+  test('mamori.example.yaml at the repository root is valid', async () => {
+    const r = await loadConfig(new URL('../../mamori.example.yaml', import.meta.url).pathname, {
+      MAMORI_CONTROL_PASSWORD: 'x',
+      MAMORI_AUDIT_PASSWORD: 'y',
+    });
+    assert.ok(r.ok, r.ok ? '' : formatConfigIssues(r.errors));
+    assert.equal(r.config.columns['public.dependents.my_number']!.keyDomain, 'mynumber');
+  });
+
   test('alias bombs are refused', async () => {
     const lines = ['a: &a [x, x, x, x, x, x, x, x, x, x]'];
     for (let i = 0; i < 8; i++) {

@@ -357,7 +357,7 @@ describe('cross-field rules', () => {
       keyring: { store: { type: 'postgres' }, escrow: { publicKeyFile: 'escrow.pub' } },
       audit: {
         sinks: [{ type: 'file', path: 'audit/a.jsonl' }, { type: 'postgres', connection: { passwordEnv: 'AUDIT_PW' } }, { type: 'stdout' }],
-        checkpointSink: null,
+        checkpointSink: 'none',
       },
     });
     assert.equal(c.tls!.clientCa, '/etc/mamori/certs/ca.crt');
