@@ -1306,6 +1306,7 @@ function analyseInner(sql: Buffer, ctx: AnalysisContext): Analysis {
     throw e;
   }
   const settings: Setting[] = [];
+  const mentionsSetConfig = /set_config/i.test(text); // skip the tree walk in the common case
   let roleChange = false;
   let searchPathChanged = false;
   const plans: StatementPlan[] = [];
@@ -1325,7 +1326,7 @@ function analyseInner(sql: Buffer, ctx: AnalysisContext): Analysis {
     } else if (type === 'DiscardStmt' && node.DiscardStmt.target === 'DISCARD_ALL') {
       mine.push({ name: '*', value: null, local: false, action: 'reset' });
     }
-    collectSetConfig(node, mine);
+    if (mentionsSetConfig) collectSetConfig(node, mine);
     // unqualified names after a search_path change in the same string cannot be resolved here
     if (searchPathChanged) {
       const hit = st.unqualifiedNames.find((n) => ix.relationNames.has(n));

@@ -105,42 +105,43 @@ function dollarTagEnd(b: Buffer, i: number): number {
 }
 
 // Reads one token starting at i (i must be at a significant byte).
-export function readToken(b: Buffer, i: number, opts: LexOptions = {}): Token {
+// `wanted`: when given, identifier text is only built for byte lengths flagged in it (index 255: 255 and longer).
+export function readToken(b: Buffer, i: number, opts: LexOptions = {}, wanted?: Uint8Array): Token {
   const n = b.length;
   const c = b[i]!;
   const scs = opts.standardConformingStrings !== false;
   const next = b[i + 1];
-  const tok = (kind: TokenKind, end: number, text = '', nonAscii = false): Token => ({ kind, start: i, end, text, nonAscii });
   // String prefixes: E'', N'', B'', X'', U&'' / U&"".
-  if ((c === 0x45 || c === 0x65) && next === 0x27) return tok('string', quotedEnd(b, i + 1, true));
+  if ((c === 0x45 || c === 0x65) && next === 0x27) return mk(i, 'string', quotedEnd(b, i + 1, true));
   if ((c === 0x4e || c === 0x6e || c === 0x42 || c === 0x62 || c === 0x58 || c === 0x78) && next === 0x27)
-    return tok('string', quotedEnd(b, i + 1, !scs && (c === 0x4e || c === 0x6e)));
+    return mk(i, 'string', quotedEnd(b, i + 1, !scs && (c === 0x4e || c === 0x6e)));
   if ((c === 0x55 || c === 0x75) && next === 0x26 && (b[i + 2] === 0x27 || b[i + 2] === 0x22)) {
-    if (b[i + 2] === 0x27) return tok('string', quotedEnd(b, i + 2, false));
-    return tok('uident', quotedIdentEnd(b, i + 2), '', true);
+    if (b[i + 2] === 0x27) return mk(i, 'string', quotedEnd(b, i + 2, false));
+    return mk(i, 'uident', quotedIdentEnd(b, i + 2), '', true);
   }
-  if (c === 0x27) return tok('string', quotedEnd(b, i, !scs));
+  if (c === 0x27) return mk(i, 'string', quotedEnd(b, i, !scs));
   if (c === 0x22) {
     const end = quotedIdentEnd(b, i);
-    const raw = b.subarray(i + 1, end - 1);
     let nonAscii = false;
-    for (const x of raw) if (x >= 0x80) nonAscii = true;
-    return tok('qident', end, raw.toString('utf8').replaceAll('""', '"'), nonAscii);
+    for (let k = i + 1; k < end - 1; k++) if (b[k]! >= 0x80) nonAscii = true;
+    const len = end - i - 2;
+    const want = !wanted || wanted[Math.min(len, 255)] === 1 || lastQuotedHadDoubled;
+    return mk(i, 'qident', end, want ? b.toString('utf8', i + 1, end - 1).replaceAll('""', '"') : '', nonAscii);
   }
   if (c === 0x24) {
     if (next !== undefined && isDigit(next)) {
       let j = i + 1;
       while (j < n && isDigit(b[j]!)) j++;
-      return tok('param', j);
+      return mk(i, 'param', j);
     }
     const tagEnd = dollarTagEnd(b, i);
     if (tagEnd > 0) {
       const tag = b.subarray(i, tagEnd);
       const close = b.indexOf(tag, tagEnd);
       if (close < 0) throw new LexError('unterminated dollar-quoted string');
-      return tok('string', close + tag.length);
+      return mk(i, 'string', close + tag.length);
     }
-    return tok('op', i + 1);
+    return mk(i, 'op', i + 1);
   }
   if (isIdentStart(c)) {
     let j = i;
@@ -149,7 +150,8 @@ export function readToken(b: Buffer, i: number, opts: LexOptions = {}): Token {
       if (b[j]! >= 0x80) nonAscii = true;
       j++;
     }
-    return tok('ident', j, asciiLower(b, i, j), nonAscii);
+    const want = !wanted || wanted[Math.min(j - i, 255)] === 1;
+    return mk(i, 'ident', j, want ? asciiLower(b, i, j) : '', nonAscii);
   }
   if (isDigit(c) || (c === 0x2e && next !== undefined && isDigit(next))) {
     let j = i;
@@ -157,31 +159,40 @@ export function readToken(b: Buffer, i: number, opts: LexOptions = {}): Token {
       if (b[j] === 0x2e && b[j + 1] === 0x2e) break; // 1..2 in array slices
       j++;
     }
-    return tok('number', j);
+    return mk(i, 'number', j);
   }
-  if (c === 0x3a && next === 0x3a) return tok('typecast', i + 2);
+  if (c === 0x3a && next === 0x3a) return mk(i, 'typecast', i + 2);
   if (OP_CHARS.has(c)) {
     let j = i;
     while (j < n && OP_CHARS.has(b[j]!)) {
       if ((b[j] === 0x2d && b[j + 1] === 0x2d) || (b[j] === 0x2f && b[j + 1] === 0x2a)) break;
       j++;
     }
-    return tok('op', Math.max(j, i + 1));
+    return mk(i, 'op', Math.max(j, i + 1));
   }
-  return tok('op', i + 1);
+  return mk(i, 'op', i + 1);
 }
 
+// (A module-level constructor rather than a closure: tsx's keepNames wraps closures in a costly __name call.)
+function mk(start: number, kind: TokenKind, end: number, text = '', nonAscii = false): Token {
+  return { kind, start, end, text, nonAscii };
+}
+
+let lastQuotedHadDoubled = false;
+
+// End of a "quoted" identifier (byte loop: Buffer.indexOf with a string argument allocates).
 function quotedIdentEnd(b: Buffer, q: number): number {
-  let i = q + 1;
-  for (;;) {
-    const j = b.indexOf(0x22, i);
-    if (j < 0) throw new LexError('unterminated quoted identifier');
-    if (b[j + 1] === 0x22) {
-      i = j + 2;
+  lastQuotedHadDoubled = false;
+  for (let i = q + 1; i < b.length; i++) {
+    if (b[i] !== 0x22) continue;
+    if (b[i + 1] === 0x22) {
+      lastQuotedHadDoubled = true;
+      i++;
       continue;
     }
-    return j + 1;
+    return i + 1;
   }
+  throw new LexError('unterminated quoted identifier');
 }
 
 function asciiLower(b: Buffer, s: number, e: number): string {
