@@ -114,6 +114,7 @@ export function sivCtr(s: AesState, v: Uint8Array, input: Uint8Array, out: Buffe
     const c = createCipheriv(`aes-${s.bits}-ctr`, s.key, q);
     const x = c.update(input);
     x.copy(out, outOff);
+    x.fill(0);
     return;
   }
   const blocks = (len + 15) >>> 4;
@@ -125,4 +126,6 @@ export function sivCtr(s: AesState, v: Uint8Array, input: Uint8Array, out: Buffe
   }
   const ks = s.ecb.update(ctr);
   for (let i = 0; i < len; i++) out[outOff + i] = input[i]! ^ ks[i]!;
+  ks.fill(0); // keystream + ciphertext would give the plaintext back
+
 }

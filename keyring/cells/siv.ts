@@ -38,14 +38,18 @@ export function s2v(s: AesState, ad: readonly Uint8Array[], p: Uint8Array): Buff
   const [d, dd] = s2vPrefix(s, ad);
   const len = p.length;
   const m = zeroPadded(p);
+  let v: Buffer;
   if (len >= 16) {
     xorInto(m, len - 16, d, 0, 16); // T = Sn xorend D
-    return cmacPadded(s, m, len);
+    v = cmacPadded(s, m, len);
+  } else {
+    // T = dbl(D) xor pad(Sn); cmacPadded would pad again, so pad here and hand it one full block
+    m[len] = 0x80;
+    xorInto(m, 0, dd, 0, 16);
+    v = cmacPadded(s, m, 16);
   }
-  // T = dbl(D) xor pad(Sn); cmacPadded would pad again, so pad here and hand it one full block
-  m[len] = 0x80;
-  xorInto(m, 0, dd, 0, 16);
-  return cmacPadded(s, m, 16);
+  m.fill(0); // the scratch held plaintext and sits in Node's shared allocation pool: leave nothing behind
+  return v;
 }
 
 export interface SivKey {
