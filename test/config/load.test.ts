@@ -1,6 +1,6 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rm, writeFile, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadConfig, formatConfigIssues, type LoadResult } from '../../config/load.js';
@@ -239,6 +239,16 @@ describe('loadConfig', () => {
     });
     assert.ok(r.ok, r.ok ? '' : formatConfigIssues(r.errors));
     assert.equal(r.config.columns['public.dependents.my_number']!.keyDomain, 'mynumber');
+  });
+
+  test('the full example in docs/configuration.md is valid', async () => {
+    const doc = await readFile(new URL('../../docs/configuration.md', import.meta.url), 'utf8');
+    const block = /## Full example\s+```yaml\n([\s\S]*?)```/.exec(doc);
+    assert.ok(block, 'the docs have a Full example yaml block');
+    const r = await load(block[1]!);
+    assert.ok(r.ok, r.ok ? '' : formatConfigIssues(r.errors));
+    assert.equal(r.config.keyring.provider, 'aws-kms');
+    assert.equal(r.config.columns['public.employees.birth_date']!.others, 'null');
   });
 
   test('alias bombs are refused', async () => {
