@@ -138,6 +138,41 @@ export function decodeDataRow(body: Buffer): DataRow {
   return { kind: 'DataRow', fields };
 }
 
+/**
+ * Validates a DataRow body and returns its field positions without creating a Buffer per field:
+ * `[start0, len0, start1, len1, …]` with offsets into `body` and length -1 for NULL. For transforms that
+ * touch a few protected columns and copy the rest of the row as bytes. Same checks as decodeDataRow.
+ */
+export function scanDataRow(body: Buffer): Int32Array {
+  const len = body.length;
+  if (len < 2) throw new ProtocolError('DataRow: message is truncated');
+  const n = body.readUInt16BE(0);
+  if (n * 4 > len - 2) throw new ProtocolError('DataRow: message is truncated');
+  const out = new Int32Array(2 * n);
+  let pos = 2;
+  for (let i = 0; i < n; i++) {
+    if (len - pos < 4) throw new ProtocolError('DataRow: message is truncated');
+    const flen = body.readInt32BE(pos);
+    pos += 4;
+    if (flen < -1) throw new ProtocolError('DataRow: negative field length');
+    if (flen > len - pos) throw new ProtocolError('DataRow: message is truncated');
+    out[2 * i] = pos;
+    out[2 * i + 1] = flen;
+    if (flen > 0) pos += flen;
+  }
+  if (pos !== len) throw new ProtocolError('DataRow: unexpected trailing bytes');
+  return out;
+}
+
+/** Field `i` of a body scanned by scanDataRow, as a subarray (or null). */
+export function dataRowField(body: Buffer, offsets: Int32Array, i: number): Field {
+  const flen = offsets[2 * i + 1];
+  if (flen === undefined) throw new ProtocolError('DataRow: field index out of range');
+  if (flen === -1) return null;
+  const start = offsets[2 * i]!;
+  return body.subarray(start, start + flen);
+}
+
 export function decodeCommandComplete(body: Buffer): CommandComplete {
   const r = new Reader(body, 'CommandComplete');
   const tag = r.cstring();

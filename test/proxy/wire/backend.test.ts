@@ -2,7 +2,9 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   decodeBackend,
+  dataRowField,
   decodeDataRow,
+  scanDataRow,
   decodeNoticeFields,
   encodeBackend,
   encodeDataRow,
@@ -94,6 +96,20 @@ describe('backend messages', () => {
     assert.equal(row.fields[0]!.buffer, body.buffer);
     assert.equal(row.fields[2]!.byteOffset, body.byteOffset + 2 + 4 + 3 + 4 + 4);
     assert.equal(row.fields[1], null);
+  });
+
+  test('scanDataRow gives field offsets without subarrays; dataRowField reads one', () => {
+    const wire = encodeDataRow([Buffer.from('abc'), null, Buffer.alloc(0), Buffer.from('123456789018')]);
+    const body = wire.subarray(5);
+    const off = scanDataRow(body);
+    assert.deepEqual([...off], [6, 3, 13, -1, 17, 0, 21, 12]);
+    assert.deepEqual(dataRowField(body, off, 0), Buffer.from('abc'));
+    assert.equal(dataRowField(body, off, 1), null);
+    assert.deepEqual(dataRowField(body, off, 2), Buffer.alloc(0));
+    assert.deepEqual(dataRowField(body, off, 3), Buffer.from('123456789018'));
+    assert.throws(() => dataRowField(body, off, 4), ProtocolError);
+    assert.throws(() => scanDataRow(body.subarray(0, body.length - 1)), ProtocolError);
+    assert.throws(() => scanDataRow(Buffer.from([0, 1, 0xff, 0xff, 0xff, 0xfe])), ProtocolError);
   });
 
   test('RowDescription keeps unsigned OIDs and signed typlen/typmod', () => {

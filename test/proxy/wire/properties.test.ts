@@ -3,7 +3,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { decodeBackend, encodeBackend } from '../../../proxy/wire/backend.js';
+import { dataRowField, decodeBackend, decodeDataRow, encodeBackend, scanDataRow } from '../../../proxy/wire/backend.js';
 import {
   decodeFrontend,
   decodePassword,
@@ -228,6 +228,36 @@ describe('codec properties', () => {
       fc.property(startupArb, fc.nat(), (p, cut) => {
         const body = encodeStartupPacket(p).subarray(4);
         return decodesOrRefuses(() => decodeStartupPacket(body.subarray(0, cut % (body.length + 1))));
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  test('scanDataRow agrees with decodeDataRow on every body, valid or not', () => {
+    const rowBodies = fc.oneof(
+      fc.array(field, { maxLength: 10 }).map((fields) => encodeBackend({ kind: 'DataRow', fields }).subarray(5)),
+      fc.uint8Array({ maxLength: 40 }).map((a) => Buffer.from(a)),
+      fc.tuple(fc.array(field, { minLength: 1, maxLength: 6 }), fc.nat()).map(([fields, cut]) => {
+        const b = encodeBackend({ kind: 'DataRow', fields }).subarray(5);
+        return b.subarray(0, cut % b.length);
+      }),
+    );
+    fc.assert(
+      fc.property(rowBodies, (body) => {
+        let decoded: Array<Buffer | null> | 'refused';
+        try {
+          decoded = decodeDataRow(body).fields;
+        } catch (e) {
+          if (!(e instanceof ProtocolError)) throw e;
+          decoded = 'refused';
+        }
+        if (decoded === 'refused') {
+          assert.throws(() => scanDataRow(body), ProtocolError);
+        } else {
+          const off = scanDataRow(body);
+          assert.equal(off.length, 2 * decoded.length);
+          decoded.forEach((f, i) => assert.deepEqual(dataRowField(body, off, i), f));
+        }
       }),
       { numRuns: RUNS },
     );
