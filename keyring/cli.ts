@@ -24,8 +24,9 @@ const USAGE = `usage: mamori keys <command> [--config FILE] [options]
   init      [--identity NAME]                   create the root key (local) and the keystore
   list                                          domains, versions, status, encryption counts
   add       <domain> --mode randomized|deterministic [--purpose data|subject|audit]
-  rotate    <domain> [--column S.T.C ...] [-d DB] [--settle SECONDS]
-                                                new version; deterministic domains reencrypt in the same job
+  rotate    <domain> [--column S.T.C ... -d DB] [--settle SECONDS]
+                                                new version; with --column (always for deterministic
+                                                domains) the rows are reencrypted in the same job
   reencrypt <domain> [--column S.T.C ...] -d DB [--batch N]
   retire    <domain> <version> [--column S.T.C ...] -d DB
   shred     <domain> --version V --yes [--new-key-arn ARN]
@@ -111,7 +112,13 @@ export async function runKeysCommand(args: string[], io: CliIo = { stdout: proce
   }
   const cfg = keyringConfigFrom(loaded.config.keyring);
   let pool: pg.Pool | null = null;
-  const db = (): pg.Pool => (pool ??= new pg.Pool({ ...pgConfig(v.database), max: 2 }));
+  const db = (): pg.Pool => {
+    if (!pool) {
+      pool = new pg.Pool({ ...pgConfig(v.database), max: 2 });
+      pool.on('error', () => undefined); // an idle connection dropped by the server; the next query reconnects
+    }
+    return pool;
+  };
   const opts = (): KeyringOptions => {
     const o: KeyringOptions = {};
     if (cfg.store.type === 'postgres') o.pg = db();
@@ -175,7 +182,7 @@ export async function runKeysCommand(args: string[], io: CliIo = { stdout: proce
       case 'rotate': {
         const domain = domainArg();
         const info = kr.domain(domain);
-        if (info.mode === 'randomized' && !v.database) {
+        if (info.mode === 'randomized' && !v.column) {
           const ver = await kr.rotate(domain);
           say(`${domain}: new writes use version ${ver}; move old rows with \`mamori keys reencrypt ${domain} -d …\``);
           return 0;

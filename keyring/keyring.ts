@@ -311,6 +311,7 @@ export class Keyring {
       const pool = this.backend instanceof PostgresKeystore ? this.backend.pool : null;
       if (!pool) throw new KeyringError('refused', 'no connection to LISTEN on');
       const client = await pool.connect();
+      client.on('error', (err: Error) => this.opts.logger?.warn({ err: err.message }, 'keystore LISTEN connection failed; call reload() or watch() again'));
       client.on('notification', (n) => {
         if (n.channel === NOTIFY_CHANNEL && n.payload === this.keystoreId) onChange();
       });

@@ -58,7 +58,10 @@ export interface ReencryptProgress {
 
 export interface ReencryptOptions {
   batchSize?: number;
-  onProgress?: (p: ReencryptProgress) => void;
+  /** Called (and awaited) once with the total, then after every batch. */
+  onProgress?: (p: ReencryptProgress) => void | Promise<void>;
+  /** Awaited between reading a batch and updating it: a place to throttle (tests use it to race a writer). */
+  beforeBatchUpdate?: () => void | Promise<void>;
 }
 
 /**
@@ -75,7 +78,7 @@ export async function reencryptColumn(kr: Keyring, db: Queryable, domain: string
   const stale = `${col} IS NOT NULL AND substring(${col}::bytea from 1 for ${CELL_HEADER_BYTES}) <> $1::bytea`;
   const total = Number((await db.query<{ n: string }>(`SELECT count(*) AS n FROM ${tableSql(c)} WHERE ${stale}`, [current])).rows[0]!.n);
   const progress: ReencryptProgress = { column: columnPath, total, done: 0, conflicts: 0, shredded: 0 };
-  opts.onProgress?.({ ...progress });
+  await opts.onProgress?.({ ...progress });
   const batch = opts.batchSize ?? 500;
   const pkList = pk.map((p) => q(p.name)).join(', ');
   const pkText = pk.map((p, i) => `${q(p.name)}::text AS k${i}`).join(', ');
@@ -96,6 +99,7 @@ export async function reencryptColumn(kr: Keyring, db: Queryable, domain: string
       params,
     );
     if (rows.rows.length === 0) break;
+    await opts.beforeBatchUpdate?.();
     for (const row of rows.rows) {
       const keys = pk.map((_, i) => row[`k${i}`] as string);
       last = keys;
@@ -116,7 +120,7 @@ export async function reencryptColumn(kr: Keyring, db: Queryable, domain: string
       if (u.rowCount === 1) progress.done += 1;
       else progress.conflicts += 1;
     }
-    opts.onProgress?.({ ...progress });
+    await opts.onProgress?.({ ...progress });
   }
   return progress;
 }

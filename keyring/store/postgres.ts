@@ -35,6 +35,8 @@ export class PostgresKeystore implements KeystoreBackend {
     this.description = `keystore table ${table}`;
     this.ownsPool = typeof pool === 'string';
     this.pool = typeof pool === 'string' ? new pg.Pool({ connectionString: pool, max: 2 }) : pool;
+    // An idle connection dropped by the server must not crash the process; the next query reconnects.
+    if (this.ownsPool) this.pool.on('error', () => undefined);
     this.keystoreId = keystoreId ?? null;
   }
 
