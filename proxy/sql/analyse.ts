@@ -4,7 +4,7 @@
 // a protected column is refused, never guessed.
 import { decodeSql, parseText, SqlDecodeError, SqlSyntaxError, type AstNode } from './parser.js';
 import { buildNameIndex, type ProtectedNameIndex } from './fastpath.js';
-import { tokens, LexError } from './lexer.js';
+import { tokens, LexError, type LexOptions } from './lexer.js';
 import { spanEnd, spanStart, typeNameSpan, SpanError } from './span.js';
 import type {
   Analysis,
@@ -1258,9 +1258,9 @@ function statementAnalysis(st: StatementState, node: AstNode): Partial<Statement
 }
 
 // True when the text names a protected relation (or the mamori schema) in any spelling.
-function mentionsName(body: Buffer, index: ProtectedNameIndex): boolean {
+function mentionsName(body: Buffer, index: ProtectedNameIndex, opts: LexOptions = {}): boolean {
   try {
-    for (const t of tokens(body)) {
+    for (const t of tokens(body, opts)) {
       if ((t.kind === 'ident' || t.kind === 'qident') && index.names.has(t.text)) return true;
       if (t.kind === 'uident' || t.nonAscii) return true;
     }
@@ -1290,6 +1290,13 @@ function analyseInner(sql: Buffer, ctx: AnalysisContext): Analysis {
   const ix = catalogIndex(ctx.catalog);
   const enc = normEncoding(ctx.clientEncoding);
   const utf8 = enc === 'UTF8' || enc === 'UNICODE';
+  // The parser lexes UTF-8 with standard_conforming_strings on. When the session differs and the bytes could be
+  // read differently by the server (high bytes in another encoding; backslashes with scs off), refuse as soon as
+  // a protected name may be involved, since neither the parse nor the names it finds can be trusted.
+  if (!utf8 && sql.some((x) => x >= 0x80))
+    throw new Refusal('0A000', `statements that may reach protected columns need client_encoding UTF8 (the session uses ${ctx.clientEncoding})`);
+  if (ctx.standardConformingStrings === false && sql.includes(0x5c) && (mentionsName(sql, ix.names, { standardConformingStrings: false }) || mentionsName(sql, ix.names)))
+    throw new Refusal('0A000', 'protected columns cannot be used while standard_conforming_strings is off');
   let text: string;
   try {
     text = decodeSql(sql);

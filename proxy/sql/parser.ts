@@ -18,7 +18,8 @@ export function parserLoaded(): boolean {
   return loaded;
 }
 
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM keeps a leading U+FEFF (otherwise it would be dropped and every byte offset would shift by 3).
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 export class SqlDecodeError extends Error {}
 

@@ -325,6 +325,21 @@ describe('allow-list', () => {
     expectProtected('SELECT my_number FROM Employees', { touched: { 'employees.my_number': ['read'] } });
     expectUnprotected('SELECT my_number FROM "Employees"');
   });
+  test('a CTE named like a protected table shadows it', () => {
+    expectUnprotected("WITH employees AS (SELECT 1 AS my_number) SELECT my_number FROM employees WHERE my_number::text LIKE '1%'");
+    expectProtected("WITH employees AS (SELECT 1 AS x) SELECT my_number FROM public.employees WHERE my_number = '1'", { literals: [["'1'", 'employees.my_number', 'search', '1']] });
+  });
+  test('a byte-order mark inside the text keeps byte offsets exact; a leading one is a syntax error as on the server', () => {
+    const sql = "SELECT '\ufeff' AS bom, id FROM employees WHERE my_number = '123456789018'";
+    const plans = expectProtected(sql, {});
+    assert.equal(Buffer.from(sql).subarray(plans[0]!.literals[0]!.start, plans[0]!.literals[0]!.end).toString(), "'123456789018'");
+    assert.equal(run("\ufeffSELECT my_number FROM employees").a.kind, 'refuse');
+  });
+  test('standard_conforming_strings off: a backslash that hides SQL from the parser is caught', () => {
+    // with scs on the parser sees one string; the server with scs off reads `, my_number FROM employees`
+    expectRefusal("SELECT 'a\\'' , my_number FROM employees --'", '0A000', 'protected columns cannot be used while standard_conforming_strings is off', { standardConformingStrings: false });
+    expectUnprotected("SELECT 'a\\\\' AS x, 'employees' AS y", { standardConformingStrings: false });
+  });
   test('unprotected statements and columns stay unprotected', () => {
     expectUnprotected("SELECT name FROM employees WHERE name LIKE 'a%' ORDER BY name");
     expectUnprotected('SELECT * FROM departments d WHERE d.name = $1');
