@@ -213,7 +213,7 @@ describe('PostgreSQL-worded errors match a real PostgreSQL', () => {
     assert.deepEqual(compared(fieldsOf(PG_ERRORS.noUserName())), compared(noUser));
   });
 
-  test('wrong password, too many clients, cancel and terminate', async () => {
+  test('wrong password, too many clients, cancel, terminate and idle timeout', async () => {
     await cluster.createRole('alice', 'right-pw');
     const opts = { host: cluster.host, port: cluster.port, database: 'postgres', ssl: false } as const;
     const bad = new pg.Client({ ...opts, user: 'alice', password: 'wrong' });
@@ -268,6 +268,19 @@ describe('PostgreSQL-worded errors match a real PostgreSQL', () => {
       const terminated = await victimErr;
       assert.deepEqual(compared(fieldsOf(PG_ERRORS.adminShutdown())), { S: terminated.severity, V: terminated.severity, C: terminated.code, M: terminated.message });
       clients.shift();
+
+      const idle = clients[1]!;
+      const idleErr = new Promise<pg.DatabaseError>((resolve) => {
+        let first = true;
+        idle.on('error', (e) => {
+          if (first) resolve(e as pg.DatabaseError);
+          first = false;
+        });
+      });
+      await idle.query("set idle_session_timeout = '100ms'");
+      const timedOut = await idleErr;
+      assert.deepEqual(compared(fieldsOf(PG_ERRORS.idleSessionTimeout())), { S: timedOut.severity, V: timedOut.severity, C: timedOut.code, M: timedOut.message });
+      clients.splice(1, 1);
     } finally {
       await Promise.all(clients.map((c) => c.end().catch(() => undefined)));
     }
