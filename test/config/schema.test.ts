@@ -350,6 +350,16 @@ describe('cross-field rules', () => {
     ]);
   });
 
+  test('keyring extras used by the keyring CLI resolve like other paths', () => {
+    const k = parse({ keyring: { keystoreId: 'prod-1', stateFile: 'state/pin', escrow: { publicKeyFile: 'e.pub', exportDir: 'escrow' } } }).keyring;
+    assert.equal(k.keystoreId, 'prod-1');
+    assert.equal(k.stateFile, '/etc/mamori/state/pin');
+    assert.deepEqual(k.escrow, { publicKeyFile: '/etc/mamori/e.pub', exportDir: '/etc/mamori/escrow' });
+    assert.deepEqual(issuesOf({ keyring: { keystoreId: 'has space' } }), [
+      { path: 'keyring.keystoreId', message: 'must be 1–128 letters, digits or . _ : -' },
+    ]);
+  });
+
   test('a full production-style config parses', () => {
     const c = parse({
       tls: { cert: 'certs/server.crt', key: 'certs/server.key', clientCa: 'certs/ca.crt', require: true },
