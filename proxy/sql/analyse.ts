@@ -1128,8 +1128,20 @@ function commandOf(type: string, n: AstNode): string {
       return 'COPY';
     case 'VariableSetStmt':
       return 'SET';
+    case 'IndexStmt':
+      return 'CREATE INDEX';
+    case 'CreateStmt':
+      return 'CREATE TABLE';
+    case 'ViewStmt':
+      return 'CREATE VIEW';
+    case 'RenameStmt':
+      return 'ALTER … RENAME';
     default:
-      return type.replace(/Stmt$/, '').toUpperCase();
+      // AlterTableStmt → ALTER TABLE
+      return type
+        .replace(/Stmt$/, '')
+        .replace(/([a-z])([A-Z])/g, '$1 $2')
+        .toUpperCase();
   }
 }
 
