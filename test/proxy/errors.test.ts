@@ -223,6 +223,14 @@ describe('PostgreSQL-worded errors match a real PostgreSQL', () => {
     );
     assert.deepEqual(compared(fieldsOf(PG_ERRORS.passwordAuthFailed('alice'))), { S: pwErr.severity, V: pwErr.severity, C: pwErr.code, M: pwErr.message });
 
+    // an unknown role gets the same words (PostgreSQL runs a mock SCRAM exchange), so roles cannot be probed
+    const ghost = new pg.Client({ ...opts, user: 'nobody', password: 'x' });
+    const ghostErr = await ghost.connect().then(
+      () => assert.fail('login should fail'),
+      (e: pg.DatabaseError) => e,
+    );
+    assert.deepEqual(compared(fieldsOf(PG_ERRORS.passwordAuthFailed('nobody'))), { S: ghostErr.severity, V: ghostErr.severity, C: ghostErr.code, M: ghostErr.message });
+
     const clients: pg.Client[] = [];
     try {
       for (let i = 0; i < 4; i++) {
