@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { AuditTrail } from '../../../proxy/audit/trail.js';
 import { formatRecord, searchAudit, tailAudit, type AuditSearchFilter } from '../../../proxy/audit/search.js';
 import { normalizeSubject, subjectHash } from '../../../proxy/audit/subject.js';
-import type { AuditEvent } from '../../../proxy/audit/record.js';
+import type { AuditEvent, AuditEventCommon } from '../../../proxy/audit/record.js';
 import { fileConfig, tempDir } from './fixtures.js';
 
 const period1 = createSecretKey(randomBytes(32));
@@ -21,7 +21,7 @@ const hashSubject = (v: string): string[] => {
 };
 
 function stmt(session: string, user: string, kind: 'statement_intent' | 'search', decision: 'write' | 'plaintext' | 'mask' | 'search', subjects: string[], keyId = 'p1'): AuditEvent {
-  const base = {
+  const base: AuditEventCommon = {
     session,
     user,
     command: decision === 'write' ? 'INSERT' : 'SELECT',
@@ -29,7 +29,7 @@ function stmt(session: string, user: string, kind: 'statement_intent' | 'search'
     columns: [{ column: 'public.people.my_number', decision }],
     subjects,
     subjectKeyId: keyId,
-  } as const;
+  };
   return kind === 'search' ? { kind, ...base, statement: `${session}-q` } : { kind, ...base, statement: `${session}-q`, mode: 'protected' };
 }
 
