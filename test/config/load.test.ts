@@ -128,6 +128,10 @@ describe('loadConfig', () => {
       await errorsOf('audit:\n  sinks:\n    - type: postgres\n      connection: { user: a, Password: x }\n'),
       [{ path: 'audit.sinks[0].connection.Password', message, line: 4, column: 30 }],
     );
+    // A column that happens to be called password is not a password.
+    const col = await load('columns:\n  public.users.password: { type: bytea }\n');
+    assert.ok(col.ok);
+    assert.equal(col.config.columns['public.users.password']!.ref.column, 'password');
     // The value never appears in what is reported.
     const r = await load('control: { password: "s3cr3t-value" }\n');
     assert.ok(!r.ok && !formatConfigIssues(r.errors).includes('s3cr3t-value'));
