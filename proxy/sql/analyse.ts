@@ -446,24 +446,26 @@ class Analyser {
     if (p) throw notSupported(p, 'a whole-row reference');
   }
 
-  // undefined: no column of that name anywhere in scope
+  // undefined: no column of that name anywhere in scope. Entries with unknown columns (functions in FROM) might
+  // hold the name: then an outer protected match is ambiguous to us (refused), while a match at the same level is
+  // either that column or a server-side ambiguity error.
   unqualified(name: string, scope: Scope): ProtectedColumn | null | undefined {
+    let sawUnknown = false;
     for (let s: Scope | null = scope; s; s = s.parent) {
       const hits = s.entries.filter((e) => !e.qualifiedOnly && e.columns?.has(name));
-      const maybe = s.entries.some((e) => !e.qualifiedOnly && !e.columns);
+      const unknown = s.entries.some((e) => !e.qualifiedOnly && !e.columns);
       if (hits.length === 0) {
-        if (maybe) return null;
+        sawUnknown = sawUnknown || unknown;
         continue;
       }
-      const prots = hits.map((e) => e.columns!.get(name) ?? null);
-      const p = prots.find((x) => x) ?? null;
-      if (hits.length > 1 || maybe) {
+      const p = hits.map((e) => e.columns!.get(name) ?? null).find((x) => x) ?? null;
+      if (hits.length > 1 || (p && sawUnknown)) {
         if (p) throw notSupported(p, `an ambiguous reference to "${name}"`);
         return null;
       }
       return p;
     }
-    return undefined;
+    return sawUnknown ? null : undefined;
   }
 
   findEntry(qual: string[], scope: Scope): RangeEntry | null {
@@ -804,7 +806,9 @@ class Analyser {
       const fields: AstNode[] | undefined = val?.ColumnRef?.fields;
       if (fields && fields[fields.length - 1]!.A_Star) {
         const entries =
-          fields.length === 1 ? scope.entries : [this.findEntry(fields.slice(0, -1).map((f) => f.String.sval), scope)].filter((e): e is RangeEntry => !!e);
+          fields.length === 1
+            ? scope.entries.filter((e) => !e.qualifiedOnly)
+            : [this.findEntry(fields.slice(0, -1).map((f) => f.String.sval), scope)].filter((e): e is RangeEntry => !!e);
         for (const e of entries) {
           if (!e.columns) continue;
           for (const name of e.order) {

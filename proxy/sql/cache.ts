@@ -55,11 +55,20 @@ export class AnalysisCache {
   private readonly lru: LruCache<string, Analysis>;
   hits = 0;
   misses = 0;
-  constructor(capacity = 1024) {
+  // Statements longer than maxSqlBytes (bulk inserts, generated SQL) are analysed every time rather than pinned
+  // in memory as keys.
+  constructor(
+    capacity = 1024,
+    readonly maxSqlBytes = 16 * 1024,
+  ) {
     this.lru = new LruCache(capacity);
   }
   // Returns the cached analysis or computes, stores and returns it.
   getOrAnalyse(sql: Buffer, parts: AnalysisKeyParts, ctx: AnalysisContext, run: (sql: Buffer, ctx: AnalysisContext) => Analysis): Analysis {
+    if (sql.length > this.maxSqlBytes) {
+      this.misses++;
+      return run(sql, ctx);
+    }
     const key = analysisKey(sql, parts);
     const hit = this.lru.get(key);
     if (hit) {

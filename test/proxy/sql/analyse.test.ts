@@ -325,6 +325,19 @@ describe('allow-list', () => {
     expectProtected('SELECT my_number FROM Employees', { touched: { 'employees.my_number': ['read'] } });
     expectUnprotected('SELECT my_number FROM "Employees"');
   });
+  test('functions in FROM: same-level names stay resolvable, outer protected names behind them are refused', () => {
+    expectProtected("SELECT my_number FROM employees, generate_series(1, 3) g WHERE my_number = '1'", { literals: [["'1'", 'employees.my_number', 'search', '1']] });
+    expectRefusal(
+      "SELECT (SELECT 1 FROM generate_series(1, 2) g WHERE my_number = 'x') FROM employees",
+      '0A000',
+      P(MN, 'an ambiguous reference to "my_number"'),
+    );
+  });
+  test('UPDATE … RETURNING * reads the target (and FROM items), not old/new twice', () => {
+    expectProtected('UPDATE employees SET name = $1 WHERE id = $2 RETURNING *', {
+      touched: { 'employees.my_number': ['returning'], 'employees.secret_note': ['returning'] },
+    });
+  });
   test('a CTE named like a protected table shadows it', () => {
     expectUnprotected("WITH employees AS (SELECT 1 AS my_number) SELECT my_number FROM employees WHERE my_number::text LIKE '1%'");
     expectProtected("WITH employees AS (SELECT 1 AS x) SELECT my_number FROM public.employees WHERE my_number = '1'", { literals: [["'1'", 'employees.my_number', 'search', '1']] });

@@ -51,4 +51,12 @@ describe('AnalysisCache', () => {
     assert.equal(v.kind, 'refuse');
     assert.deepEqual([cache.hits, cache.misses, cache.size], [1, 2, 2]);
   });
+  test('does not keep statements longer than maxSqlBytes', () => {
+    const cache = new AnalysisCache(16, 64);
+    const sql = Buffer.from(`SELECT id FROM employees WHERE name IN (${Array.from({ length: 30 }, (_, i) => `'n${i}'`).join(',')})`);
+    const parts = { searchPath: ['public'], catalogEpoch: 1, roleSet: 'clerk' };
+    cache.getOrAnalyse(sql, parts, ctx(), analyse);
+    cache.getOrAnalyse(sql, parts, ctx(), analyse);
+    assert.deepEqual([cache.hits, cache.misses, cache.size], [0, 2, 0]);
+  });
 });
