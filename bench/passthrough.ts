@@ -94,6 +94,8 @@ interface RunRecord {
   p99LatencyMs: number | null;
   transactions: number;
   failed: number;
+  /** 1-minute load average when the run ended: other work on the machine shows up here. */
+  load1: number;
   error?: string;
 }
 
@@ -110,7 +112,7 @@ interface SummaryRow {
   tpsVsDirect: number | null;
   tpsVsPgbouncer: number | null;
   tpsVsRelay: number | null;
-  /** Median average latency minus direct's, in µs. */
+  /** Median over rounds of (this target's average latency − direct's in the same round), in µs. */
   addedLatencyUs: number | null;
 }
 
@@ -123,10 +125,16 @@ function summarize(records: RunRecord[], o: Options, targets: TargetName[]): Sum
           records.filter((r) => r.tls === tls && r.script === script && r.clients === clients && r.target === t && r.tps !== null);
         const med = (t: TargetName, k: 'tps' | 'avgLatencyMs' | 'p99LatencyMs'): number | null =>
           median(of(t).map((r) => r[k] ?? NaN));
+        // Added latency pairs each run with direct's run of the same round (adjacent in time), then takes the
+        // median: drift in the machine's load cancels better than in a difference of medians.
+        const paired = (t: TargetName): number | null =>
+          median(of(t).map((r) => {
+            const d = of('direct').find((x) => x.round === r.round);
+            return d && r.avgLatencyMs !== null && d.avgLatencyMs !== null ? (r.avgLatencyMs - d.avgLatencyMs) * 1000 : NaN;
+          }));
         for (const target of targets) {
           const tps = med(target, 'tps');
           const avg = med(target, 'avgLatencyMs');
-          const directAvg = med('direct', 'avgLatencyMs');
           rows.push({
             tls, script, clients, target,
             rounds: of(target).length,
@@ -134,7 +142,7 @@ function summarize(records: RunRecord[], o: Options, targets: TargetName[]): Sum
             tpsVsDirect: ratio(tps, med('direct', 'tps')),
             tpsVsPgbouncer: ratio(tps, med('pgbouncer', 'tps')),
             tpsVsRelay: ratio(tps, med('relay', 'tps')),
-            addedLatencyUs: avg === null || directAvg === null ? null : (avg - directAvg) * 1000,
+            addedLatencyUs: target === 'direct' ? 0 : paired(target),
           });
         }
       }
@@ -252,7 +260,7 @@ async function main(): Promise<void> {
             for (const t of order) {
               if (stopping) break;
               const rec: RunRecord = { round, tls, script, clients, target: t.name, tps: null, avgLatencyMs: null,
-                p99LatencyMs: null, transactions: 0, failed: 0 };
+                p99LatencyMs: null, transactions: 0, failed: 0, load1: 0 };
               try {
                 const r = await runPgbench({ bindir: pg.bindir, env: clientEnv(ctx, t.port, tls), script, clients,
                   jobs: o.jobs, seconds: o.seconds, samplingRate: o.samplingRate });
@@ -261,11 +269,13 @@ async function main(): Promise<void> {
               } catch (err) {
                 rec.error = (err as Error).message;
               }
+              rec.load1 = loadavg()[0]!;
               records.push(rec);
               done++;
               console.log(`[${done}/${total}] r${round} tls=${tls ? 'on ' : 'off'} ${script.padEnd(11)} -c ${String(clients).padStart(2)} ` +
                 `${t.name.padEnd(9)} ` + (rec.error ? `ERROR ${rec.error}` :
-                  `${fmt(rec.tps).padStart(7)} tps  avg ${fmt(rec.avgLatencyMs, 3)} ms  p99 ${fmt(rec.p99LatencyMs, 3)} ms`));
+                  `${fmt(rec.tps).padStart(7)} tps  avg ${fmt(rec.avgLatencyMs, 3)} ms  p99 ${fmt(rec.p99LatencyMs, 3)} ms`) +
+                `  load ${rec.load1.toFixed(1)}`);
             }
           }
         }
