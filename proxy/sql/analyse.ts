@@ -35,7 +35,7 @@ export function notSupported(c: ProtectedColumn, construct: string): Refusal {
 
 // ---- catalog index -------------------------------------------------------------------------------------------
 
-interface CatalogIndex {
+export interface CatalogIndex {
   relations: Map<string, Map<string, ProtectedColumn>>; // "schema.name" → column → protected column
   relationNames: Set<string>; // bare names of protected relations
   schemas: Set<string>;

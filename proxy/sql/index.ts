@@ -2,7 +2,7 @@
 // splice + verify, cache. See docs/sql-support.md.
 export { loadParser } from './parser.js';
 export { mayTouchProtected, buildNameIndex, OPAQUE_WORDS, type ProtectedNameIndex } from './fastpath.js';
-export { analyse, catalogIndex, qualified } from './analyse.js';
+export { analyse, catalogIndex, qualified, type CatalogIndex } from './analyse.js';
 export {
   splice,
   verifySplice,
