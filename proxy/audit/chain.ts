@@ -5,7 +5,7 @@
 // copied into genesis and checkpoint records.
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { ZERO_HASH, sealRecord, serializeRecord, type AuditEvent, type AuditRecord, type ChainHead, type InstanceRegistry } from './record.js';
+import { ZERO_HASH, sealRecordLine, type AuditEvent, type AuditRecord, type ChainHead, type InstanceRegistry } from './record.js';
 import { writeJsonAtomic, type RegistryFile, type SeriesPaths } from './files.js';
 
 /** Registry entries kept (most recent first); older instances stay provable through the chain itself. */
@@ -63,9 +63,9 @@ export class ChainState {
     for (const item of items) {
       const event = typeof item === 'function' ? item(prev) : item;
       seq += 1;
-      const record = sealRecord(event, { time, instance: this.instance, seq, prev: prev?.hash ?? ZERO_HASH });
+      const { record, line } = sealRecordLine(event, { time, instance: this.instance, seq, prev: prev?.hash ?? ZERO_HASH });
       records.push(record);
-      lines.push(serializeRecord(record));
+      lines.push(line);
       prev = { instance: this.instance, seq, hash: record.hash };
     }
     return { records, data: lines.length ? lines.join('\n') + '\n' : '' };

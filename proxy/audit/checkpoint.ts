@@ -12,7 +12,7 @@ import {
 } from 'node:crypto';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { canonicalJson, type AuditRecord, type CheckpointBody } from './record.js';
+import { canonicalJson, serializeRecord, type AuditRecord, type CheckpointBody } from './record.js';
 
 /** The bytes that are signed: a fixed domain prefix, then the canonical JSON of the body. */
 export function checkpointMessage(body: CheckpointBody): Buffer {
@@ -76,7 +76,7 @@ export class CheckpointFileSink {
     await mkdir(dirname(this.path), { recursive: true, mode: 0o750 });
     const fh = await open(this.path, 'a', 0o640);
     try {
-      await fh.write(canonicalJson(record) + '\n');
+      await fh.write(serializeRecord(record) + '\n');
       await fh.datasync();
     } finally {
       await fh.close();

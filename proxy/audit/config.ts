@@ -32,6 +32,8 @@ export const auditConfigSchema = z
     failMode: z.enum(['closed', 'open']).default('closed'),
     fsync: z.enum(['none', 'interval', 'always']).default('interval'),
     fsyncIntervalMs: z.number().int().positive().default(1000),
+    /** How the file sink writes: `sync` (write(2) on the event loop, microseconds) or `async` (thread pool). */
+    writeMode: z.enum(['sync', 'async']).default('sync'),
     heartbeatSeconds: z.number().nonnegative().default(60),
     checkpointSeconds: z.number().nonnegative().default(300),
     /** Records waiting for the writer; beyond this, closed mode refuses and open mode drops (and counts). */

@@ -136,33 +136,45 @@ export type AuditEventCommon = Partial<Omit<AuditCommon, 'v' | 'time' | 'instanc
 /** What callers hand to `AuditTrail.append`. */
 export type AuditEvent = AuditEventCommon & AuditPayload;
 
-const CONTEXT_DEFAULTS = {
-  session: null,
-  user: null,
-  client: null,
-  tlsSubject: null,
-  applicationName: null,
-  database: null,
-  fingerprint: null,
-  command: null,
-  rows: null,
-  durationMs: null,
-  sqlstate: null,
-} as const;
 
-/** Fills in the chain fields and defaults; the hash is computed last over everything else. */
-export function sealRecord(event: AuditEvent, chain: { time: string; instance: string; seq: number; prev: string }): AuditRecord {
-  const unsealed = {
-    ...CONTEXT_DEFAULTS,
+/** Fills in the chain fields and defaults, hashes, and serializes: one canonicalization per record. */
+export function sealRecordLine(
+  event: AuditEvent,
+  chain: { time: string; instance: string; seq: number; prev: string },
+): { record: AuditRecord; line: string } {
+  // built by assignment, not object spread: spreading three sources costs ~20 µs per record in V8
+  const r: Record<string, unknown> = {
+    session: null,
+    user: null,
+    client: null,
+    tlsSubject: null,
+    applicationName: null,
+    database: null,
+    fingerprint: null,
+    command: null,
     columns: [],
-    ...event,
-    v: AUDIT_RECORD_VERSION,
-    time: chain.time,
-    instance: chain.instance,
-    seq: chain.seq,
-    prev: chain.prev,
-  } as Omit<AuditRecord, 'hash'>;
-  return { ...unsealed, hash: recordHash(unsealed) } as AuditRecord;
+    rows: null,
+    durationMs: null,
+    sqlstate: null,
+  };
+  const e = event as unknown as Record<string, unknown>;
+  for (const k in e) {
+    const v = e[k];
+    if (v !== undefined && k !== 'hash') r[k] = v;
+  }
+  r.v = AUDIT_RECORD_VERSION;
+  r.time = chain.time;
+  r.instance = chain.instance;
+  r.seq = chain.seq;
+  r.prev = chain.prev;
+  const body = canonicalJson(r);
+  const hash = createHash('sha256').update(body).digest('hex');
+  r.hash = hash;
+  return { record: r as unknown as AuditRecord, line: withHash(body, hash) };
+}
+
+export function sealRecord(event: AuditEvent, chain: { time: string; instance: string; seq: number; prev: string }): AuditRecord {
+  return sealRecordLine(event, chain).record;
 }
 
 /**
@@ -180,12 +192,26 @@ export function canonicalJson(value: unknown): string {
       if (!Number.isFinite(value)) throw new TypeError('canonicalJson: non-finite number');
       return JSON.stringify(value);
     case 'object': {
-      if (Array.isArray(value)) return `[${value.map((v) => (v === undefined ? 'null' : canonicalJson(v))).join(',')}]`;
+      if (Array.isArray(value)) {
+        let out = '[';
+        for (let i = 0; i < value.length; i++) {
+          if (i > 0) out += ',';
+          const v: unknown = value[i];
+          out += v === undefined ? 'null' : canonicalJson(v);
+        }
+        return out + ']';
+      }
       const obj = value as Record<string, unknown>;
-      const keys = Object.keys(obj)
-        .filter((k) => obj[k] !== undefined)
-        .sort();
-      return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(',')}}`;
+      const keys = Object.keys(obj).sort();
+      let out = '{';
+      let first = true;
+      for (const k of keys) {
+        const v = obj[k];
+        if (v === undefined) continue;
+        out += (first ? '' : ',') + JSON.stringify(k) + ':' + canonicalJson(v);
+        first = false;
+      }
+      return out + '}';
     }
     default:
       throw new TypeError(`canonicalJson: unsupported ${typeof value}`);
@@ -198,9 +224,18 @@ export function recordHash(record: Omit<AuditRecord, 'hash'> | AuditRecord): str
   return createHash('sha256').update(canonicalJson(rest)).digest('hex');
 }
 
-/** The line written to a JSON Lines sink (no trailing newline). */
+/** The hashed body with `"hash"` appended as the last member. */
+function withHash(body: string, hash: string): string {
+  return `${body.slice(0, -1)},"hash":${JSON.stringify(hash)}}`;
+}
+
+/**
+ * The line written to a JSON Lines sink (no trailing newline): the canonical JSON of the record without
+ * `hash` — exactly the bytes that were hashed — with `"hash"` appended as the last member.
+ */
 export function serializeRecord(record: AuditRecord): string {
-  return canonicalJson(record);
+  const { hash, ...rest } = record;
+  return withHash(canonicalJson(rest), hash);
 }
 
 export class AuditParseError extends Error {

@@ -96,7 +96,7 @@ export class AuditTrail {
     const fileCfg = cfg.sinks.find((s) => s.type === 'file');
     const stdout = cfg.sinks.some((s) => s.type === 'stdout') ? new StdoutSink(opts.stdout) : null;
     this.file = fileCfg
-      ? new FileSink({ ...fileCfg, fsync: cfg.fsync, fsyncIntervalMs: cfg.fsyncIntervalMs, now: this.now })
+      ? new FileSink({ ...fileCfg, fsync: cfg.fsync, fsyncIntervalMs: cfg.fsyncIntervalMs, writeMode: cfg.writeMode, now: this.now })
       : null;
     this.primary = this.file ?? stdout!;
     this.mirror = this.file ? stdout : null;
