@@ -8,6 +8,7 @@ import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type Cluster } from '../test/harness/cluster.js';
 import { run, runPgbench, type Script } from './lib/pgbench.js';
+import { cpuSeconds } from './lib/procstat.js';
 import { fmt, median, ratio } from './lib/stats.js';
 import {
   REPO_ROOT, STARTERS, TARGET_NAMES, clientEnv, type BenchContext, type Target, type TargetName,
@@ -94,6 +95,8 @@ interface RunRecord {
   p99LatencyMs: number | null;
   transactions: number;
   failed: number;
+  /** The proxy process's CPU time (user + system) per transaction, in µs; null for direct. */
+  proxyCpuUsPerTx: number | null;
   /** 1-minute load average when the run ended: other work on the machine shows up here. */
   load1: number;
   error?: string;
@@ -114,6 +117,8 @@ interface SummaryRow {
   tpsVsRelay: number | null;
   /** Median over rounds of (this target's average latency − direct's in the same round), in µs. */
   addedLatencyUs: number | null;
+  /** Median CPU µs the proxy process spent per transaction. */
+  proxyCpuUsPerTx: number | null;
 }
 
 function summarize(records: RunRecord[], o: Options, targets: TargetName[]): SummaryRow[] {
@@ -123,7 +128,7 @@ function summarize(records: RunRecord[], o: Options, targets: TargetName[]): Sum
       for (const clients of o.clients) {
         const of = (t: TargetName): RunRecord[] =>
           records.filter((r) => r.tls === tls && r.script === script && r.clients === clients && r.target === t && r.tps !== null);
-        const med = (t: TargetName, k: 'tps' | 'avgLatencyMs' | 'p99LatencyMs'): number | null =>
+        const med = (t: TargetName, k: 'tps' | 'avgLatencyMs' | 'p99LatencyMs' | 'proxyCpuUsPerTx'): number | null =>
           median(of(t).map((r) => r[k] ?? NaN));
         // Added latency pairs each run with direct's run of the same round (adjacent in time), then takes the
         // median: drift in the machine's load cancels better than in a difference of medians.
@@ -143,6 +148,7 @@ function summarize(records: RunRecord[], o: Options, targets: TargetName[]): Sum
             tpsVsPgbouncer: ratio(tps, med('pgbouncer', 'tps')),
             tpsVsRelay: ratio(tps, med('relay', 'tps')),
             addedLatencyUs: target === 'direct' ? 0 : paired(target),
+            proxyCpuUsPerTx: med(target, 'proxyCpuUsPerTx'),
           });
         }
       }
@@ -157,11 +163,12 @@ function printTables(rows: SummaryRow[], o: Options): void {
     for (const script of o.scripts) {
       console.log(`\n## ${script}, TLS ${tls ? 'on' : 'off'} (medians; ratios are TPS ratios)`);
       console.log(`${pad('clients', 7)} ${'target'.padEnd(9)} ${pad('TPS', 9)} ${pad('avg ms', 8)} ${pad('p99 ms', 8)} ` +
-        `${pad('+µs avg', 8)} ${pad('/direct', 8)} ${pad('/pgbounc', 8)} ${pad('/relay', 7)}`);
+        `${pad('+µs avg', 8)} ${pad('/direct', 8)} ${pad('/pgbounc', 8)} ${pad('/relay', 7)} ${pad('cpu µs/tx', 9)}`);
       for (const r of rows.filter((x) => x.tls === tls && x.script === script)) {
         console.log(`${pad(String(r.clients), 7)} ${r.target.padEnd(9)} ${pad(fmt(r.tps), 9)} ${pad(fmt(r.avgLatencyMs, 3), 8)} ` +
           `${pad(fmt(r.p99LatencyMs, 3), 8)} ${pad(r.target === 'direct' ? '' : fmt(r.addedLatencyUs, 1), 8)} ` +
-          `${pad(fmt(r.tpsVsDirect, 2), 8)} ${pad(fmt(r.tpsVsPgbouncer, 2), 8)} ${pad(fmt(r.tpsVsRelay, 2), 7)}`);
+          `${pad(fmt(r.tpsVsDirect, 2), 8)} ${pad(fmt(r.tpsVsPgbouncer, 2), 8)} ${pad(fmt(r.tpsVsRelay, 2), 7)} ` +
+          `${pad(r.target === 'direct' ? '' : fmt(r.proxyCpuUsPerTx, 1), 9)}`);
       }
     }
   }
@@ -183,6 +190,11 @@ function printHeadline(rows: SummaryRow[]): string[] {
         (t === 'mamori' ? ' (target ≤ 25 µs)' : ''));
     }
   }
+  const cpu = (['relay', 'pgbouncer', 'mamori'] as const)
+    .map((t) => [t, find(t, 8)?.proxyCpuUsPerTx ?? null] as const)
+    .filter(([, v]) => v !== null)
+    .map(([t, v]) => `${t} ${v!.toFixed(1)}`);
+  if (cpu.length) lines.push(`select-only -c 8, no TLS: proxy CPU per transaction (µs): ${cpu.join(', ')}`);
   if (lines.length) console.log('\n' + lines.join('\n'));
   return lines;
 }
@@ -260,12 +272,18 @@ async function main(): Promise<void> {
             for (const t of order) {
               if (stopping) break;
               const rec: RunRecord = { round, tls, script, clients, target: t.name, tps: null, avgLatencyMs: null,
-                p99LatencyMs: null, transactions: 0, failed: 0, load1: 0 };
+                p99LatencyMs: null, transactions: 0, failed: 0, proxyCpuUsPerTx: null, load1: 0 };
+              const cpu0 = t.pid === null ? null : cpuSeconds(t.pid);
               try {
                 const r = await runPgbench({ bindir: pg.bindir, env: clientEnv(ctx, t.port, tls), script, clients,
                   jobs: o.jobs, seconds: o.seconds, samplingRate: o.samplingRate });
                 Object.assign(rec, { tps: r.tps, avgLatencyMs: r.avgLatencyMs, p99LatencyMs: r.p99LatencyMs,
                   transactions: r.transactions, failed: r.failed });
+                const cpu1 = t.pid === null ? null : cpuSeconds(t.pid);
+                // pgbench's setup (connections, vacuum) is in this too: a little over the steady-state cost.
+                if (cpu0 !== null && cpu1 !== null && r.transactions > 0) {
+                  rec.proxyCpuUsPerTx = ((cpu1 - cpu0) * 1e6) / r.transactions;
+                }
               } catch (err) {
                 rec.error = (err as Error).message;
               }
@@ -274,7 +292,8 @@ async function main(): Promise<void> {
               done++;
               console.log(`[${done}/${total}] r${round} tls=${tls ? 'on ' : 'off'} ${script.padEnd(11)} -c ${String(clients).padStart(2)} ` +
                 `${t.name.padEnd(9)} ` + (rec.error ? `ERROR ${rec.error}` :
-                  `${fmt(rec.tps).padStart(7)} tps  avg ${fmt(rec.avgLatencyMs, 3)} ms  p99 ${fmt(rec.p99LatencyMs, 3)} ms`) +
+                  `${fmt(rec.tps).padStart(7)} tps  avg ${fmt(rec.avgLatencyMs, 3)} ms  p99 ${fmt(rec.p99LatencyMs, 3)} ms` +
+                  (rec.proxyCpuUsPerTx === null ? '' : `  cpu ${fmt(rec.proxyCpuUsPerTx, 1)} µs/tx`)) +
                 `  load ${rec.load1.toFixed(1)}`);
             }
           }

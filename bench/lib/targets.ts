@@ -18,6 +18,8 @@ export interface Target {
   port: number;
   /** Version or build notes for the results file. */
   info: string;
+  /** The proxy's process, for its CPU time per transaction; null for PostgreSQL itself. */
+  pid: number | null;
   stop(): Promise<void>;
 }
 
@@ -94,7 +96,8 @@ async function waitReady(ctx: BenchContext, port: number, daemon: Daemon, what: 
 
 export async function startDirect(ctx: BenchContext): Promise<Target> {
   const v = await ctx.pg.query<{ v: string }>('select version() as v');
-  return { name: 'direct', port: ctx.pg.port, info: v.rows[0]!.v.split(' on ')[0]!, stop: async () => undefined };
+  return { name: 'direct', port: ctx.pg.port, info: v.rows[0]!.v.split(' on ')[0]!, pid: null,
+    stop: async () => undefined };
 }
 
 export async function startRelayTarget(ctx: BenchContext): Promise<Target> {
@@ -112,7 +115,8 @@ export async function startRelayTarget(ctx: BenchContext): Promise<Target> {
     await d.stop();
     throw err;
   }
-  return { name: 'relay', port, info: `bench/relay.ts on node ${process.version}`, stop: () => d.stop() };
+  return { name: 'relay', port, info: `bench/relay.ts on node ${process.version}`, pid: child.pid ?? null,
+    stop: () => d.stop() };
 }
 
 /** Installs Debian's pgbouncer when missing (bench only; CI does not need it). */
@@ -186,7 +190,7 @@ export async function startPgbouncer(ctx: BenchContext): Promise<Target> {
     await stop();
     throw err;
   }
-  return { name: 'pgbouncer', port, info: `${version}, session mode`, stop };
+  return { name: 'pgbouncer', port, info: `${version}, session mode`, pid: child.pid ?? null, stop };
 }
 
 export async function startMamoriTarget(ctx: BenchContext): Promise<Target> {
@@ -236,7 +240,7 @@ export async function startMamoriTarget(ctx: BenchContext): Promise<Target> {
       return 'unknown';
     }
   })();
-  return { name: 'mamori', port, info: `bin/mamori.js at ${rev} on node ${process.version}`, stop };
+  return { name: 'mamori', port, info: `bin/mamori.js at ${rev} on node ${process.version}`, pid: child.pid ?? null, stop };
 }
 
 export const STARTERS: Record<TargetName, (ctx: BenchContext) => Promise<Target>> = {
