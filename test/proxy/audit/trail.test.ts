@@ -301,4 +301,65 @@ describe('AuditTrail', () => {
     assert.deepEqual(rs.map((r) => r.kind), ['genesis', 'instance_start', 'statement_intent', 'checkpoint']);
     for (let i = 1; i < rs.length; i++) assert.equal(rs[i]!.prev, rs[i - 1]!.hash);
   });
+
+  test('rotation by age follows the clock', async () => {
+    const t = await tempDir();
+    try {
+      let clock = Date.parse('2026-01-01T00:00:00Z');
+      const trail = await AuditTrail.open(
+        { ...fileConfig(t.dir), sinks: [{ type: 'file', path: join(t.dir, 'mamori.jsonl'), maxBytes: 0, maxAgeSeconds: 3600 }] },
+        { now: () => new Date(clock) },
+      );
+      await trail.append(intent(1));
+      clock += 30 * 60_000;
+      await trail.append(intent(2)); // same file: 30 minutes old
+      clock += 31 * 60_000;
+      await trail.append(intent(3)); // over an hour: rotated first
+      await trail.close();
+      const names = (await readdir(t.dir)).filter((n) => /^mamori\.\d{8}\./.test(n));
+      assert.deepEqual(names, ['mamori.00000001.20260101T010100Z.jsonl']);
+      assert.equal((await records(join(t.dir, names[0]!))).length, 4);
+      assert.equal((await verifyAuditTrail(join(t.dir, 'mamori.jsonl'))).ok, true);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  test('heartbeats and checkpoints on their timers; the registry file follows', async () => {
+    const t = await tempDir();
+    try {
+      const trail = await AuditTrail.open({ ...fileConfig(t.dir), heartbeatSeconds: 0.05, checkpointSeconds: 0.08 }, { signingKey: keyPair().privateKey });
+      await new Promise((r) => setTimeout(r, 400));
+      await trail.close();
+      const rs = await records(join(t.dir, 'mamori.jsonl'));
+      assert.ok(rs.filter((r) => r.kind === 'heartbeat').length >= 3);
+      assert.ok(rs.filter((r) => r.kind === 'checkpoint').length >= 3);
+      const registry = JSON.parse(await readFile(join(t.dir, 'mamori.registry.json'), 'utf8')) as { instances: Record<string, { lastSeq: number; head: string; ended?: string }> };
+      const entry = registry.instances[trail.instanceId]!;
+      assert.equal(entry.lastSeq, rs.at(-1)!.seq);
+      assert.equal(entry.head, rs.at(-1)!.hash);
+      assert.ok(entry.ended);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  test('subject hashes from the keyring source, and writeMode async', async () => {
+    const t = await tempDir();
+    try {
+      const { createSecretKey, randomBytes } = await import('node:crypto');
+      const key = createSecretKey(randomBytes(32));
+      const trail = await AuditTrail.open({ ...fileConfig(t.dir), writeMode: 'async' }, { keyring: { subjectKey: () => ({ id: 'subject-2026', key }) } });
+      const hashed = trail.hashSubjects('mynumber', [Buffer.from('123456789018'), Buffer.from('123456789018'), Buffer.from('000000000019')]);
+      assert.equal(hashed.subjectKeyId, 'subject-2026');
+      assert.equal(hashed.subjects.length, 2, 'deduplicated');
+      await trail.append({ ...intent(1), ...hashed });
+      await trail.close();
+      const text = await readFile(join(t.dir, 'mamori.jsonl'), 'utf8');
+      assert.ok(text.includes(hashed.subjects[0]!));
+      assert.ok(!text.includes('123456789018'));
+    } finally {
+      await t.cleanup();
+    }
+  });
 });
