@@ -93,7 +93,8 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
   const searches = new Counter({ name: 'mamori_searches_total', help: 'Searches on protected columns', registers });
   const searchLimit = new Counter({ name: 'mamori_search_limit_hits_total', help: 'Searches stopped by a search limit', registers });
   const auditWritten = new Counter({ name: 'mamori_audit_records_written_total', help: 'Audit records written to the primary sink', registers });
-  const auditLost = new Counter({ name: 'mamori_audit_records_lost_total', help: 'Audit records lost (failMode open) or refused', registers });
+  const auditLost = new Counter({ name: 'mamori_audit_records_lost_total', help: 'Audit records that could not be written and were dropped (failMode open)', registers });
+  const auditRefused = new Counter({ name: 'mamori_audit_records_refused_total', help: 'Audit records that could not be written, so the access was refused (failMode closed)', registers });
   const auditLatency = new Histogram({
     name: 'mamori_audit_write_seconds',
     help: 'Time from an audit append to its record reaching the OS',
@@ -155,6 +156,7 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
     audit: {
       written: (n) => auditWritten.inc(n),
       lost: (n) => auditLost.inc(n),
+      refused: (n) => auditRefused.inc(n),
       writeLatency: (s) => auditLatency.observe(s),
     },
     render: () => registry.metrics(),

@@ -21,6 +21,8 @@ import { PostgresFeeder } from './sinks/postgres.js';
 export interface AuditObserver {
   written?(records: number): void;
   lost?(records: number): void;
+  /** Records refused (failMode closed): the caller was told to refuse the access. */
+  refused?(records: number): void;
   /** Seconds from append() to the record reaching the OS. */
   writeLatency?(seconds: number): void;
 }
@@ -199,6 +201,7 @@ export class AuditTrail {
       this.opts.observer?.lost?.(n);
       return Promise.resolve();
     }
+    this.opts.observer?.refused?.(n);
     return Promise.reject(err);
   }
 
@@ -224,7 +227,10 @@ export class AuditTrail {
             this.counts.lost += batch.length;
             this.opts.observer?.lost?.(batch.length);
             for (const p of batch) p.resolve();
-          } else for (const p of batch) p.reject(err);
+          } else {
+            this.opts.observer?.refused?.(batch.length);
+            for (const p of batch) p.reject(err);
+          }
         }
       }
     } finally {

@@ -63,6 +63,7 @@ const EXPECTED = [
   ['mamori_search_limit_hits_total', 'counter'],
   ['mamori_audit_records_written_total', 'counter'],
   ['mamori_audit_records_lost_total', 'counter'],
+  ['mamori_audit_records_refused_total', 'counter'],
   ['mamori_audit_write_seconds', 'histogram'],
   ['mamori_config_reloads_total', 'counter'],
   ['mamori_membership_changes_total', 'counter'],
@@ -152,9 +153,13 @@ describe('metrics over HTTP', () => {
       const blocked = await AuditTrail.open(fileConfig(join(t.dir, 'mamori.jsonl', 'x'), { failMode: 'open' }), { observer: m.audit });
       await blocked.append(intent(3));
       await blocked.close();
+      const refusing = await AuditTrail.open(fileConfig(join(t.dir, 'mamori.jsonl', 'y')), { observer: m.audit });
+      await assert.rejects(refusing.append(intent(4)));
+      await refusing.close();
       const s = parseExposition(await m.render()).samples;
       assert.equal(value(s, 'mamori_audit_records_written_total'), 5); // genesis, start, 2 intents, checkpoint
       assert.equal(value(s, 'mamori_audit_records_lost_total'), 1); // the intent (a trail that never started writes no closing checkpoint)
+      assert.equal(value(s, 'mamori_audit_records_refused_total'), 1);
       assert.ok((value(s, 'mamori_audit_write_seconds_count') ?? 0) >= 3);
     } finally {
       await t.cleanup();
