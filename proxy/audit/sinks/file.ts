@@ -65,6 +65,7 @@ export class FileSink {
   private queue: Promise<unknown> = Promise.resolve();
   private dirty = false;
   private timer: NodeJS.Timeout | null = null;
+  private activeFirstTime: string | null = null;
   private readonly now: () => Date;
 
   constructor(private readonly opts: FileSinkOptions) {
@@ -90,17 +91,16 @@ export class FileSink {
       await mkdir(this.paths.dir, { recursive: true, mode: 0o750 });
       await this.lock();
       try {
-        this.manifest = (await readManifest(this.paths)) ?? {
-          version: 1,
-          series: this.paths.stem,
-          next: 1,
-          activeSince: this.now().toISOString(),
-          files: [],
-        };
+        const existing = await readManifest(this.paths);
         const fh = await open(this.paths.active, 'a+', 0o640);
         let repaired = 0;
         try {
           repaired = await this.scanActive(fh);
+          if (!existing) {
+            // a new series (or one written before manifests): the active file's age starts at its first record
+            this.manifest = { version: 1, series: this.paths.stem, next: 1, activeSince: this.activeFirstTime ?? this.now().toISOString(), files: [] };
+            await writeJsonAtomic(this.paths.manifest, this.manifest, this.opts.fsync !== 'none');
+          } else this.manifest = existing;
         } catch (e) {
           await fh.close();
           throw e;
@@ -147,6 +147,7 @@ export class FileSink {
       const last = parseRecord(lines[lines.length - 1]!);
       this.active.firstSeq = first.seq;
       this.active.firstInstance = first.instance;
+      this.activeFirstTime = first.time;
       this.active.last = { instance: last.instance, seq: last.seq, hash: last.hash };
     }
     return repaired;
@@ -155,12 +156,15 @@ export class FileSink {
   private async lock(): Promise<void> {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        await writeFile(this.paths.lock, `${process.pid}\n`, { flag: 'wx', mode: 0o640 });
+        await writeFile(this.paths.lock, `${process.pid} ${PROCESS_STARTED}\n`, { flag: 'wx', mode: 0o640 });
         return;
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-        const pid = Number((await readFile(this.paths.lock, 'utf8').catch(() => '')).trim());
-        if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
+        const [pidText, startedText] = (await readFile(this.paths.lock, 'utf8').catch(() => '')).trim().split(' ');
+        const pid = Number(pidText);
+        // our own pid in a lock we did not write (a container restarted with the same pid) is stale too
+        const ours = pid === process.pid && Number(startedText) === PROCESS_STARTED;
+        if (Number.isInteger(pid) && pid > 0 && (pid === process.pid ? ours : processAlive(pid))) {
           throw Object.assign(new Error(`audit series ${this.paths.stem} is locked by process ${pid}`), { code: 'ELOCKED' });
         }
         await unlink(this.paths.lock).catch(() => undefined); // stale lock of a dead process
@@ -295,6 +299,9 @@ export class FileSink {
     });
   }
 }
+
+/** When this process started (ms since the epoch, rounded): tells our locks from a previous holder of our pid. */
+const PROCESS_STARTED = Math.round(Date.now() - process.uptime() * 1000);
 
 function processAlive(pid: number): boolean {
   try {

@@ -275,7 +275,7 @@ describe('AuditTrail', () => {
     }
   });
 
-  test('one writer per series: a second trail on the same file is refused with reason locked', async () => {
+  test('one writer per series: a second trail on the same file is refused with reason locked; stale locks are taken over', async () => {
     const t = await tempDir();
     try {
       const a = await AuditTrail.open(fileConfig(t.dir));
@@ -285,6 +285,14 @@ describe('AuditTrail', () => {
       await a.append(intent(2));
       await a.close();
       assert.equal((await verifyAuditTrail(join(t.dir, 'mamori.jsonl'))).ok, true);
+      // stale locks are taken over: a dead process's, and our pid left by an earlier process (container restart)
+      for (const stale of ['2147483646 0', `${process.pid} 1`]) {
+        await writeFile(join(t.dir, 'mamori.lock'), stale);
+        const c = await AuditTrail.open(fileConfig(t.dir));
+        await c.append(intent(3));
+        await c.close();
+      }
+      assert.equal((await verifyAuditTrail(join(t.dir, 'mamori.jsonl'))).instances.length, 4);
     } finally {
       await t.cleanup();
     }
