@@ -11,7 +11,7 @@ import { run, runPgbench, type Script } from './lib/pgbench.js';
 import { cpuSeconds } from './lib/procstat.js';
 import { fmt, median, ratio } from './lib/stats.js';
 import {
-  REPO_ROOT, STARTERS, TARGET_NAMES, clientEnv, type BenchContext, type Target, type TargetName,
+  DEFAULT_TARGETS, REPO_ROOT, STARTERS, TARGET_NAMES, clientEnv, type BenchContext, type Target, type TargetName,
 } from './lib/targets.js';
 
 interface Options {
@@ -28,7 +28,7 @@ interface Options {
 }
 
 const USAGE = `usage: npm run bench:passthrough -- [--quick] [--rounds N] [--seconds N] [--clients 1,8,32]
-  [--scripts select-only,tpcb] [--tls off,on] [--targets direct,relay,pgbouncer,mamori] [--scale N] [--jobs N]
+  [--scripts select-only,tpcb] [--tls off,on] [--targets direct,relay,pgbouncer,mamori[,pipe]] [--scale N] [--jobs N]
   [--sampling-rate F] [--out FILE]
 Each flag also reads BENCH_<NAME> from the environment (BENCH_ROUNDS=5, BENCH_SECONDS=10, ...).`;
 
@@ -76,7 +76,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
     }),
     scripts: list(raw.get('scripts') ?? 'select-only,tpcb', ['select-only', 'tpcb'] as const, 'script'),
     tls: list(raw.get('tls') ?? 'off,on', ['off', 'on'] as const, 'tls setting').map((t) => t === 'on'),
-    targets: list(raw.get('targets') ?? TARGET_NAMES.join(','), TARGET_NAMES, 'target'),
+    targets: list(raw.get('targets') ?? DEFAULT_TARGETS.join(','), TARGET_NAMES, 'target'),
     scale: int('scale', 10),
     jobs: int('jobs', 2),
     samplingRate,
@@ -183,14 +183,14 @@ function printHeadline(rows: SummaryRow[]): string[] {
   if (m8?.tpsVsPgbouncer != null) {
     lines.push(`select-only -c 8, no TLS: mamori/PgBouncer = ${m8.tpsVsPgbouncer.toFixed(3)} (target ≥ 0.90, stretch 0.95)`);
   }
-  for (const t of ['relay', 'pgbouncer', 'mamori'] as const) {
+  for (const t of ['pipe', 'relay', 'pgbouncer', 'mamori'] as const) {
     const r = find(t, 1);
     if (r?.addedLatencyUs != null) {
       lines.push(`select-only -c 1, no TLS: ${t} adds ${r.addedLatencyUs.toFixed(1)} µs over direct` +
         (t === 'mamori' ? ' (target ≤ 25 µs)' : ''));
     }
   }
-  const cpu = (['relay', 'pgbouncer', 'mamori'] as const)
+  const cpu = (['pipe', 'relay', 'pgbouncer', 'mamori'] as const)
     .map((t) => [t, find(t, 8)?.proxyCpuUsPerTx ?? null] as const)
     .filter(([, v]) => v !== null)
     .map(([t, v]) => `${t} ${v!.toFixed(1)}`);

@@ -15,6 +15,8 @@ export interface RelayOptions {
   upstreamPort: number;
   /** PEM certificate and key: answer SSLRequest with 'S' and terminate TLS here. */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /** false: after startup, forward chunks as they come without framing (a bare pipe, to price the framing). */
+  framing?: boolean;
 }
 
 export interface Relay {
@@ -29,15 +31,15 @@ type Duplex = Socket | TLSSocket;
 const SSL_YES = Buffer.from('S');
 const SSL_NO = Buffer.from('N');
 
-/** Forwards src → dst through a splitter; pauses src while dst's buffer is full. */
-function pump(src: Duplex, dst: Duplex, splitter: TypedSplitter, fail: (err: Error) => void): void {
+/** Forwards src → dst through a splitter (or as raw chunks); pauses src while dst's buffer is full. */
+function pump(src: Duplex, dst: Duplex, splitter: TypedSplitter | null, fail: (err: Error) => void): void {
   const resume = (): void => {
     src.resume();
   };
   src.on('data', (chunk: Buffer) => {
     let out: Buffer[];
     try {
-      out = splitter.push(chunk);
+      out = splitter ? splitter.push(chunk) : [chunk];
     } catch (err) {
       fail(err as Error);
       return;
@@ -136,8 +138,9 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
           return;
         }
       }
-      pump(client, upstream, toServer, fail);
-      pump(upstream, client, toClient, fail);
+      const framing = options.framing ?? true;
+      pump(client, upstream, framing ? toServer : null, fail);
+      pump(upstream, client, framing ? toClient : null, fail);
       client.resume();
     };
     client.on('data', onData);
@@ -165,19 +168,21 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
   };
 }
 
-// Standalone: node --import tsx bench/relay.ts <listenPort> <upstreamHost> <upstreamPort> [certPath keyPath]
+// Standalone: node --import tsx bench/relay.ts [--pipe] <listenPort> <upstreamHost> <upstreamPort> [certPath keyPath]
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const [listen, host, up, certPath, keyPath] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const pipe = args[0] === '--pipe';
+  const [listen, host, up, certPath, keyPath] = pipe ? args.slice(1) : args;
   if (!listen || !host || !up) {
-    console.error('usage: relay.ts <listenPort> <upstreamHost> <upstreamPort> [certPath keyPath]');
+    console.error('usage: relay.ts [--pipe] <listenPort> <upstreamHost> <upstreamPort> [certPath keyPath]');
     process.exit(2);
   }
   const { readFileSync } = await import('node:fs');
   const relay = await startRelay({
-    listenPort: Number(listen), upstreamHost: host, upstreamPort: Number(up),
+    listenPort: Number(listen), upstreamHost: host, upstreamPort: Number(up), framing: !pipe,
     ...(certPath && keyPath ? { tls: { cert: readFileSync(certPath), key: readFileSync(keyPath) } } : {}),
   });
-  console.log(`relay listening on 127.0.0.1:${relay.port} → ${host}:${up}${certPath ? ' (TLS)' : ''}`);
+  console.log(`${pipe ? 'pipe' : 'relay'} listening on 127.0.0.1:${relay.port} → ${host}:${up}${certPath ? ' (TLS)' : ''}`);
   const stop = (): void => {
     void relay.close().then(() => process.exit(0));
   };

@@ -10,7 +10,9 @@ import { freePort, serverRunAs, type Cluster } from '../../test/harness/cluster.
 import type { CertPair } from '../../test/harness/certs.js';
 import { run } from './pgbench.js';
 
-export const TARGET_NAMES = ['direct', 'relay', 'pgbouncer', 'mamori'] as const;
+export const TARGET_NAMES = ['direct', 'relay', 'pgbouncer', 'mamori', 'pipe'] as const;
+/** What runs without --targets; 'pipe' (the relay without framing) is opt-in. */
+export const DEFAULT_TARGETS: readonly TargetName[] = ['direct', 'relay', 'pgbouncer', 'mamori'];
 export type TargetName = (typeof TARGET_NAMES)[number];
 
 export interface Target {
@@ -100,24 +102,27 @@ export async function startDirect(ctx: BenchContext): Promise<Target> {
     stop: async () => undefined };
 }
 
-export async function startRelayTarget(ctx: BenchContext): Promise<Target> {
+async function startRelayProcess(ctx: BenchContext, name: 'relay' | 'pipe'): Promise<Target> {
   const port = await freePort();
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', join(ctx.repoRoot, 'bench/relay.ts'), String(port), ctx.pg.host, String(ctx.pg.port),
-      ctx.cert.certPath, ctx.cert.keyPath],
+    ['--import', 'tsx', join(ctx.repoRoot, 'bench/relay.ts'), ...(name === 'pipe' ? ['--pipe'] : []),
+      String(port), ctx.pg.host, String(ctx.pg.port), ctx.cert.certPath, ctx.cert.keyPath],
     { cwd: ctx.repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const d = new Daemon(child);
   try {
-    await waitReady(ctx, port, d, 'relay');
+    await waitReady(ctx, port, d, name);
   } catch (err) {
     await d.stop();
     throw err;
   }
-  return { name: 'relay', port, info: `bench/relay.ts on node ${process.version}`, pid: child.pid ?? null,
-    stop: () => d.stop() };
+  const what = name === 'pipe' ? 'bench/relay.ts --pipe (no framing)' : 'bench/relay.ts';
+  return { name, port, info: `${what} on node ${process.version}`, pid: child.pid ?? null, stop: () => d.stop() };
 }
+
+export const startRelayTarget = (ctx: BenchContext): Promise<Target> => startRelayProcess(ctx, 'relay');
+export const startPipeTarget = (ctx: BenchContext): Promise<Target> => startRelayProcess(ctx, 'pipe');
 
 /** Installs Debian's pgbouncer when missing (bench only; CI does not need it). */
 function ensurePgbouncer(): string {
@@ -248,6 +253,7 @@ export const STARTERS: Record<TargetName, (ctx: BenchContext) => Promise<Target>
   relay: startRelayTarget,
   pgbouncer: startPgbouncer,
   mamori: startMamoriTarget,
+  pipe: startPipeTarget,
 };
 
 export const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
