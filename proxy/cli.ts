@@ -92,7 +92,7 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
     }
     case 'audit': {
       const { runAuditCommand } = await import('./audit/cli.js');
-      return runAuditCommand(rest, io);
+      return runAuditCommand(rest, { stdout: (t: string) => io.stdout.write(t), stderr: (t: string) => io.stderr.write(t) });
     }
     case '--version':
     case 'version':

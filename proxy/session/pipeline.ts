@@ -32,6 +32,8 @@ export interface Expectation {
   kind: ExpectKind;
   /** Absent for the client's own messages. */
   owner?: InjectedOwner;
+  /** An injected message whose errors stay with mamori (it ends its batch with its own Sync). */
+  ownErrors?: boolean;
   /**
    * A refusal: the message sent upstream is a substitute the server rejects at the same step, so client
    * and server agree on the error and on skip-until-Sync. The server's ErrorResponse is replaced by this.
@@ -78,6 +80,7 @@ export interface PipelineOptions {
 }
 
 const CLIENT: Route = { to: 'client' };
+const EXTENDED = new Set<ExpectKind>(['parse', 'bind', 'describe', 'execute', 'close']);
 
 export class Pipeline {
   readonly statements = new Map<string, StatementInfo>();
@@ -104,9 +107,32 @@ export class Pipeline {
     return this.inFlight === 0;
   }
 
-  expect(e: Expectation): void {
+  /**
+   * Queues the expectation for a message being sent upstream. While the server is skipping to Sync after
+   * an error (and no Sync has been sent since), it will answer nothing: the message is not queued, and an
+   * injected message's owner learns at once that it was skipped. Returns false in that case.
+   */
+  expect(e: Expectation): boolean {
+    if (e.kind === 'sync') {
+      this.skippingToSync = false;
+      this.extendedOpen = false;
+    } else if (this.skippingToSync) {
+      if (e.owner) queueMicrotask(() => e.owner!.skipped());
+      return false;
+    }
+    if (!e.owner && EXTENDED.has(e.kind)) this.extendedOpen = true;
     this.queue.push(e);
+    return true;
   }
+
+  /**
+   * True while the client has sent extended-protocol messages not yet followed by a Sync. Mamori may add
+   * a Sync of its own only when this is false: then a Sync changes no transaction boundary.
+   */
+  extendedOpen = false;
+
+  /** True after an extended-protocol error until a Sync is sent: the server ignores messages meanwhile. */
+  skippingToSync = false;
 
   peek(): Expectation | undefined {
     return this.queue[this.head];
@@ -134,7 +160,7 @@ export class Pipeline {
     // instance can forward a CancelRequest carrying it.
     if (t === BE.BackendKeyData) return CLIENT;
     const e = this.queue[this.head];
-    if (t === BE.ErrorResponse) return this.error(e);
+    if (t === BE.ErrorResponse) return this.error(frame, e);
     if (!e) throw new DesyncError(`unexpected ${String.fromCharCode(t)} with nothing outstanding`);
     if (e.refusal) throw new DesyncError('a refused message was not rejected by the server');
     switch (t) {
@@ -213,18 +239,28 @@ export class Pipeline {
     }
   }
 
-  private error(e: Expectation | undefined): Route {
+  private error(frame: Frame, e: Expectation | undefined): Route {
     // An error with nothing outstanding (idle-session timeout, admin shutdown): the client sees it.
     if (!e) return CLIENT;
-    const route: Route = e.refusal ? { to: 'replace', raw: e.refusal } : this.routeOf(e);
+    // An error answering one of mamori's own messages inside the client's batch is the client's error too
+    // (its statement would have failed at this point; the server now skips the client's messages up to its
+    // Sync); the owner is told as well. Where mamori ended its messages with its own Sync, the error is
+    // mamori's alone.
+    if (e.owner) e.owner.response(frame);
+    const route: Route = e.refusal ? { to: 'replace', raw: e.refusal } : e.ownErrors ? { to: 'drop' } : CLIENT;
     this.copyIn = this.copyOut = false;
-    if (e.kind === 'query' || e.kind === 'function' || e.kind === 'sync') return route; // ReadyForQuery ends it
+    if (e.kind === 'query' || e.kind === 'function' || e.kind === 'sync') {
+      e.refusal = undefined; // the substitute was rejected; its ReadyForQuery ends it as usual
+      return route;
+    }
     // Extended protocol: this message failed and the server skips everything up to the next Sync.
     this.pop();
     while (this.head < this.queue.length && this.queue[this.head]!.kind !== 'sync') {
       const skipped = this.pop();
       skipped.owner?.skipped();
     }
+    // No Sync sent yet: messages sent from now on are skipped by the server too.
+    this.skippingToSync = this.head >= this.queue.length;
     return route;
   }
 

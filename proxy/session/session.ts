@@ -10,7 +10,7 @@ import { BE, FE, ProtocolError, type StartupMessage, type TransactionStatus } fr
 import { decodeAuthentication, encodeAuthentication, decodeParameterStatus } from '../wire/backend.js';
 import {
   decodeBind, decodeClose, decodeDescribe, decodeExecute, decodeParse, decodeQuery,
-  decodeSASLInitialResponse, decodeSASLResponse, encodeParse, encodeQuery, encodeSASLInitialResponse, encodeSASLResponse,
+  decodeSASLInitialResponse, decodeSASLResponse, encodeFlush, encodeParse, encodeQuery, encodeSASLInitialResponse, encodeSASLResponse, encodeSync,
 } from '../wire/frontend.js';
 import { encodeStartupMessage } from '../wire/startup.js';
 import { DesyncError, Pipeline, RESERVED_PREFIX, type Expectation, type InjectedOwner } from './pipeline.js';
@@ -485,14 +485,20 @@ export class Session {
   }
 
   /**
-   * Sends mamori's own messages upstream at the current pipeline position; responses go to `owner`.
-   * `kinds` gives the expectation for each message that the server answers (Flush has none).
+   * Sends mamori's own messages upstream at the current pipeline position; their responses go to `owner`
+   * (`kinds` gives the expectation for each message). At a Sync boundary mamori ends them with its own
+   * Sync, so an error in them (an aborted transaction, say) stays mamori's and the server is not left
+   * skipping the client's next messages; inside the client's extended batch it ends them with Flush
+   * (a Sync there would end the client's implicit transaction), and an error is the client's error too.
    */
-  inject(messages: Buffer[], kinds: Array<Expectation['kind'] | null>, owner: InjectedOwner): void {
-    kinds.forEach((k) => {
-      if (k) this.pipeline.expect({ kind: k, owner, name: `${RESERVED_PREFIX}inj`, statement: { sql: '', paramTypes: [] } });
-    });
+  inject(messages: Buffer[], kinds: Array<Expectation['kind']>, owner: InjectedOwner): void {
+    const ownSync = !this.pipeline.extendedOpen;
+    for (const k of kinds) {
+      this.pipeline.expect({ kind: k, owner, ownErrors: ownSync, name: `${RESERVED_PREFIX}inj`, statement: { sql: '', paramTypes: [] } });
+    }
+    if (ownSync) this.pipeline.expect({ kind: 'sync', owner, ownErrors: true });
     for (const m of messages) this.toUpstream(m);
+    this.toUpstream(ownSync ? SYNC : FLUSH);
   }
 
   private expectationFor(f: Frame): Expectation | null {
@@ -562,6 +568,9 @@ export class Session {
     this.idleTimer.unref();
   }
 }
+
+const SYNC = encodeSync();
+const FLUSH = encodeFlush();
 
 /** Text the server rejects at parse time, used as the substitute for a refused message. */
 const REFUSAL_SQL = 'mamori refused this statement';

