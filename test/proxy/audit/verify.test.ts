@@ -1,6 +1,7 @@
 // verifyAuditTrail on real files: an intact trail verifies, and each kind of tampering is reported as the first
 // problem, at the right file, line and seq.
 import { describe, test } from 'node:test';
+import fc from 'fast-check';
 import assert from 'node:assert/strict';
 import { cp, readFile, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -275,6 +276,50 @@ describe('verifyAuditTrail', () => {
       assert.equal(r.problem?.line, 7);
     } finally {
       await t.cleanup();
+    }
+  });
+
+  test('property: any byte changed, any line dropped, duplicated or moved is reported', async () => {
+    const f = await fixture();
+    try {
+      const original = await readFile(f.active);
+      const ls = await lines(f.active);
+      await fc.assert(
+        fc.asyncProperty(
+          fc.oneof(
+            fc.record({ op: fc.constant('byte' as const), at: fc.nat(original.length - 1), to: fc.integer({ min: 0, max: 255 }) }),
+            fc.record({ op: fc.constant('drop' as const), at: fc.nat(ls.length - 1) }),
+            fc.record({ op: fc.constant('dup' as const), at: fc.nat(ls.length - 1), to: fc.nat(ls.length) }),
+            fc.record({ op: fc.constant('move' as const), at: fc.nat(ls.length - 1), to: fc.nat(ls.length - 1) }),
+          ),
+          async (t) => {
+            let changed: Buffer;
+            if (t.op === 'byte') {
+              if (original[t.at] === t.to) return;
+              changed = Buffer.from(original);
+              changed[t.at] = t.to;
+            } else {
+              const x = [...ls];
+              if (t.op === 'drop') x.splice(t.at, 1);
+              if (t.op === 'dup') x.splice(t.to, 0, ls[t.at]!);
+              if (t.op === 'move') {
+                if (t.at === t.to) return;
+                const [line] = x.splice(t.at, 1);
+                x.splice(t.to, 0, line!);
+              }
+              changed = Buffer.from(x.map((l) => l + '\n').join(''));
+            }
+            await writeFile(f.active, changed);
+            const r = await verifyAuditTrail(f.active, { publicKey: keys.publicKey, checkpointSink: f.cpSink });
+            assert.equal(r.ok, false, `undetected: ${JSON.stringify(t)}`);
+          },
+        ),
+        { numRuns: 150 },
+      );
+      await writeFile(f.active, original);
+      assert.equal((await verifyAuditTrail(f.active, { publicKey: keys.publicKey, checkpointSink: f.cpSink })).ok, true);
+    } finally {
+      await f.cleanup();
     }
   });
 });

@@ -1,0 +1,74 @@
+// A session's view of the trail: fills in the session context on every record and pairs each statement's
+// intent record (written, and awaited, before the first protected row is released) with its completion record.
+import type { AuditTrail } from './trail.js';
+import type { AuditEvent, AuditPayload, ColumnDecision } from './record.js';
+
+export interface SessionContext {
+  session: string;
+  user: string | null;
+  client: string | null;
+  tlsSubject: string | null;
+  applicationName: string | null;
+  database: string | null;
+}
+
+export interface StatementStart {
+  fingerprint: string;
+  command: string;
+  columns: ColumnDecision[];
+  mode: 'protected' | 'all';
+  subjects?: string[];
+  subjectKeyId?: string;
+}
+
+export interface StatementOutcome {
+  rows: number | null;
+  sqlstate: string | null;
+  /** Subjects seen only while the result streamed (e.g. values returned in plaintext). */
+  subjects?: string[];
+  subjectKeyId?: string;
+}
+
+export interface StatementHandle {
+  /** `session:n`, shared by the intent and completion records. */
+  readonly id: string;
+  /** Appends the completion record with the duration since the intent. */
+  complete(outcome: StatementOutcome): Promise<void>;
+}
+
+export class SessionAudit {
+  private n = 0;
+  constructor(
+    private readonly trail: AuditTrail,
+    readonly context: SessionContext,
+  ) {}
+
+  /** Any record, with this session's context. */
+  record(event: AuditPayload & Partial<AuditEvent>): Promise<void> {
+    return this.trail.append({ ...this.context, ...event } as AuditEvent);
+  }
+
+  /**
+   * The intent record. Resolves once it has reached the OS; rejects with AuditUnavailableError when it cannot
+   * (failMode closed): the caller must then refuse the statement instead of releasing rows.
+   */
+  async intent(start: StatementStart): Promise<StatementHandle> {
+    const id = `${this.context.session}:${++this.n}`;
+    const began = performance.now();
+    await this.record({ kind: 'statement_intent', statement: id, ...start });
+    const { fingerprint, command, columns } = start;
+    return {
+      id,
+      complete: (outcome) =>
+        this.record({
+          kind: 'statement_complete',
+          statement: id,
+          fingerprint,
+          command,
+          columns,
+          durationMs: Math.round((performance.now() - began) * 1000) / 1000,
+          ...outcome,
+        }),
+    };
+  }
+}
