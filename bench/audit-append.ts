@@ -39,7 +39,7 @@ const event = (i: number): AuditEvent => ({
 async function round(fsync: 'none' | 'interval' | 'always', workers: number): Promise<{ perSecond: number; p99us: number }> {
   const dir = await mkdtemp(join(values.dir ?? tmpdir(), 'mamori-audit-bench-'));
   try {
-    const trail = await AuditTrail.open({ fsync, heartbeatSeconds: 0, checkpointSeconds: 0, sinks: [{ type: 'file', path: join(dir, 'a.jsonl'), maxBytes: 0, maxAgeSeconds: 0 }] });
+    const trail = await AuditTrail.open({ fsync, heartbeatSeconds: 0, checkpointEverySeconds: 0, checkpointSink: 'none', sinks: [{ type: 'file', path: join(dir, 'a.jsonl'), rotateBytes: 0, rotateSeconds: 0 }] });
     const latencies: number[] = [];
     let n = 0;
     const end = performance.now() + seconds * 1000;

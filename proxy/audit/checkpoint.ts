@@ -12,7 +12,11 @@ import {
 } from 'node:crypto';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import type { Writable } from 'node:stream';
+import pg from 'pg';
 import { canonicalJson, serializeRecord, type AuditRecord, type CheckpointBody } from './record.js';
+import { ensureAuditTable, insertRecords, pgClientConfig } from './sinks/postgres.js';
+import type { PostgresSinkConfig } from './config.js';
 
 /** The bytes that are signed: a fixed domain prefix, then the canonical JSON of the body. */
 export function checkpointMessage(body: CheckpointBody): Buffer {
@@ -65,11 +69,17 @@ export async function generateSigningKey(privatePath: string, publicPath?: strin
   return { publicKeyPem, keyId: publicKeyId(publicKey) };
 }
 
+/** Where checkpoints are also written (the second, independent copy). */
+export interface CheckpointSink {
+  append(record: AuditRecord): Promise<void>;
+  close(): Promise<void>;
+}
+
 /**
- * The second sink for checkpoints: an append-only JSON Lines file (put it on storage the DBAs and the host's
- * admins cannot rewrite: another host's mount, a WORM bucket sync, a syslog forwarder). Each write is synced.
+ * An append-only JSON Lines file (put it on storage the DBAs and the host's admins cannot rewrite: another
+ * host's mount, a WORM bucket sync, a log forwarder). Each write is synced: checkpoints are rare.
  */
-export class CheckpointFileSink {
+export class CheckpointFileSink implements CheckpointSink {
   constructor(readonly path: string) {}
 
   async append(record: AuditRecord): Promise<void> {
@@ -81,5 +91,50 @@ export class CheckpointFileSink {
     } finally {
       await fh.close();
     }
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** Checkpoints as JSON Lines on a stream (a log collector run by someone else). */
+export class CheckpointStreamSink implements CheckpointSink {
+  constructor(private readonly stream: Writable) {}
+
+  append(record: AuditRecord): Promise<void> {
+    return new Promise((resolve, reject) => this.stream.write(serializeRecord(record) + '\n', (e) => (e ? reject(e) : resolve())));
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** Checkpoints inserted into a table (same layout as the postgres sink's) through a connection of their own. */
+export class CheckpointPostgresSink implements CheckpointSink {
+  private client: pg.Client | null = null;
+  constructor(
+    private readonly cfg: PostgresSinkConfig,
+    private readonly password?: string,
+  ) {}
+
+  async append(record: AuditRecord): Promise<void> {
+    try {
+      if (!this.client) {
+        const c = new pg.Client(pgClientConfig(this.cfg, this.password));
+        c.on('error', () => undefined);
+        await c.connect();
+        this.client = c;
+        await ensureAuditTable(c, this.cfg.table);
+      }
+      await insertRecords(this.client, this.cfg.table, [serializeRecord(record)]);
+    } catch (e) {
+      const c = this.client;
+      this.client = null;
+      await c?.end().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.client?.end().catch(() => undefined);
+    this.client = null;
   }
 }

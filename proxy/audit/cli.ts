@@ -2,10 +2,10 @@
 // A search is itself recorded (an `audit_query` record, subjects as hashes only) before any result is printed,
 // in a series of its own next to the proxy's (`<stem>-cli.jsonl`: the proxy holds its own series' lock).
 import { parseArgs } from 'node:util';
-import { createSecretKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, createSecretKey, type KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import { formatConfigIssues, loadConfig } from '../../config/load.js';
 import { auditConfigSchema, type AuditConfig } from './config.js';
 import { AuditTrail } from './trail.js';
 import { generateSigningKey, loadPrivateKey } from './checkpoint.js';
@@ -36,13 +36,26 @@ const USAGE = `usage:
   mamori audit search [PATH] [--config FILE] [--user U] [--column C] [--session S] [--since TIME] [--until TIME]
                       [--decision D] [--kind K] [--subject VALUE] [--subject-hash H] [--subject-key FILE] [--limit N] [--json]
   mamori audit tail   [PATH] [--config FILE] [-n N] [--json]
-  mamori audit keygen --out PRIVATE_PEM [--public-out PUBLIC_PEM]
+  mamori audit keygen --out PRIVATE_PEM [--public-out PUBLIC_PEM (default PRIVATE_PEM.pub)]
 PATH is a trail directory, a series' active file, or defaults to the directory of the configured file sink.
 `;
 
+/** The `audit:` section of mamori.yaml, through the project's config loader (secrets are not needed here). */
 async function loadAuditConfig(path: string): Promise<AuditConfig> {
-  const doc = parseYaml(await readFile(path, 'utf8')) as { audit?: unknown } | null;
-  return auditConfigSchema.parse(doc?.audit ?? {});
+  const loaded = await loadConfig(path, process.env, { requireSecrets: false });
+  if (!loaded.ok) throw new UsageError(`invalid configuration:\n${formatConfigIssues(loaded.errors)}`);
+  return auditConfigSchema.parse(loaded.config.audit);
+}
+
+/** `--public-key`, else `<signingKeyFile>.pub` (keygen's default), else derived from the private key if readable. */
+async function publicKeyFor(flag: string | undefined, cfg: AuditConfig | null): Promise<string | KeyObject | undefined> {
+  if (flag) return readFile(flag, 'utf8');
+  if (!cfg?.signingKeyFile) return undefined;
+  const pub = await readFile(`${cfg.signingKeyFile}.pub`, 'utf8').catch(() => null);
+  if (pub) return pub;
+  return loadPrivateKey(cfg.signingKeyFile)
+    .then((k) => createPublicKey(k))
+    .catch(() => undefined);
 }
 
 function fileSinkPath(cfg: AuditConfig | null): string | null {
@@ -106,9 +119,12 @@ async function verifyCommand(args: string[], io: AuditCliIO): Promise<number> {
   const cfg = values.config ? await loadAuditConfig(values.config) : null;
   const target = trailTarget(positionals, cfg);
   const opts: VerifyOptions = {};
-  const pub = values['public-key'] ?? cfg?.publicKey;
-  if (pub) opts.publicKey = await readFile(pub, 'utf8');
-  const sinks = values.checkpoints ?? (cfg?.checkpointSink ? [cfg.checkpointSink.path] : []);
+  const pub = await publicKeyFor(values['public-key'], cfg);
+  if (pub) opts.publicKey = pub;
+  const cp = cfg?.checkpointSink;
+  const sinks = values.checkpoints ?? (cp?.type === 'file' ? [cp.path] : []);
+  if (!values.checkpoints && cp && cp.type !== 'file')
+    io.stderr(`note: the ${cp.type} checkpoint sink is not read by verify; export it to a file and pass --checkpoints\n`);
   if (sinks.length) opts.checkpointSink = sinks;
   if (values['no-manifest']) opts.manifest = false;
   if (values['no-registry']) opts.registry = false;
@@ -224,9 +240,9 @@ async function recordQuery(cfg: AuditConfig, query: AuditQueryDescription, subje
     .filter((s) => s.type !== 'postgres')
     .map((s) => (s.type === 'file' ? { ...s, path: join(dirname(s.path), `${stemOf(s.path)}-cli.jsonl`) } : s));
   let signingKey: KeyObject | undefined;
-  if (cfg.signingKey) signingKey = await loadPrivateKey(cfg.signingKey).catch(() => undefined);
+  if (cfg.signingKeyFile) signingKey = await loadPrivateKey(cfg.signingKeyFile).catch(() => undefined);
   const trail = await AuditTrail.open(
-    { ...cfg, sinks, failMode: 'closed', heartbeatSeconds: 0, checkpointSeconds: 0 },
+    { ...cfg, sinks, failMode: 'closed', heartbeatSeconds: 0, checkpointEverySeconds: 0 },
     { program: 'cli', ...(signingKey ? { signingKey } : {}) },
   );
   try {
@@ -266,11 +282,12 @@ async function tailCommand(args: string[], io: AuditCliIO): Promise<number> {
 async function keygenCommand(args: string[], io: AuditCliIO): Promise<number> {
   const { values } = parseArgs({ args, options: { out: { type: 'string' }, 'public-out': { type: 'string' }, json: { type: 'boolean' } } });
   if (!values.out) throw new UsageError('keygen needs --out PRIVATE_PEM');
-  const k = await generateSigningKey(values.out, values['public-out']);
-  if (values.json) io.stdout(JSON.stringify({ keyId: k.keyId, publicKey: k.publicKeyPem, private: values.out, public: values['public-out'] ?? null }) + '\n');
+  const publicOut = values['public-out'] ?? `${values.out}.pub`;
+  const k = await generateSigningKey(values.out, publicOut);
+  if (values.json) io.stdout(JSON.stringify({ keyId: k.keyId, publicKey: k.publicKeyPem, private: values.out, public: publicOut }) + '\n');
   else {
     io.stdout(`private key written to ${values.out} (mode 0600); key id ${k.keyId}\n`);
-    if (values['public-out']) io.stdout(`public key written to ${values['public-out']}\n`);
+    io.stdout(`public key written to ${publicOut}\n`);
     io.stdout(k.publicKeyPem);
   }
   return 0;

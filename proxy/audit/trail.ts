@@ -8,7 +8,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { auditConfigSchema, type AuditConfig, type AuditConfigInput } from './config.js';
 import { ChainState, newInstanceId, writeRegistry } from './chain.js';
-import { CheckpointFileSink, publicKeyId, signCheckpoint } from './checkpoint.js';
+import { CheckpointFileSink, CheckpointPostgresSink, CheckpointStreamSink, publicKeyId, signCheckpoint, type CheckpointSink } from './checkpoint.js';
 import { AuditUnavailableError, ioReason } from './errors.js';
 import { readRegistry } from './files.js';
 import { canonicalJson, type AuditEvent, type AuditRecord, type ChainHead, type CheckpointBody } from './record.js';
@@ -43,6 +43,10 @@ export interface AuditTrailOptions {
   observer?: AuditObserver;
   /** Stream for the stdout sink (default process.stdout). */
   stdout?: Writable;
+  /** Passwords of postgres sinks by index in `sinks` (config/load.ts's `secrets.auditSinkPasswords`). */
+  sinkPasswords?: ReadonlyArray<string | undefined>;
+  /** Password of a postgres checkpoint sink. */
+  checkpointSinkPassword?: string;
   now?: () => Date;
 }
 
@@ -73,7 +77,7 @@ export class AuditTrail {
   private readonly file: FileSink | null;
   private readonly mirror: StdoutSink | null;
   private readonly feeder: PostgresFeeder | null;
-  private readonly checkpointSink: CheckpointFileSink | null;
+  private readonly checkpointSink: CheckpointSink | null;
   private readonly now: () => Date;
   private readonly startedAt: number;
   private queue: Pending[] = [];
@@ -85,6 +89,7 @@ export class AuditTrail {
   private lastError: string | null = null;
   private counts = { written: 0, lost: 0, checkpointSinkFailures: 0 };
   private timers: NodeJS.Timeout[] = [];
+  private readonly maxLag: number;
 
   private constructor(
     cfg: AuditConfig,
@@ -102,9 +107,19 @@ export class AuditTrail {
       : null;
     this.primary = this.file ?? stdout!;
     this.mirror = this.file ? stdout : null;
-    const pgCfg = cfg.sinks.find((s) => s.type === 'postgres');
-    this.feeder = pgCfg && this.file ? new PostgresFeeder(pgCfg, this.file) : null;
-    this.checkpointSink = cfg.checkpointSink ? new CheckpointFileSink(cfg.checkpointSink.path) : null;
+    const pgIndex = cfg.sinks.findIndex((s) => s.type === 'postgres');
+    const pgCfg = cfg.sinks[pgIndex];
+    this.feeder = pgCfg?.type === 'postgres' && this.file ? new PostgresFeeder(pgCfg, this.file, opts.sinkPasswords?.[pgIndex]) : null;
+    this.maxLag = pgCfg?.type === 'postgres' ? pgCfg.maxLagRecords : Infinity;
+    const cp = cfg.checkpointSink;
+    this.checkpointSink =
+      cp === null
+        ? null
+        : cp.type === 'file'
+          ? new CheckpointFileSink(cp.path)
+          : cp.type === 'stdout'
+            ? new CheckpointStreamSink(opts.stdout ?? process.stdout)
+            : new CheckpointPostgresSink(cp, opts.checkpointSinkPassword);
   }
 
   /**
@@ -117,9 +132,9 @@ export class AuditTrail {
     await trail.feeder?.start();
     // genesis and instance_start go out now if the sink is there; otherwise with the first append that succeeds
     await trail.writeBatch([]).catch(() => undefined);
-    const { heartbeatSeconds, checkpointSeconds } = trail.config;
+    const { heartbeatSeconds, checkpointEverySeconds } = trail.config;
     if (heartbeatSeconds > 0) trail.every(heartbeatSeconds, () => trail.heartbeat());
-    if (checkpointSeconds > 0) trail.every(checkpointSeconds, () => trail.checkpoint());
+    if (checkpointEverySeconds > 0) trail.every(checkpointEverySeconds, () => trail.checkpoint());
     return trail;
   }
 
@@ -184,9 +199,9 @@ export class AuditTrail {
 
   private enqueue(item: Item): Promise<void> {
     if (this.closed) return this.fail(new AuditUnavailableError('audit trail is closed', 'closed'), 1);
-    if (this.queue.length >= this.config.maxPending)
+    if (this.queue.length >= this.config.maxBufferedRecords)
       return this.fail(new AuditUnavailableError('audit writer is behind: pending buffer full', 'buffer_full'), 1);
-    if (this.feeder && this.feeder.lag() > (this.config.sinks.find((s) => s.type === 'postgres')?.maxLagRecords ?? Infinity))
+    if (this.feeder && this.feeder.lag() > this.maxLag)
       return this.fail(new AuditUnavailableError('audit database sink is down past its buffer', 'sink_lag'), 1);
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ item, at: process.hrtime.bigint(), resolve, reject });
@@ -334,5 +349,6 @@ export class AuditTrail {
     }
     await this.primary.close();
     await this.feeder?.close();
+    await this.checkpointSink?.close();
   }
 }

@@ -21,8 +21,8 @@ export type FsyncPolicy = 'none' | 'interval' | 'always';
 
 export interface FileSinkOptions {
   path: string;
-  maxBytes: number;
-  maxAgeSeconds: number;
+  rotateBytes: number;
+  rotateSeconds: number;
   fsync: FsyncPolicy;
   fsyncIntervalMs: number;
   /**
@@ -211,10 +211,10 @@ export class FileSink {
 
   private shouldRotate(incoming: number): boolean {
     if (this.active.records === 0) return false;
-    if (this.opts.maxBytes > 0 && this.active.bytes + incoming > this.opts.maxBytes) return true;
-    if (this.opts.maxAgeSeconds > 0 && this.manifest) {
+    if (this.opts.rotateBytes > 0 && this.active.bytes + incoming > this.opts.rotateBytes) return true;
+    if (this.opts.rotateSeconds > 0 && this.manifest) {
       const age = this.now().getTime() - Date.parse(this.manifest.activeSince);
-      if (age >= this.opts.maxAgeSeconds * 1000) return true;
+      if (age >= this.opts.rotateSeconds * 1000) return true;
     }
     return false;
   }

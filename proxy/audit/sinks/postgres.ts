@@ -4,11 +4,83 @@
 // and retries with exponential backoff while the database is down. Nothing is lost while it is down: the file
 // holds everything, and the trail refuses appends (fail closed) once the lag passes `maxLagRecords`.
 import pg from 'pg';
+import { readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readJsonFile, rotatedIndex, writeJsonAtomic, type SeriesPaths } from '../files.js';
 import { readdir } from 'node:fs/promises';
 import type { PostgresSinkConfig } from '../config.js';
+
+/** node-postgres settings for a sink: its url, or its connection block plus the password from the environment. */
+export function pgClientConfig(cfg: PostgresSinkConfig, password: string | undefined): pg.ClientConfig {
+  const base: pg.ClientConfig = { application_name: 'mamori-audit', connectionTimeoutMillis: 5000 };
+  if (cfg.url) return { ...base, connectionString: cfg.url };
+  const c = cfg.connection ?? {};
+  const tls = c.tls ?? { mode: 'disable' as const };
+  let ssl: pg.ClientConfig['ssl'] = false;
+  if (tls.mode === 'require') ssl = { rejectUnauthorized: false };
+  else if (tls.mode === 'verify-ca' || tls.mode === 'verify-full') {
+    ssl = {
+      rejectUnauthorized: true,
+      ...(tls.ca ? { ca: readFileSync(tls.ca, 'utf8') } : {}),
+      ...(tls.servername ? { servername: tls.servername } : {}),
+      // verify-ca: the chain, not the host name
+      ...(tls.mode === 'verify-ca' ? { checkServerIdentity: () => undefined } : {}),
+    };
+  }
+  return {
+    ...base,
+    ...(c.host !== undefined ? { host: c.host } : {}),
+    ...(c.port !== undefined ? { port: c.port } : {}),
+    ...(c.database !== undefined ? { database: c.database } : {}),
+    ...(c.user !== undefined ? { user: c.user } : {}),
+    ...(password !== undefined ? { password } : {}),
+    ssl,
+  };
+}
+
+/** The audit table (and its schema, when the name is qualified). Idempotent. */
+export async function ensureAuditTable(client: pg.Client, table: string): Promise<void> {
+  const dot = splitQualified(table);
+  if (dot) await client.query(`CREATE SCHEMA IF NOT EXISTS ${dot}`);
+  await client.query(
+    `CREATE TABLE IF NOT EXISTS ${table} (
+       instance text NOT NULL, seq bigint NOT NULL, time timestamptz NOT NULL, kind text NOT NULL,
+       session text, "user" text, hash text NOT NULL, record jsonb NOT NULL, PRIMARY KEY (instance, seq))`,
+  );
+}
+
+/** The schema part of `schema.table` (as written, quotes kept), or null for an unqualified name. */
+function splitQualified(table: string): string | null {
+  let inQuote = false;
+  for (let i = 0; i < table.length; i++) {
+    const c = table[i];
+    if (c === '"') inQuote = !inQuote;
+    else if (c === '.' && !inQuote) return table.slice(0, i);
+  }
+  return null;
+}
+
+/** A row of the audit table for one serialized record. */
+function rowValues(line: string): unknown[] {
+  const r = JSON.parse(line) as Record<string, unknown>;
+  return [r.instance, r.seq, r.time, r.kind, r.session ?? null, r.user ?? null, r.hash, line];
+}
+
+export async function insertRecords(client: pg.Client, table: string, lines: string[]): Promise<void> {
+  const values: unknown[] = [];
+  const rows: string[] = [];
+  for (const line of lines) {
+    const b = values.length;
+    rows.push(`($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}, $${b + 5}, $${b + 6}, $${b + 7}, $${b + 8}::jsonb)`);
+    values.push(...rowValues(line));
+  }
+  await client.query(
+    `INSERT INTO ${table} (instance, seq, time, kind, session, "user", hash, record) VALUES ${rows.join(', ')}
+     ON CONFLICT (instance, seq) DO NOTHING`,
+    values,
+  );
+}
 
 export interface FeederCursor {
   /** Rotation index of the file being read (the active file has index `activeIndex`). */
@@ -45,6 +117,7 @@ export class PostgresFeeder {
   constructor(
     private readonly cfg: PostgresSinkConfig,
     private readonly source: FeederSource,
+    private readonly password?: string,
   ) {}
 
   async start(): Promise<void> {
@@ -88,7 +161,7 @@ export class PostgresFeeder {
       try {
         const moved = await this.step();
         this.backoff = MIN_BACKOFF_MS;
-        if (!moved) await this.sleep(this.cfg.pollMs);
+        if (!moved) await this.sleep(this.cfg.flushIntervalMs);
       } catch (e) {
         this.status.failures++;
         this.status.lastError = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
@@ -102,15 +175,11 @@ export class PostgresFeeder {
 
   private async connect(): Promise<pg.Client> {
     if (this.client) return this.client;
-    const client = new pg.Client({ connectionString: this.cfg.url, application_name: 'mamori-audit', connectionTimeoutMillis: 5000 });
+    const client = new pg.Client(pgClientConfig(this.cfg, this.password));
     client.on('error', () => undefined); // surfaced by the next query
     try {
       await client.connect();
-      await client.query(
-        `CREATE TABLE IF NOT EXISTS ${this.cfg.table} (
-           instance text NOT NULL, seq bigint NOT NULL, time timestamptz NOT NULL, kind text NOT NULL,
-           session text, "user" text, hash text NOT NULL, record jsonb NOT NULL, PRIMARY KEY (instance, seq))`,
-      );
+      await ensureAuditTable(client, this.cfg.table);
     } catch (e) {
       await client.end().catch(() => undefined);
       throw e;
@@ -178,20 +247,7 @@ export class PostgresFeeder {
   }
 
   private async insert(lines: string[]): Promise<void> {
-    const client = await this.connect();
-    const values: unknown[] = [];
-    const rows: string[] = [];
-    for (const line of lines) {
-      const r = JSON.parse(line) as Record<string, unknown>;
-      const b = values.length;
-      rows.push(`($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}, $${b + 5}, $${b + 6}, $${b + 7}, $${b + 8}::jsonb)`);
-      values.push(r.instance, r.seq, r.time, r.kind, r.session ?? null, r.user ?? null, r.hash, line);
-    }
-    await client.query(
-      `INSERT INTO ${this.cfg.table} (instance, seq, time, kind, session, "user", hash, record) VALUES ${rows.join(', ')}
-       ON CONFLICT (instance, seq) DO NOTHING`,
-      values,
-    );
+    await insertRecords(await this.connect(), this.cfg.table, lines);
   }
 
   /** Stops the loop after one last attempt to catch up (bounded by `timeoutMs`). */

@@ -32,10 +32,7 @@ async function setup(): Promise<{ dir: string; auditDir: string; config: string;
     [
       'audit:',
       '  fsync: none',
-      '  heartbeatSeconds: 0',
-      '  checkpointSeconds: 0',
-      `  signingKey: ${join(t.dir, 'keys', 'audit.pem')}`,
-      `  publicKey: ${join(t.dir, 'keys', 'audit.pub')}`,
+      `  signingKeyFile: ${join(t.dir, 'keys', 'audit.pem')}`,
       `  checkpointSink: { type: file, path: ${join(t.dir, 'offsite', 'cp.jsonl')} }`,
       `  sinks: [ { type: file, path: ${join(auditDir, 'mamori.jsonl')} } ]`,
       '',
@@ -43,7 +40,7 @@ async function setup(): Promise<{ dir: string; auditDir: string; config: string;
   );
   const { loadPrivateKey } = await import('../../../proxy/audit/checkpoint.js');
   const trail = await AuditTrail.open(
-    { fsync: 'none', heartbeatSeconds: 0, checkpointSeconds: 0, checkpointSink: { type: 'file', path: join(t.dir, 'offsite', 'cp.jsonl') }, sinks: [{ type: 'file', path: join(auditDir, 'mamori.jsonl') }] },
+    { fsync: 'none', heartbeatSeconds: 0, checkpointEverySeconds: 0, checkpointSink: { type: 'file', path: join(t.dir, 'offsite', 'cp.jsonl') }, sinks: [{ type: 'file', path: join(auditDir, 'mamori.jsonl') }] },
     { signingKey: await loadPrivateKey(join(t.dir, 'keys', 'audit.pem')) },
   );
   const n = normalizeSubject('123456789018');

@@ -32,12 +32,13 @@ export function intent(i: number, user = 'alice'): AuditEvent {
 }
 
 /** A file-sink config in `dir` with timers off (tests drive heartbeats and checkpoints explicitly). */
-export function fileConfig(dir: string, extra: Partial<AuditConfigInput> = {}, maxBytes = 0): AuditConfigInput {
+export function fileConfig(dir: string, extra: Partial<AuditConfigInput> = {}, rotateBytes = 0): AuditConfigInput {
   return {
     fsync: 'none',
     heartbeatSeconds: 0,
-    checkpointSeconds: 0,
-    sinks: [{ type: 'file', path: join(dir, 'mamori.jsonl'), maxBytes, maxAgeSeconds: 0 }],
+    checkpointEverySeconds: 0,
+    checkpointSink: 'none',
+    sinks: [{ type: 'file', path: join(dir, 'mamori.jsonl'), rotateBytes, rotateSeconds: 0 }],
     ...extra,
   };
 }

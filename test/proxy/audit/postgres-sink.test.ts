@@ -36,10 +36,11 @@ describe('postgres audit sink', () => {
       const trail = await AuditTrail.open({
         fsync: 'none',
         heartbeatSeconds: 0,
-        checkpointSeconds: 0,
+        checkpointEverySeconds: 0,
+        checkpointSink: 'none',
         sinks: [
-          { type: 'file', path: join(t.dir, 'mamori.jsonl'), maxBytes: 4000, maxAgeSeconds: 0 },
-          { type: 'postgres', url: pg.url(), table: 'mamori_audit', pollMs: 50, batchSize: 7, maxLagRecords: 15 },
+          { type: 'file', path: join(t.dir, 'mamori.jsonl'), rotateBytes: 4000, rotateSeconds: 0 },
+          { type: 'postgres', url: pg.url(), table: 'mamori_audit', flushIntervalMs: 50, batchSize: 7, maxLagRecords: 15 },
         ],
       });
       const count = async (): Promise<number> => Number((await pg.query<{ n: string }>('SELECT count(*) AS n FROM mamori_audit')).rows[0]!.n);

@@ -194,7 +194,7 @@ describe('AuditTrail', () => {
   test('a full pending buffer refuses (closed) instead of queueing without bound', async () => {
     const t = await tempDir();
     try {
-      const trail = await AuditTrail.open(fileConfig(t.dir, { maxPending: 5 }));
+      const trail = await AuditTrail.open(fileConfig(t.dir, { maxBufferedRecords: 5 }));
       const results = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => trail.append(intent(i))));
       const rejected = results.filter((r) => r.status === 'rejected');
       assert.equal(results.length - rejected.length, 6); // one in flight, five waiting
@@ -302,7 +302,7 @@ describe('AuditTrail', () => {
     const stream = new PassThrough();
     const chunks: Buffer[] = [];
     stream.on('data', (c: Buffer) => chunks.push(c));
-    const trail = await AuditTrail.open({ heartbeatSeconds: 0, checkpointSeconds: 0, sinks: [{ type: 'stdout' }] }, { stdout: stream });
+    const trail = await AuditTrail.open({ heartbeatSeconds: 0, checkpointEverySeconds: 0, checkpointSink: 'none', sinks: [{ type: 'stdout' }] }, { stdout: stream });
     await trail.append(intent(1));
     await trail.close();
     const rs = Buffer.concat(chunks).toString('utf8').trim().split('\n').map((l) => parseRecord(l));
@@ -315,7 +315,7 @@ describe('AuditTrail', () => {
     try {
       let clock = Date.parse('2026-01-01T00:00:00Z');
       const trail = await AuditTrail.open(
-        { ...fileConfig(t.dir), sinks: [{ type: 'file', path: join(t.dir, 'mamori.jsonl'), maxBytes: 0, maxAgeSeconds: 3600 }] },
+        { ...fileConfig(t.dir), sinks: [{ type: 'file', path: join(t.dir, 'mamori.jsonl'), rotateBytes: 0, rotateSeconds: 3600 }] },
         { now: () => new Date(clock) },
       );
       await trail.append(intent(1));
@@ -336,7 +336,7 @@ describe('AuditTrail', () => {
   test('heartbeats and checkpoints on their timers; the registry file follows', async () => {
     const t = await tempDir();
     try {
-      const trail = await AuditTrail.open({ ...fileConfig(t.dir), heartbeatSeconds: 0.05, checkpointSeconds: 0.08 }, { signingKey: keyPair().privateKey });
+      const trail = await AuditTrail.open({ ...fileConfig(t.dir), heartbeatSeconds: 0.05, checkpointEverySeconds: 0.08 }, { signingKey: keyPair().privateKey });
       await new Promise((r) => setTimeout(r, 400));
       await trail.close();
       const rs = await records(join(t.dir, 'mamori.jsonl'));

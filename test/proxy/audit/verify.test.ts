@@ -22,10 +22,10 @@ async function writeLines(path: string, ls: string[]): Promise<void> {
 
 /** A closed trail: genesis, instance_start, 20 intents with a checkpoint after every 10th, and the closing
  * checkpoint: 25 lines. */
-async function fixture(maxBytes = 0): Promise<{ dir: string; active: string; cpSink: string; cleanup: () => Promise<void> }> {
+async function fixture(rotateBytes = 0): Promise<{ dir: string; active: string; cpSink: string; cleanup: () => Promise<void> }> {
   const t = await tempDir();
   const cpSink = join(t.dir, 'offsite', 'checkpoints.jsonl');
-  const trail = await AuditTrail.open(fileConfig(t.dir, { checkpointSink: { type: 'file', path: cpSink } }, maxBytes), {
+  const trail = await AuditTrail.open(fileConfig(t.dir, { checkpointSink: { type: 'file', path: cpSink } }, rotateBytes), {
     signingKey: keys.privateKey,
   });
   await writeTrail(trail, 20, 10);
