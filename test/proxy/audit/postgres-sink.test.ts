@@ -9,7 +9,9 @@ import { startCluster, serverRunAs, type Cluster } from '../../harness/cluster.j
 import { AuditTrail } from '../../../proxy/audit/trail.js';
 import { AuditUnavailableError } from '../../../proxy/audit/errors.js';
 import { readTrail } from '../../../proxy/audit/search.js';
-import { intent, tempDir } from './fixtures.js';
+import { intent, keyPair, tempDir } from './fixtures.js';
+import { verifyAuditTrail } from '../../../proxy/audit/verify.js';
+import { writeFile } from 'node:fs/promises';
 
 function pgCtl(pg: Cluster, args: string[]): void {
   const who = serverRunAs();
@@ -33,17 +35,29 @@ describe('postgres audit sink', () => {
     const t = await tempDir();
     let restarted = false;
     try {
-      const trail = await AuditTrail.open({
-        fsync: 'none',
-        heartbeatSeconds: 0,
-        checkpointEverySeconds: 0,
-        checkpointSink: 'none',
-        sinks: [
-          { type: 'file', path: join(t.dir, 'mamori.jsonl'), rotateBytes: 4000, rotateSeconds: 0 },
-          { type: 'postgres', url: pg.url(), table: 'mamori_audit', flushIntervalMs: 50, batchSize: 7, maxLagRecords: 15 },
-        ],
-      });
-      const count = async (): Promise<number> => Number((await pg.query<{ n: string }>('SELECT count(*) AS n FROM mamori_audit')).rows[0]!.n);
+      const trail = await AuditTrail.open(
+        {
+          fsync: 'none',
+          heartbeatSeconds: 0,
+          checkpointEverySeconds: 0,
+          // checkpoints to a table of their own, through the url form
+          checkpointSink: { type: 'postgres', url: pg.url(), table: 'offsite.checkpoints' },
+          sinks: [
+            { type: 'file', path: join(t.dir, 'mamori.jsonl'), rotateBytes: 4000, rotateSeconds: 0 },
+            // the records through the connection form, the password from the secrets (as config/load.ts gives it)
+            {
+              type: 'postgres',
+              connection: { host: pg.host, port: pg.port, user: pg.superuser, database: 'postgres', passwordEnv: 'AUDIT_PW' },
+              table: 'mamori.audit_log',
+              flushIntervalMs: 50,
+              batchSize: 7,
+              maxLagRecords: 15,
+            },
+          ],
+        },
+        { sinkPasswords: [undefined, pg.superPassword], signingKey: keyPair().privateKey },
+      );
+      const count = async (): Promise<number> => Number((await pg.query<{ n: string }>('SELECT count(*) AS n FROM mamori.audit_log')).rows[0]!.n);
       for (let i = 0; i < 10; i++) await trail.append(intent(i));
       await waitFor('the first 12 records in the table', async () => (await count().catch(() => 0)) === 12);
 
@@ -66,13 +80,21 @@ describe('postgres audit sink', () => {
       await trail.append(intent(99)); // accepted again now the lag is gone
       await trail.close();
 
-      const rows = (await pg.query<{ seq: string; hash: string; kind: string; record: { fingerprint: string | null } }>('SELECT seq, hash, kind, record FROM mamori_audit ORDER BY seq')).rows;
+      const rows = (await pg.query<{ seq: string; hash: string; kind: string; record: { fingerprint: string | null } }>('SELECT seq, hash, kind, record FROM mamori.audit_log ORDER BY seq')).rows;
       const all: Array<{ seq: number; hash: string }> = [];
       for await (const hit of readTrail(join(t.dir, 'mamori.jsonl'))) all.push(hit.record);
       assert.ok(all.length >= 28, `${all.length} records`);
       assert.deepEqual(rows.map((r) => [Number(r.seq), r.hash]), all.map((r) => [r.seq, r.hash]), 'the table holds exactly the file, once each');
       assert.ok(rows.some((r) => r.kind === 'statement_intent' && r.record.fingerprint?.includes('my_number')));
       const rotated = execFileSync('ls', [t.dir], { encoding: 'utf8' }).split('\n').filter((n) => /^mamori\.\d{8}\./.test(n));
+      // the checkpoint table holds the closing checkpoint, and it verifies against the files
+      const cps = (await pg.query<{ record: string }>("SELECT record::text AS record FROM offsite.checkpoints WHERE kind = 'checkpoint' ORDER BY seq")).rows;
+      assert.equal(cps.length, 1);
+      const exported = join(t.dir, 'exported-checkpoints.jsonl');
+      await writeFile(exported, cps.map((r) => r.record + '\n').join(''));
+      const v = await verifyAuditTrail(join(t.dir, 'mamori.jsonl'), { checkpointSink: exported });
+      assert.equal(v.ok, true, v.problem?.message);
+      assert.equal(v.checkpoints.sink, 1);
       assert.ok(rotated.length >= 2, `files rotated while the database was down: ${rotated.join(' ')}`);
     } finally {
       if (restarted) pgCtl(pg, ['-m', 'fast', '-w', 'stop']);
