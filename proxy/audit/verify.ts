@@ -4,15 +4,17 @@
 // copy (the checkpoint sink knows a later head), a bad signature.
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { verifyCheckpointSignature } from './checkpoint.js';
 import {
   findSeries,
   listSeriesFiles,
   readLines,
+  readJsonFile,
   readManifest,
   readRegistry,
   seriesPaths,
+  type Manifest,
   type ManifestEntry,
 } from './files.js';
 import { ZERO_HASH, parseRecord, recordHash, serializeRecord, type AuditRecord, type ChainHead } from './record.js';
@@ -53,8 +55,9 @@ export interface VerifyReport {
 export interface VerifyOptions {
   /** Ed25519 public key (KeyObject or PEM) to check checkpoint signatures; without it they are not checked. */
   publicKey?: KeyObject | string;
-  /** Check rotated files against the series manifest (default true when verifying a series). */
-  manifest?: boolean;
+  /** Check rotated files against the series manifest (default true when verifying a series), or against the
+   * manifest at this path (e.g. an archived copy). */
+  manifest?: boolean | string;
   /** Check the registry file's heads against the trail (default true when verifying a series). */
   registry?: boolean;
   /** A head known from elsewhere (e.g. a monitoring system): the trail must reach it. */
@@ -155,12 +158,18 @@ async function verifyFiles(files: string[], active: string | null, opts: Resolve
   };
   try {
     const paths = active ? seriesPaths(active) : null;
-    const manifest = paths && opts.manifest !== false ? await readManifest(paths) : null;
-    if (manifest) checkManifestPresence(manifest.files, files, paths!.dir, report);
+    const manifest =
+      typeof opts.manifest === 'string'
+        ? await readJsonFile<Manifest>(opts.manifest)
+        : paths && opts.manifest !== false
+          ? await readManifest(paths)
+          : null;
+    const manifestDir = paths?.dir ?? (files[0] ? dirname(files[0]) : '.');
+    if (manifest) checkManifestPresence(manifest.files, files, manifestDir, report);
     const { entries, lastByFile } = await loadEntries(files);
     report.records = entries.length;
     walkChain(entries, opts, report);
-    if (manifest) checkManifestHeads(manifest.files, lastByFile, paths!.dir);
+    if (manifest) checkManifestHeads(manifest.files, lastByFile, manifestDir);
     if (paths) await checkSideFiles(entries, paths.subjects);
     const heads = headsByInstance(entries);
     report.instances = [...heads.keys()];

@@ -143,12 +143,16 @@ export class FileSink {
     lines.pop();
     this.active.records = lines.length;
     if (lines.length > 0) {
-      const first = parseRecord(lines[0]!);
-      const last = parseRecord(lines[lines.length - 1]!);
-      this.active.firstSeq = first.seq;
-      this.active.firstInstance = first.instance;
-      this.activeFirstTime = first.time;
-      this.active.last = { instance: last.instance, seq: last.seq, hash: last.hash };
+      const first = tryParse(lines[0]!);
+      const lastLine = lines[lines.length - 1]!;
+      const last = tryParse(lastLine);
+      this.active.firstSeq = first?.seq ?? null;
+      this.active.firstInstance = first?.instance ?? null;
+      this.activeFirstTime = first?.time ?? null;
+      // an unreadable last line (tampering) must not stop the trail: chain on from its bytes and let verify report it
+      this.active.last = last
+        ? { instance: last.instance, seq: last.seq, hash: last.hash }
+        : { instance: 'unparseable', seq: 0, hash: createHash('sha256').update(lastLine).digest('hex') };
     }
     return repaired;
   }
@@ -302,6 +306,14 @@ export class FileSink {
 
 /** When this process started (ms since the epoch, rounded): tells our locks from a previous holder of our pid. */
 const PROCESS_STARTED = Math.round(Date.now() - process.uptime() * 1000);
+
+function tryParse(line: string): ReturnType<typeof parseRecord> | null {
+  try {
+    return parseRecord(line);
+  } catch {
+    return null;
+  }
+}
 
 function processAlive(pid: number): boolean {
   try {

@@ -121,8 +121,9 @@ export class PostgresFeeder {
   ) {}
 
   async start(): Promise<void> {
-    const saved = await readJsonFile<FeederCursor>(this.source.paths.pgCursor);
-    if (saved) this.cursor = saved;
+    // an unreadable cursor restarts from the beginning: inserts are idempotent, so that only costs time
+    const saved = await readJsonFile<FeederCursor>(this.source.paths.pgCursor).catch(() => null);
+    if (saved && Number.isInteger(saved.index) && Number.isInteger(saved.offset)) this.cursor = saved;
     this.running = true;
     this.loop = this.run();
   }

@@ -370,4 +370,23 @@ describe('AuditTrail', () => {
       await t.cleanup();
     }
   });
+
+  test('an unreadable last line does not stop the trail; verify points at it', async () => {
+    const t = await tempDir();
+    try {
+      const path = join(t.dir, 'mamori.jsonl');
+      const a = await AuditTrail.open(fileConfig(t.dir));
+      await writeTrail(a, 2);
+      await a.close();
+      await appendFile(path, 'garbage that is not a record\n');
+      const b = await AuditTrail.open(fileConfig(t.dir));
+      await b.append(intent(3));
+      await b.close();
+      const r = await verifyAuditTrail(path);
+      assert.equal(r.problem?.kind, 'modified');
+      assert.equal(r.problem?.line, 6);
+    } finally {
+      await t.cleanup();
+    }
+  });
 });

@@ -185,6 +185,10 @@ describe('verifyAuditTrail', () => {
       const r = await verifyAuditTrail(f.active);
       assert.equal(r.problem?.kind, 'missing_file');
       assert.equal(r.problem?.file, join(f.dir, rotated[1]!));
+      // an explicit file list checked against an archived copy of the manifest
+      const listed = [...rotated.filter((_, i) => i !== 1).map((n) => join(f.dir, n)), f.active];
+      const archived = await verifyAuditTrail(listed, { manifest: join(f.dir, 'mamori.manifest.json') });
+      assert.equal(archived.problem?.kind, 'missing_file');
       // without the manifest the chain still shows the gap at the first record of the next file
       const noManifest = await verifyAuditTrail(f.active, { manifest: false });
       assert.equal(noManifest.problem?.kind, 'deleted');
