@@ -22,11 +22,20 @@ export interface AuditCliIO {
    * proxy's CLI supplies one backed by the keyring; without it `--subject-key FILE` must be given.
    */
   hashSubject?: (value: string) => string[] | Promise<string[]>;
+  /** Reads standard input (for `--subject -`, which keeps the number out of `ps` and shell history). */
+  stdin?: () => Promise<string>;
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 const defaultIO: AuditCliIO = {
   stdout: (t) => process.stdout.write(t),
   stderr: (t) => process.stderr.write(t),
+  stdin: readStdin,
 };
 
 class UsageError extends Error {}
@@ -34,7 +43,7 @@ class UsageError extends Error {}
 const USAGE = `usage:
   mamori audit verify [PATH] [--config FILE] [--public-key PEM] [--checkpoints FILE] [--expected-head INSTANCE:SEQ:HASH] [--no-manifest] [--no-registry] [--json]
   mamori audit search [PATH] [--config FILE] [--user U] [--column C] [--session S] [--since TIME] [--until TIME]
-                      [--decision D] [--kind K] [--subject VALUE] [--subject-hash H] [--subject-key FILE] [--limit N] [--json]
+                      [--decision D] [--kind K] [--subject VALUE|-] [--subject-hash H] [--subject-key FILE] [--limit N] [--json]
   mamori audit tail   [PATH] [--config FILE] [-n N] [--json]
   mamori audit keygen --out PRIVATE_PEM [--public-out PUBLIC_PEM (default PRIVATE_PEM.pub)]
 PATH is a trail directory, a series' active file, or defaults to the directory of the configured file sink.
@@ -204,6 +213,10 @@ async function searchCommand(args: string[], io: AuditCliIO): Promise<number> {
     filter.limit = n;
   }
   let hashes: string[] = [...(values['subject-hash'] ?? [])];
+  if (values.subject === '-') {
+    if (!io.stdin) throw new UsageError('--subject -: no standard input');
+    values.subject = (await io.stdin()).split('\n')[0]!.trim();
+  }
   if (values.subject !== undefined) {
     let hasher: ((v: string) => string[] | Promise<string[]>) | undefined = io.hashSubject;
     if (values['subject-key']?.length) hasher = await keyFileHasher(values['subject-key']);

@@ -110,6 +110,10 @@ describe('mamori audit CLI', () => {
       assert.equal(await runAuditCommand(['search', '--config', s.config, '--subject', '123456789018', '--subject-key', s.keyFile, '--json'], io2), 0);
       const kinds = io2.out().trim().split('\n').map((l) => parseRecord(l).kind);
       assert.deepEqual(kinds.sort(), ['audit_query', 'statement_intent']);
+      // the value can come from standard input instead of the command line
+      const io3 = { ...capture(), stdin: async () => '1234-5678-9018\n' };
+      assert.equal(await runAuditCommand(['search', '--config', s.config, '--subject', '-', '--subject-key', s.keyFile, '--json', '--kind', 'statement_intent'], io3), 0);
+      assert.deepEqual(io3.out().trim().split('\n').map((l) => parseRecord(l).session), ['S1']);
       // and everything, CLI series included, still verifies
       const v = capture();
       assert.equal(await runAuditCommand(['verify', '--config', s.config], v), 0, v.out());
