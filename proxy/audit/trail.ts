@@ -47,6 +47,8 @@ export interface AuditTrailOptions {
   sinkPasswords?: ReadonlyArray<string | undefined>;
   /** Password of a postgres checkpoint sink. */
   checkpointSinkPassword?: string;
+  /** How long close() waits for the checkpoint sink and the postgres sink to catch up (default 5000 ms). */
+  closeTimeoutMs?: number;
   now?: () => Date;
 }
 
@@ -87,7 +89,9 @@ export class AuditTrail {
   private lastOpenFailure = 0;
   private openFailure: AuditUnavailableError | null = null;
   private lastError: string | null = null;
-  private counts = { written: 0, lost: 0, checkpointSinkFailures: 0 };
+  private counts = { written: 0, lost: 0, checkpointSinkFailures: 0, mirrorDropped: 0 };
+  /** Checkpoint-sink writes run behind the writer, in order, so a slow second sink never holds up appends. */
+  private checkpointShipping: Promise<void> = Promise.resolve();
   private timers: NodeJS.Timeout[] = [];
   private readonly maxLag: number;
 
@@ -188,7 +192,7 @@ export class AuditTrail {
     return this.chain.current;
   }
 
-  stats(): { written: number; lost: number; pending: number; checkpointSinkFailures: number; lastError: string | null } {
+  stats(): { written: number; lost: number; pending: number; checkpointSinkFailures: number; mirrorDropped: number; lastError: string | null } {
     return { ...this.counts, pending: this.queue.length, lastError: this.lastError };
   }
 
@@ -307,7 +311,7 @@ export class AuditTrail {
     this.counts.written += records.length;
     this.opts.observer?.written?.(records.length);
     this.feeder?.notify(records.length);
-    if (this.mirror) await this.mirror.append({ data: sealed.data, count: 0, first: last, last }).catch(() => undefined);
+    if (this.mirror && !this.mirror.mirror(sealed.data)) this.counts.mirrorDropped += records.length;
     await this.afterWrite(records);
   }
 
@@ -316,9 +320,12 @@ export class AuditTrail {
     let registryDue = false;
     for (const r of records) {
       if (r.kind === 'checkpoint' && this.checkpointSink) {
-        await this.checkpointSink.append(r).catch(() => {
-          this.counts.checkpointSinkFailures++;
-        });
+        const sink = this.checkpointSink;
+        this.checkpointShipping = this.checkpointShipping.then(() =>
+          sink.append(r).catch(() => {
+            this.counts.checkpointSinkFailures++;
+          }),
+        );
       }
       if (r.kind === 'checkpoint' || r.kind === 'heartbeat' || r.kind === 'genesis') registryDue = true;
     }
@@ -348,7 +355,11 @@ export class AuditTrail {
       await writeRegistry(this.file.paths, this.chain.registry, this.now(), this.config.fsync !== 'none').catch(() => undefined);
     }
     await this.primary.close();
-    await this.feeder?.close();
+    const timeout = this.opts.closeTimeoutMs ?? 5000;
+    await this.feeder?.close(timeout);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.checkpointShipping, new Promise((r) => (timer = setTimeout(r, timeout)))]);
+    clearTimeout(timer);
     await this.checkpointSink?.close();
   }
 }

@@ -23,6 +23,16 @@ export class StdoutSink {
     });
   }
 
+  /**
+   * As a mirror next to the file sink: write without waiting, so a slow reader never holds up the trail; past
+   * `maxQueuedBytes` unflushed bytes the batch is dropped (the file has it). Returns false when dropped.
+   */
+  mirror(data: string, maxQueuedBytes = 8 * 1024 * 1024): boolean {
+    if (this.stream.writableLength > maxQueuedBytes) return false;
+    this.stream.write(data, () => undefined);
+    return true;
+  }
+
   async close(): Promise<void> {
     this.opened = false;
   }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { appendFile, mkdir, open, readFile, readdir, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import { AuditTrail } from '../../../proxy/audit/trail.js';
 import { AuditUnavailableError } from '../../../proxy/audit/errors.js';
 import { AUDIT_KINDS, parseRecord, type AuditEvent, type AuditRecord } from '../../../proxy/audit/record.js';
@@ -385,6 +385,36 @@ describe('AuditTrail', () => {
       const r = await verifyAuditTrail(path);
       assert.equal(r.problem?.kind, 'modified');
       assert.equal(r.problem?.line, 6);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  test('stdout as a mirror of the file, and a stuck checkpoint sink does not hold up appends', async () => {
+    const t = await tempDir();
+    try {
+      const mirror = new PassThrough();
+      const seen: Buffer[] = [];
+      mirror.on('data', (c: Buffer) => seen.push(c));
+      const mirrored = await AuditTrail.open({ ...fileConfig(t.dir), sinks: [{ type: 'file', path: join(t.dir, 'mamori.jsonl') }, { type: 'stdout' }] }, { stdout: mirror });
+      await mirrored.append(intent(1));
+      await mirrored.close();
+      assert.equal(Buffer.concat(seen).toString('utf8'), await readFile(join(t.dir, 'mamori.jsonl'), 'utf8'));
+
+      // a checkpoint sink whose writes never complete
+      const stuck = new Writable({ write: () => undefined });
+      const trail = await AuditTrail.open(
+        { ...fileConfig(join(t.dir, 'b')), checkpointSink: { type: 'stdout' } },
+        { stdout: stuck, closeTimeoutMs: 200 },
+      );
+      await trail.checkpoint();
+      const t0 = Date.now();
+      await trail.append(intent(2));
+      await trail.checkpoint();
+      await trail.append(intent(3));
+      assert.ok(Date.now() - t0 < 1000);
+      await trail.close();
+      assert.equal((await verifyAuditTrail(join(t.dir, 'b', 'mamori.jsonl'))).ok, true);
     } finally {
       await t.cleanup();
     }
