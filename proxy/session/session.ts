@@ -187,6 +187,14 @@ export class Session {
         const p = await cl.next();
         if (p.type !== FE.AuthResponse) throw new ProtocolError('expected a password message');
         upstream.write(p.raw);
+        // The upstream's verdict belongs to the startup phase: the running phase's pipeline expects
+        // ParameterStatus/BackendKeyData/ReadyForQuery next, not an Authentication message.
+        const verdict = await up.next();
+        if (verdict.type === BE.ErrorResponse) return this.fatal(verdict.raw, 'upstream refused the login');
+        if (verdict.type !== BE.Authentication || decodeAuthentication(verdict.body).kind !== 'AuthenticationOk') {
+          throw new ProtocolError('upstream: expected AuthenticationOk');
+        }
+        this.client.write(verdict.raw);
       } else {
         // Mamori authenticates the client itself with SCRAM against the verifier.
         const scram = new ScramServerExchange({
