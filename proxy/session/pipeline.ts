@@ -48,9 +48,19 @@ export interface Expectation {
   sql?: string;
   /** Count of CommandCompletes seen so far (a simple Query may run several statements). */
   completed?: number;
+  /** Rewrites the responses routed to the client (protected result sets); absent on the fast path. */
+  transform?: ResultTransform;
   /** PREPARE / DEALLOCATE tags seen so far, to pair each with its statement. */
   prepares?: number;
   deallocs?: number;
+}
+
+/**
+ * Rewrites backend messages answering one expectation before they reach the client: returns the bytes to
+ * send instead, or null to forward the original. Throwing ends the session (fail closed).
+ */
+export interface ResultTransform {
+  message(frame: Frame): Buffer | null;
 }
 
 export type Route =
@@ -147,7 +157,11 @@ export class Pipeline {
     return e;
   }
 
+  /** The expectation the last routed backend message answered (for its transform). */
+  last: Expectation | undefined;
+
   private routeOf(e: Expectation): Route {
+    this.last = e;
     return e.owner ? { to: 'owner', owner: e.owner } : CLIENT;
   }
 
@@ -155,6 +169,7 @@ export class Pipeline {
   server(frame: Frame): Route {
     const t = frame.type;
     // Asynchronous messages: at any time, never shift the queue.
+    this.last = undefined;
     if (t === BE.NoticeResponse || t === BE.NotificationResponse || t === BE.ParameterStatus) return CLIENT;
     // Sent once after authentication, before the first ReadyForQuery; passed through unchanged so any
     // instance can forward a CancelRequest carrying it.
@@ -247,6 +262,7 @@ export class Pipeline {
     // Sync); the owner is told as well. Where mamori ended its messages with its own Sync, the error is
     // mamori's alone.
     if (e.owner) e.owner.response(frame);
+    this.last = e;
     const route: Route = e.refusal ? { to: 'replace', raw: e.refusal } : e.ownErrors ? { to: 'drop' } : CLIENT;
     this.copyIn = this.copyOut = false;
     if (e.kind === 'query' || e.kind === 'function' || e.kind === 'sync') {

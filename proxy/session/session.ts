@@ -13,7 +13,7 @@ import {
   decodeSASLInitialResponse, decodeSASLResponse, encodeFlush, encodeParse, encodeQuery, encodeSASLInitialResponse, encodeSASLResponse, encodeSync,
 } from '../wire/frontend.js';
 import { encodeStartupMessage } from '../wire/startup.js';
-import { DesyncError, Pipeline, RESERVED_PREFIX, type Expectation, type InjectedOwner } from './pipeline.js';
+import { DesyncError, Pipeline, RESERVED_PREFIX, type Expectation, type InjectedOwner, type ResultTransform } from './pipeline.js';
 import { ScramClientWithKey, ScramServerExchange, tlsServerEndPointHash, wipeSecret, type ScramVerifier } from './scram.js';
 import { openUpstream, type UpstreamSocket, type UpstreamTarget } from './upstream.js';
 import { namespaceEffects } from './namespace.js';
@@ -22,7 +22,9 @@ export type ClientSocket = Socket | TLSSocket;
 
 /** What a hook decides for one client message in the running phase. */
 export type Decision =
-  | { action: 'forward' }
+  | { action: 'forward'; transform?: ResultTransform }
+  /** Send these bytes upstream instead (a rewritten Query, Parse or Bind); the response is the client's. */
+  | { action: 'replace'; raw: Buffer; transform?: ResultTransform }
   | { action: 'refuse'; error: MamoriError };
 
 export const FORWARD: Decision = { action: 'forward' };
@@ -99,6 +101,8 @@ export class Session {
   database = '';
   applicationName = '';
   tlsSubject: string | null = null;
+  /** The upstream backend's process id (from BackendKeyData). */
+  backendPid = 0;
   log: Logger;
   private upstream: UpstreamSocket | null = null;
   private closed = false;
@@ -303,7 +307,11 @@ export class Session {
         maxBufferedBytes: limits.maxRewriteMessageBytes,
         maxMessageBytes: limits.maxMessageBytes,
         // Rows and COPY data stream through while no policy needs to see them.
-        streamable: (t) => (t === BE.DataRow || t === BE.CopyData) && !this.pipeline.peek()?.owner,
+        streamable: (t) => {
+          if (t !== BE.DataRow && t !== BE.CopyData) return false;
+          const e = this.pipeline.peek();
+          return !e?.owner && !e?.transform;
+        },
       },
     );
     this.clientFramer = new Framer(
@@ -356,7 +364,12 @@ export class Session {
         this.fatal(errorResponse(new MamoriError('internal_error', 'protocol state lost; closing the session', { severity: 'FATAL' })), 'desync');
         return;
       }
-      throw err;
+      // Anything else (a result transform that cannot decrypt, a bug): this session ends, fail closed,
+      // with nothing more released to the client; the process and other sessions carry on.
+      const me = toMamoriError(err);
+      this.log.error({ side, err: (err as Error).message, code: me.code }, 'session error');
+      this.out = [];
+      this.fatal(errorResponse(new MamoriError(me.code, me.message, { severity: 'FATAL' })), 'session error');
     }
     this.flushOut();
   }
@@ -370,10 +383,13 @@ export class Session {
       this.params.set(ps.name, ps.value);
     }
     switch (route.to) {
-      case 'client':
-        this.toClient(f.raw);
+      case 'client': {
+        const transform = this.pipeline.last?.transform;
+        this.toClient(transform ? transform.message(f) ?? f.raw : f.raw);
         if (f.type === BE.ErrorResponse && isFatal(f.body)) this.close('upstream FATAL');
+        else if (f.type === BE.BackendKeyData) this.backendPid = f.body.readInt32BE(0);
         break;
+      }
       case 'replace':
         this.toClient(route.raw);
         break;
@@ -461,8 +477,11 @@ export class Session {
       }
     }
     if (d.action === 'refuse') return this.refuse(f, e, d.error);
-    if (e) this.pipeline.expect(e);
-    this.toUpstream(f.raw);
+    if (e) {
+      if (d.transform) e.transform = d.transform;
+      this.pipeline.expect(e);
+    }
+    this.toUpstream(d.action === 'replace' ? d.raw : f.raw);
     if (f.type === FE.Terminate) this.close('client terminated');
   }
 
