@@ -1,0 +1,306 @@
+// Result transforms for protected columns: RowDescription shows the logical type, DataRow fields holding
+// cells are decrypted and rendered per the read policy. The DataRow path runs for every protected row, so it
+// scans field offsets once, touches only protected fields and writes the output in one allocation.
+import { isCell, decryptCell, type CellKey } from '../../keyring/cells/index.js';
+import {
+  binaryFromCanonical,
+  maskCanonical,
+  textFromCanonical,
+  type LogicalTypeSpec as KeyringTypeSpec,
+} from '../../keyring/logical-types.js';
+import { scanDataRow } from '../wire/backend.js';
+import { BE, ProtocolError } from '../wire/types.js';
+import type { ProtectedColumn } from '../sql/types.js';
+import { ByteaSyntaxError, decodeByteaText, encodeByteaEscape, encodeByteaHex } from './bytea.js';
+import type { CellKeys } from './keys.js';
+import { OID, columnName, logicalTypeOid, toLogicalType } from './logical.js';
+
+export { logicalTypeOid } from './logical.js';
+export { decodeByteaText } from './bytea.js';
+
+export type FieldAction = 'plaintext' | 'mask' | 'null' | 'ciphertext';
+
+export interface FieldPlan {
+  /** 0-based position in the row. */
+  index: number;
+  column: ProtectedColumn;
+  action: FieldAction;
+  /** Expected key domain of the cells in this field. */
+  domainId: number;
+}
+
+export type RowErrorReason = 'not_a_cell' | 'wrong_domain' | 'undecryptable' | 'key_unavailable';
+
+const REASON_TEXT: Record<RowErrorReason, string> = {
+  not_a_cell: 'the stored value is not a mamori cell',
+  wrong_domain: 'the cell belongs to another key domain',
+  undecryptable: 'the cell cannot be decrypted',
+  key_unavailable: 'the key of the cell is not available',
+};
+
+/** A protected field that cannot be read; the row must not be sent (fail closed). Names the column, never a value. */
+export class RowError extends Error {
+  readonly column: string;
+  readonly reason: RowErrorReason;
+  constructor(column: string, reason: RowErrorReason) {
+    super(`protected column ${column}: ${REASON_TEXT[reason]}`);
+    this.name = 'RowError';
+    this.column = column;
+    this.reason = reason;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// RowDescription
+
+/**
+ * Full 'T' message: each planned field gets the type clients saw before protection (plaintext, null), text
+ * for masks, bytea as stored for ciphertext. Everything else, names included, is copied byte for byte.
+ */
+export function rewriteRowDescription(body: Buffer, plans: readonly FieldPlan[]): Buffer {
+  if (body.length < 2) throw new ProtocolError('RowDescription: message is truncated');
+  const n = body.readUInt16BE(0);
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = BE.RowDescription;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  // Offsets of each field's fixed part (after its name).
+  const fixed = new Int32Array(n);
+  let pos = 2;
+  for (let i = 0; i < n; i++) {
+    const nul = body.indexOf(0, pos);
+    if (nul < 0 || nul + 19 > body.length) throw new ProtocolError('RowDescription: message is truncated');
+    fixed[i] = nul + 1;
+    pos = nul + 19;
+  }
+  if (pos !== body.length) throw new ProtocolError('RowDescription: unexpected trailing bytes');
+  for (const p of plans) {
+    if (p.index < 0 || p.index >= n) throw new ProtocolError('RowDescription: planned field out of range');
+    if (p.action === 'ciphertext') continue;
+    const t = p.action === 'mask' ? { oid: OID.text, typlen: -1, typmod: -1 } : logicalTypeOid(p.column.type);
+    const at = 5 + fixed[p.index]! + 6; // after table OID (4) and attnum (2)
+    out.writeUInt32BE(t.oid, at);
+    out.writeInt16BE(t.typlen, at + 4);
+    out.writeInt32BE(t.typmod, at + 6);
+  }
+  return out;
+}
+
+/** Full 't' message with the declared types of the given 0-based parameters shown as their logical types. */
+export function rewriteParameterDescription(
+  body: Buffer,
+  params: readonly { index: number; column: ProtectedColumn; array?: boolean }[],
+): Buffer {
+  if (body.length < 2) throw new ProtocolError('ParameterDescription: message is truncated');
+  const n = body.readUInt16BE(0);
+  if (body.length !== 2 + 4 * n) throw new ProtocolError('ParameterDescription: invalid length');
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = BE.ParameterDescription;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  for (const p of params) {
+    if (p.index < 0 || p.index >= n) throw new ProtocolError('ParameterDescription: parameter out of range');
+    const oid = logicalTypeOid(p.column.type).oid;
+    out.writeUInt32BE(p.array === true ? arrayOid(oid) : oid, 5 + 2 + 4 * p.index);
+  }
+  return out;
+}
+
+export function arrayOid(elementOid: number): number {
+  switch (elementOid) {
+    case OID.text:
+      return OID.textArray;
+    case OID.varchar:
+      return OID.varcharArray;
+    case OID.bpchar:
+      return OID.bpcharArray;
+    case OID.int2:
+      return OID.int2Array;
+    case OID.int4:
+      return OID.int4Array;
+    case OID.int8:
+      return OID.int8Array;
+    case OID.date:
+      return OID.dateArray;
+    case OID.bytea:
+      return OID.byteaArray;
+    default:
+      throw new RangeError(`no array type known for OID ${elementOid}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// DataRow
+
+const A_PLAINTEXT = 0;
+const A_MASK = 1;
+const A_NULL = 2;
+const A_CIPHERTEXT = 3;
+
+/** Per planned field, everything the hot loop needs, computed once per result set. */
+interface Slot {
+  index: number;
+  action: number;
+  binary: boolean;
+  domainId: number;
+  type: KeyringTypeSpec;
+  /** Text-like types: the canonical bytes are already the text (and binary) rendering (char(n) is padded). */
+  textIsCanonical: boolean;
+  column: ProtectedColumn;
+  name: string;
+}
+
+function actionCode(a: FieldAction): number {
+  switch (a) {
+    case 'plaintext':
+      return A_PLAINTEXT;
+    case 'mask':
+      return A_MASK;
+    case 'null':
+      return A_NULL;
+    case 'ciphertext':
+      return A_CIPHERTEXT;
+  }
+}
+
+export interface RowRewriterOptions {
+  /** Called once per shredded cell read (the caller audits it); the field is sent as NULL. */
+  onShredded?(column: ProtectedColumn): void;
+  /** The session's bytea_output: how the server sends cells in text format and how bytea values are rendered. */
+  byteaOutput?: 'hex' | 'escape';
+}
+
+/**
+ * Rewrites the DataRows of one result set. Construct it once per RowDescription (with the result formats
+ * from Bind, expanded to one per field), then call rewrite() per row. Not reentrant (reuses scratch arrays).
+ */
+export class RowRewriter {
+  private readonly slots: Slot[];
+  private readonly repl: (Buffer | null)[];
+  private readonly escape: boolean;
+  private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
+  private readonly maxIndex: number;
+
+  constructor(
+    plans: readonly FieldPlan[],
+    resultFormats: readonly number[],
+    private readonly keys: CellKeys,
+    opts: RowRewriterOptions = {},
+  ) {
+    const sorted = [...plans].sort((a, b) => a.index - b.index);
+    this.slots = [];
+    let last = -1;
+    for (const p of sorted) {
+      if (!Number.isInteger(p.index) || p.index < 0) throw new RangeError('field plan index must be a non-negative integer');
+      if (p.index === last) throw new RangeError('two plans for one field');
+      last = p.index;
+      const type = toLogicalType(p.column.type);
+      this.slots.push({
+        index: p.index,
+        action: actionCode(p.action),
+        binary: (resultFormats[p.index] ?? 0) === 1,
+        domainId: p.domainId,
+        type,
+        textIsCanonical:
+          type.type === 'text' || type.type === 'varchar' || type.type === 'char' || type.type === 'mynumber' || type.type === 'corporate_number',
+        column: p.column,
+        name: columnName(p.column),
+      });
+    }
+    this.maxIndex = last;
+    this.repl = new Array<Buffer | null>(this.slots.length).fill(null);
+    this.escape = opts.byteaOutput === 'escape';
+    this.onShredded = opts.onShredded?.bind(opts);
+  }
+
+  /** DataRow body → full 'D' message. Throws RowError (fail closed) or ProtocolError (malformed row). */
+  rewrite(body: Buffer): Buffer {
+    const offsets = scanDataRow(body);
+    if (this.maxIndex >= offsets.length >> 1) throw new ProtocolError('DataRow: fewer fields than described');
+    const slots = this.slots;
+    const repl = this.repl;
+    let size = body.length;
+    for (let k = 0; k < slots.length; k++) {
+      const s = slots[k]!;
+      const start = offsets[2 * s.index]!;
+      const len = offsets[2 * s.index + 1]!;
+      let r: Buffer | null;
+      if (len === -1) r = null;
+      else if (s.action === A_CIPHERTEXT) r = body.subarray(start, start + len);
+      else if (s.action === A_NULL) r = null;
+      else r = this.render(s, body.subarray(start, start + len));
+      repl[k] = r;
+      size += (r === null ? 0 : r.length) - (len > 0 ? len : 0);
+    }
+    // One allocation: copy the untouched stretches, write each planned field's new length and bytes.
+    const out = Buffer.allocUnsafe(5 + size);
+    out[0] = BE.DataRow;
+    out.writeInt32BE(4 + size, 1);
+    let o = 5;
+    let from = 0;
+    for (let k = 0; k < slots.length; k++) {
+      const s = slots[k]!;
+      const start = offsets[2 * s.index]!;
+      const len = offsets[2 * s.index + 1]!;
+      const lenAt = start - 4;
+      o += body.copy(out, o, from, lenAt);
+      const r = repl[k]!;
+      if (r === null) {
+        out.writeInt32BE(-1, o);
+        o += 4;
+      } else {
+        out.writeInt32BE(r.length, o);
+        o += 4;
+        o += r.copy(out, o);
+      }
+      from = len > 0 ? start + len : start;
+      repl[k] = null; // drop references to row data between calls
+    }
+    body.copy(out, o, from);
+    return out;
+  }
+
+  /** One stored field (bytea in the client's format) → the rendered value, or null for NULL. */
+  private render(s: Slot, stored: Buffer): Buffer | null {
+    let cell: Buffer;
+    if (s.binary) cell = stored;
+    else {
+      try {
+        cell = decodeByteaText(stored, this.escape);
+      } catch (e) {
+        if (e instanceof ByteaSyntaxError) throw new RowError(s.name, 'not_a_cell');
+        throw e;
+      }
+    }
+    if (!isCell(cell)) throw new RowError(s.name, 'not_a_cell');
+    if (cell.readUInt32BE(4) !== s.domainId) throw new RowError(s.name, 'wrong_domain');
+    const key = this.keys.get(s.domainId, cell.readUInt32BE(8));
+    if (key === undefined) throw new RowError(s.name, 'key_unavailable');
+    if (key === 'shredded') {
+      this.onShredded?.(s.column);
+      return null;
+    }
+    const canonical = this.decrypt(s, cell, key);
+    try {
+      if (s.action === A_MASK) {
+        const m = maskCanonical(s.type, canonical);
+        return m === null ? null : Buffer.from(m, 'utf8');
+      }
+      if (s.binary || s.textIsCanonical) return binaryFromCanonical(s.type, canonical);
+      if (s.type.type === 'bytea') return this.escape ? encodeByteaEscape(canonical) : encodeByteaHex(canonical);
+      return Buffer.from(textFromCanonical(s.type, canonical), 'latin1');
+    } catch (e) {
+      // A canonical value of the wrong shape (e.g. an int4 cell of 3 bytes) is corrupt data, not a bug here.
+      if (e instanceof RangeError) throw new RowError(s.name, 'undecryptable');
+      throw e;
+    }
+  }
+
+  private decrypt(s: Slot, cell: Buffer, key: CellKey): Buffer {
+    try {
+      return decryptCell(cell, key, { domainId: s.domainId });
+    } catch {
+      throw new RowError(s.name, 'undecryptable');
+    }
+  }
+}
