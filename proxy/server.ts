@@ -204,9 +204,11 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
     },
     async shutdown(graceSeconds = limits.shutdownGraceSeconds) {
       shuttingDown = true;
-      const closed = new Promise<void>((r) => server.close(() => r()));
+      // The listener stays open until the sessions are gone or the deadline passes, so newcomers get
+      // PostgreSQL's 57P03 "the database system is shutting down" rather than a bare refused connect.
       const deadline = Date.now() + graceSeconds * 1000;
       while (sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const closed = new Promise<void>((r) => server.close(() => r()));
       for (const s of sessions) s.terminate();
       await closed;
       await pool.end();
