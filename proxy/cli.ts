@@ -17,7 +17,9 @@ export interface CliIo {
 const USAGE = `usage: mamori <command> [options]
 
 commands:
-  start [--config FILE]          run the proxy (no --config: the embedded default, for trying it out)
+  start [--config FILE] [--port N]
+                                 run the proxy (no --config: the embedded default, for trying it out);
+                                 --port overrides listen.port (0: any free port, printed at start)
   setup-db [--config FILE] [-d DB]
                                  install mamori's lookup function in a database (superuser via PGHOST/PGUSER/...)
   config check --config FILE     validate a configuration file
@@ -30,7 +32,7 @@ commands:
 export function parseArgs(args: string[]): { positional: string[]; options: Map<string, string | true> } {
   const positional: string[] = [];
   const options = new Map<string, string | true>();
-  const valued = new Set(['config', 'c', 'database', 'd']);
+  const valued = new Set(['config', 'c', 'database', 'd', 'port']);
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a.startsWith('--') && a.includes('=')) {
@@ -113,6 +115,12 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
 async function start(args: string[], io: CliIo): Promise<number> {
   const { options } = parseArgs(args);
   const file = opt(options, 'config', 'c');
+  const portText = opt(options, 'port');
+  const portOverride = portText === undefined ? undefined : Number(portText);
+  if (options.get('port') === true || (portText !== undefined && !(/^\d{1,5}$/.test(portText) && portOverride! <= 65535))) {
+    io.stderr.write(`mamori: --port must be a port number (0-65535), got "${portText ?? ''}"\n`);
+    return 2;
+  }
   let config: MamoriConfig;
   let secrets: ConfigSecrets;
   let embedded: Awaited<ReturnType<typeof import('./embedded.js')['startEmbedded']>> | null = null;
@@ -134,6 +142,8 @@ async function start(args: string[], io: CliIo): Promise<number> {
     }
     ({ config, secrets } = embedded);
   }
+  // --port wins over the file's listen.port (and the embedded default's 6432): tests and side-by-side runs.
+  if (portOverride !== undefined) config = { ...config, listen: { ...config.listen, port: portOverride } };
   let server: MamoriServer;
   try {
     server = await startMamori({ config, secrets, log });
