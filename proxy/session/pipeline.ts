@@ -21,11 +21,14 @@ export interface InjectedOwner {
 export interface StatementInfo {
   sql: string;
   paramTypes: number[];
+  /** What policy code decided about the statement (opaque here); kept only once the server confirms it. */
+  plan?: unknown;
 }
 
 export interface PortalInfo {
   statement: string;
   resultFormats: number[];
+  plan?: unknown;
 }
 
 export interface Expectation {
@@ -48,6 +51,8 @@ export interface Expectation {
   sql?: string;
   /** Count of CommandCompletes seen so far (a simple Query may run several statements). */
   completed?: number;
+  /** Told whether the server accepted the message (ParseComplete / BindComplete) or not (error, skipped). */
+  onOutcome?: (ok: boolean) => void;
   /** Rewrites the responses routed to the client (protected result sets); absent on the fast path. */
   transform?: ResultTransform;
   /** PREPARE / DEALLOCATE tags seen so far, to pair each with its statement. */
@@ -128,6 +133,7 @@ export class Pipeline {
       this.extendedOpen = false;
     } else if (this.skippingToSync) {
       if (e.owner) queueMicrotask(() => e.owner!.skipped());
+      e.onOutcome?.(false);
       return false;
     }
     if (!e.owner && EXTENDED.has(e.kind)) this.extendedOpen = true;
@@ -182,11 +188,13 @@ export class Pipeline {
       case BE.ParseComplete:
         this.want(e, 'parse', t);
         this.pop();
+        e.onOutcome?.(true);
         if (!e.owner || e.name!.startsWith(RESERVED_PREFIX)) this.statements.set(e.name!, e.statement!);
         return this.routeOf(e);
       case BE.BindComplete:
         this.want(e, 'bind', t);
         this.pop();
+        e.onOutcome?.(true);
         this.portals.set(e.name!, e.portal!);
         return this.routeOf(e);
       case BE.CloseComplete:
@@ -271,9 +279,11 @@ export class Pipeline {
     }
     // Extended protocol: this message failed and the server skips everything up to the next Sync.
     this.pop();
+    e.onOutcome?.(false);
     while (this.head < this.queue.length && this.queue[this.head]!.kind !== 'sync') {
       const skipped = this.pop();
       skipped.owner?.skipped();
+      skipped.onOutcome?.(false);
     }
     // No Sync sent yet: messages sent from now on are skipped by the server too.
     this.skippingToSync = this.head >= this.queue.length;

@@ -21,10 +21,17 @@ import { namespaceEffects } from './namespace.js';
 export type ClientSocket = Socket | TLSSocket;
 
 /** What a hook decides for one client message in the running phase. */
+/** What a forwarded message carries for policy code: a result transform, a plan kept with the statement or portal once confirmed, an outcome callback. */
+export interface DecisionExtras {
+  transform?: ResultTransform;
+  plan?: unknown;
+  onOutcome?: (ok: boolean) => void;
+}
+
 export type Decision =
-  | { action: 'forward'; transform?: ResultTransform }
+  | ({ action: 'forward' } & DecisionExtras)
   /** Send these bytes upstream instead (a rewritten Query, Parse or Bind); the response is the client's. */
-  | { action: 'replace'; raw: Buffer; transform?: ResultTransform }
+  | ({ action: 'replace'; raw: Buffer } & DecisionExtras)
   | { action: 'refuse'; error: MamoriError };
 
 export const FORWARD: Decision = { action: 'forward' };
@@ -479,6 +486,11 @@ export class Session {
     if (d.action === 'refuse') return this.refuse(f, e, d.error);
     if (e) {
       if (d.transform) e.transform = d.transform;
+      if (d.onOutcome) e.onOutcome = d.onOutcome;
+      if (d.plan !== undefined) {
+        if (e.statement) e.statement.plan = d.plan;
+        if (e.portal) e.portal.plan = d.plan;
+      }
       this.pipeline.expect(e);
     }
     this.toUpstream(d.action === 'replace' ? d.raw : f.raw);
