@@ -203,3 +203,55 @@ function diff(login: string, prev: Entry, next: Entry): MembershipChange[] {
   }
   return out;
 }
+
+/** Every role and every membership edge, for computing all logins' closures at once (the approval CLI). */
+export interface RoleGraph {
+  roles: Map<string, { canLogin: boolean; superuser: boolean; bypassRls: boolean }>;
+  /** member → roles it inherits from directly (only grants that pass privileges on). */
+  inherits: Map<string, string[]>;
+}
+
+export async function readRoleGraph(query: QueryFn): Promise<RoleGraph> {
+  const v = rowOf((await query("SELECT pg_catalog.current_setting('server_version_num') AS v", [])).rows)?.v;
+  const inherit = Number(v) >= PG16 ? 'm.inherit_option' : 'u.rolinherit';
+  const roles = await query('SELECT rolname::text AS name, rolcanlogin, rolsuper, rolbypassrls FROM pg_catalog.pg_roles', []);
+  const edges = await query(
+    [
+      'SELECT r.rolname::text AS role, u.rolname::text AS member',
+      '  FROM pg_catalog.pg_auth_members AS m',
+      '  JOIN pg_catalog.pg_roles AS r ON r.oid OPERATOR(pg_catalog.=) m.roleid',
+      '  JOIN pg_catalog.pg_roles AS u ON u.oid OPERATOR(pg_catalog.=) m.member',
+      ` WHERE ${inherit}`,
+    ].join('\n'),
+    [],
+  );
+  const graph: RoleGraph = { roles: new Map(), inherits: new Map() };
+  for (const raw of roles.rows) {
+    const r = raw as Record<string, unknown>;
+    if (typeof r.name !== 'string') continue;
+    graph.roles.set(r.name, { canLogin: r.rolcanlogin === true, superuser: r.rolsuper === true, bypassRls: r.rolbypassrls === true });
+  }
+  for (const raw of edges.rows) {
+    const e = raw as Record<string, unknown>;
+    if (typeof e.role !== 'string' || typeof e.member !== 'string') continue;
+    const list = graph.inherits.get(e.member) ?? [];
+    list.push(e.role);
+    graph.inherits.set(e.member, list);
+  }
+  return graph;
+}
+
+/** The same closure membershipSql computes, over a RoleGraph: the login and every role it inherits from. */
+export function inheritedRoles(graph: RoleGraph, login: string): Set<string> {
+  const seen = new Set<string>([login]);
+  const queue = [login];
+  while (queue.length > 0) {
+    for (const role of graph.inherits.get(queue.pop()!) ?? []) {
+      if (!seen.has(role)) {
+        seen.add(role);
+        queue.push(role);
+      }
+    }
+  }
+  return seen;
+}
