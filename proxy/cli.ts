@@ -7,6 +7,7 @@ import type { MamoriConfig } from '../config/schema.js';
 import type { ConfigSecrets } from '../config/load.js';
 import { createLogger, type Logger } from './log.js';
 import { installLookupFunction } from './session/auth-lookup.js';
+import { installCatalogSetup } from './policy/catalog.js';
 import { startMamori, type MamoriServer } from './server.js';
 
 export interface CliIo {
@@ -21,8 +22,10 @@ commands:
                                  run the proxy (no --config: the embedded default, for trying it out);
                                  --port overrides listen.port (0: any free port, printed at start)
   setup-db [--config FILE] [-d DB]
-                                 install mamori's lookup function in a database (superuser via PGHOST/PGUSER/...)
+                                 install mamori's lookup function, guard domains and DDL epoch in a database (superuser via PGHOST/PGUSER/...)
   config check --config FILE     validate a configuration file
+  policy check -d DB [--config FILE]
+                                 report unprotected columns, missing guards, plaintext rows, risky roles and logging
   keys <init|list|rotate|reencrypt|retire|shred|rewrap|escrow> ...
   audit <verify|search|tail|keygen> ...
   --version                      print the version
@@ -76,6 +79,10 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
       return start(rest, io);
     case 'setup-db':
       return setupDb(rest, io);
+    case 'policy':
+      if (rest[0] === 'check') return (await import('./policy/check.js')).runPolicyCheck(rest.slice(1), io);
+      io.stderr.write(USAGE);
+      return 2;
     case 'config': {
       const { positional, options } = parseArgs(rest);
       const file = opt(options, 'config', 'c');
@@ -207,6 +214,8 @@ async function setupDb(args: string[], io: CliIo): Promise<number> {
     }
     await installLookupFunction(client, fn, controlUser);
     io.stdout.write(`installed ${fn}(text) in database "${client.database}", executable by ${controlUser} only\n`);
+    await installCatalogSetup(client, controlUser);
+    io.stdout.write(`installed guard domains mamori.<type>, mamori.catalog_epoch and its DDL event triggers; ${controlUser} may read the epoch\n`);
     return 0;
   } catch (err) {
     io.stderr.write(`mamori: setup-db failed: ${(err as Error).message}\n`);
