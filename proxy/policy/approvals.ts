@@ -2,7 +2,7 @@
 // through membership, and which verifier of each login is the approved one. Kept outside the database in a
 // JSON file MACed under a keyring key, so whoever administers the database cannot approve himself.
 import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { MamoriConfig } from '../../config/schema.js';
 import type { Keyring } from '../../keyring/index.js';
@@ -175,4 +175,25 @@ export function grantView(approvals: Approvals | null, passwords: 'held' | 'allo
     isApproved: (role, member) => approvals?.isApproved(role, member) ?? false,
     verifierHeld: (login) => passwords === 'held' && !(approvals?.isVerifierApproved(login, id.verifierHash) ?? false),
   };
+}
+
+/**
+ * Re-reads the file whenever it changes (polled, like the file keystore) and hands over the new state, or null
+ * with the reason when it is refused (fail closed: the caller then approves nothing). Returns a stop function.
+ */
+export function watchApprovals(
+  path: string,
+  macKey: KeyObject,
+  onLoad: (approvals: Approvals | null, err?: Error) => void,
+  intervalMs = 1000,
+): () => void {
+  const listener = (): void => {
+    try {
+      onLoad(Approvals.load(path, macKey));
+    } catch (err) {
+      onLoad(null, err as Error);
+    }
+  };
+  watchFile(path, { interval: intervalMs }, listener);
+  return () => unwatchFile(path, listener);
 }

@@ -8,7 +8,7 @@ import pg from 'pg';
 import { loadConfig } from '../../../config/load.js';
 import type { MamoriConfig } from '../../../config/schema.js';
 import { Keyring, keyringConfigFrom } from '../../../keyring/index.js';
-import { Approvals, ApprovalsIntegrityError, approvalsMacKey, approvalsPath, grantView } from '../../../proxy/policy/approvals.js';
+import { Approvals, ApprovalsIntegrityError, approvalsMacKey, approvalsPath, grantView, watchApprovals } from '../../../proxy/policy/approvals.js';
 import { runPolicyCommand } from '../../../proxy/policy/cli.js';
 import { readDecision } from '../../../proxy/policy/decide.js';
 import { MembershipCache } from '../../../proxy/policy/membership.js';
@@ -279,4 +279,32 @@ describe('mamori policy pending/approve against PostgreSQL', () => {
     assert.equal(approve.code, 1, 'approve does not overwrite a refused file');
     assert.match(readFileSync(path, 'utf8'), /dba/);
   });
+});
+
+test('watchApprovals hands over each new state, and null for a refused file', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mamori-appr-watch-'));
+  const k = key();
+  const path = join(dir, 'approvals.json');
+  const seen: (Approvals | null)[] = [];
+  let wake: () => void = () => undefined;
+  const stop = watchApprovals(path, k, (a) => {
+    seen.push(a);
+    wake();
+  }, 20);
+  const next = () => new Promise<void>((r) => (wake = r));
+  try {
+    const a = Approvals.empty(path, k);
+    a.approve('hr_clerk', 'alice');
+    let got = next();
+    a.save();
+    await got;
+    assert.equal(seen.at(-1)?.isApproved('hr_clerk', 'alice'), true);
+    got = next();
+    writeFileSync(path, readFileSync(path, 'utf8').replace('alice', 'mallory'));
+    await got;
+    assert.equal(seen.at(-1), null);
+  } finally {
+    stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
