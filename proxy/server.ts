@@ -16,6 +16,9 @@ import { readStartup } from './session/startup.js';
 import { Session, type SessionHooks } from './session/session.js';
 import { openUpstream, tlsOptionsFor, type UpstreamTarget } from './session/upstream.js';
 import type { ScramVerifier } from './session/scram.js';
+import { Keyring, keyringConfigFrom } from '../keyring/index.js';
+import { AuditTrail } from './audit/trail.js';
+import { PolicyEngine } from './policy/engine.js';
 
 export interface MamoriServer {
   port: number;
@@ -73,10 +76,33 @@ export function controlClientConfig(cfg: MamoriConfig, secrets: ConfigSecrets, t
   };
 }
 
+/**
+ * The column-policy engine, when the configuration protects columns: opens the keyring (which must have
+ * been initialised with `mamori keys init`, except in the embedded default) and the audit trail.
+ */
+async function startPolicy(config: MamoriConfig, secrets: ConfigSecrets, target: UpstreamTarget, log: Logger): Promise<{ engine: PolicyEngine; close(): Promise<void> } | null> {
+  if (Object.keys(config.columns).length === 0) return null;
+  const keyring = await Keyring.open(keyringConfigFrom(config.keyring), {
+    ...(config.keyring.store.type === 'postgres' ? { pg: new pg.Pool(controlClientConfig(config, secrets, target)) } : {}),
+  });
+  const audit = config.audit.statements === 'none' ? null : await AuditTrail.open(config.audit, { sinkPasswords: secrets.auditSinkPasswords });
+  const engine = await PolicyEngine.start({ config, keyring, control: controlClientConfig(config, secrets, target), log, audit });
+  return {
+    engine,
+    async close() {
+      await engine.close();
+      await audit?.close();
+      await keyring.close();
+    },
+  };
+}
+
 export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
   const { config, secrets, log } = opts;
   await loadModule(); // libpg-query's WASM, once
   const target = upstreamTarget(config);
+  const policy = opts.hooks ? null : await startPolicy(config, secrets, target, log);
+  const hooks: SessionHooks = opts.hooks ?? policy?.engine.hooks() ?? {};
   let tls: TlsState | null = config.tls ? loadTls(config.tls) : null;
   const pool = new pg.Pool({ ...controlClientConfig(config, secrets, target), max: 4, idleTimeoutMillis: 30_000 });
   pool.on('error', (err) => log.warn({ err: err.message }, 'control connection error'));
@@ -155,7 +181,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
         lookupVerifier,
         certificateDer: () => tls?.certDer ?? null,
         limits,
-        hooks: opts.hooks ?? {},
+        hooks,
         log,
         onClose: (s) => sessions.delete(s),
       }, clientAddress, outcome.tls);
@@ -212,6 +238,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
       for (const s of sessions) s.terminate();
       await closed;
       await pool.end();
+      await policy?.close();
       log.info('mamori stopped');
     },
   };

@@ -41,11 +41,16 @@ export interface StackOptions {
   /** Serve TLS on the client leg with a certificate from the cluster's CA (default true). */
   clientTls?: boolean;
   logLines?: string[];
+  /** Use this cluster instead of starting one. */
+  reuseCluster?: Cluster;
+  /** Runs after the database setup, before mamori starts (schema, roles). */
+  beforeStart?: (cluster: Cluster) => Promise<void>;
 }
 
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
-  const cluster = await startCluster(opts.cluster);
+  const cluster = opts.reuseCluster ?? (await startCluster(opts.cluster));
   await setupDatabase(cluster);
+  await opts.beforeStart?.(cluster);
   const clientTls = opts.clientTls ?? true;
   let tlsCfg: MamoriConfigInput['tls'];
   if (clientTls) {

@@ -1,0 +1,221 @@
+// The policy engine: one per mamori process. It owns what every session's decisions need — the catalog of
+// each database (refreshed when the DDL epoch moves), role membership, the security officer's approvals, the
+// unwrapped keys — and gives the listener the SessionHooks that apply the column policies to each session
+// (proxy/policy/session-policy.ts).
+import pg from 'pg';
+import type { Logger } from 'pino';
+import type { MamoriConfig } from '../../config/schema.js';
+import type { Keyring } from '../../keyring/index.js';
+import { AnalysisCache, buildNameIndex, loadParser, type ProtectedNameIndex } from '../sql/index.js';
+import type { ProtectedColumn } from '../sql/types.js';
+import { EPOCH_CHANNEL, loadCatalog, readEpoch, tempSchemaOf, type DatabaseCatalog } from './catalog.js';
+import { MembershipCache } from './membership.js';
+import { Approvals, approvalsMacKey, approvalsPath } from './approvals.js';
+import { EngineKeys } from './keys.js';
+import type { SessionHooks } from '../session/session.js';
+import { SessionPolicy } from './session-policy.js';
+import type { AuditTrail } from '../audit/trail.js';
+
+export type ColumnsConfig = MamoriConfig['columns'];
+export type ColumnConfig = ColumnsConfig[string];
+
+export interface EngineOptions {
+  config: MamoriConfig;
+  keyring: Keyring;
+  /** pg settings for mamori's control login (catalog, membership, LISTEN). */
+  control: pg.ClientConfig;
+  log: Logger;
+  audit?: AuditTrail | null;
+}
+
+interface CatalogEntry {
+  catalog: DatabaseCatalog;
+  names: ProtectedNameIndex;
+  stale: boolean;
+  loading: Promise<void> | null;
+}
+
+/** Protected columns of the configuration, by their config key and by key-domain id. */
+export interface ColumnDirectory {
+  byKey: ReadonlyMap<string, ColumnConfig>;
+  domainOf(col: ProtectedColumn): string;
+}
+
+export class PolicyEngine {
+  readonly analysisCache = new AnalysisCache(2048);
+  readonly keys: EngineKeys;
+  readonly membership: MembershipCache;
+  approvals: Approvals | null = null;
+  private readonly catalogs = new Map<string, CatalogEntry>();
+  private readonly pool: pg.Pool;
+  private listener: pg.Client | null = null;
+  private closed = false;
+
+  private constructor(readonly opts: EngineOptions) {
+    this.keys = new EngineKeys(opts.keyring);
+    this.pool = new pg.Pool({ ...opts.control, max: 4, idleTimeoutMillis: 30_000 });
+    this.pool.on('error', (err) => opts.log.warn({ err: err.message }, 'policy control connection error'));
+    this.membership = new MembershipCache({
+      query: (sql, params) => this.pool.query(sql, params),
+      lookupFunction: opts.config.auth.lookupFunction,
+      onChange: (change) => {
+        opts.log.warn({ change }, change.kind === 'membership' ? 'role membership changed' : 'role password changed');
+        void opts.audit?.append(change.kind === 'membership'
+          ? { kind: 'membership_change', user: change.login, detail: { added: change.added, removed: change.removed } } as never
+          : { kind: 'password_change', user: change.role } as never).catch(() => undefined);
+      },
+    });
+  }
+
+  static async start(opts: EngineOptions): Promise<PolicyEngine> {
+    await loadParser();
+    const engine = new PolicyEngine(opts);
+    // Every protected column's key domain exists before the first statement (creates keys on first start).
+    for (const [, col] of Object.entries(opts.config.columns)) {
+      await engine.keys.ensureDomain(col.keyDomain, col.mode);
+      await engine.keys.load(col.keyDomain);
+    }
+    try {
+      engine.approvals = await Approvals.load(approvalsPath(opts.config), await approvalsMacKey(opts.keyring));
+    } catch (err) {
+      // Fail closed: without verifiable approvals, nothing that needs approval is granted.
+      opts.log.error({ err: (err as Error).message }, 'approvals could not be loaded; grants that need approval are withheld');
+      engine.approvals = null;
+    }
+    opts.keyring.onPurge(() => engine.keys.forget());
+    await engine.listen();
+    return engine;
+  }
+
+  get config(): MamoriConfig {
+    return this.opts.config;
+  }
+
+  get log(): Logger {
+    return this.opts.log;
+  }
+
+  get audit(): AuditTrail | null {
+    return this.opts.audit ?? null;
+  }
+
+  /** The hooks the listener installs in every session. */
+  hooks(): SessionHooks {
+    const states = new WeakMap<object, SessionPolicy>();
+    return {
+      clientMessage: (session, frame) => {
+        let st = states.get(session);
+        if (!st) {
+          st = new SessionPolicy(this, session);
+          states.set(session, st);
+        }
+        return st.clientMessage(frame);
+      },
+    };
+  }
+
+  /** The database's catalog, loading it on first use and again after DDL moved the epoch. */
+  async catalog(database: string): Promise<CatalogEntry> {
+    const entry = this.catalogs.get(database);
+    if (entry && !entry.stale) return entry;
+    if (entry?.loading) {
+      await entry.loading;
+      return this.catalogs.get(database)!;
+    }
+    const load = (async () => {
+      const client = new pg.Client({ ...this.opts.control, database });
+      await client.connect();
+      try {
+        const catalog = await loadCatalog(client, this.opts.config.columns, database);
+        for (const p of catalog.problems) this.opts.log.warn({ database, column: p.column, problem: p.problem }, 'catalog problem');
+        this.catalogs.set(database, { catalog, names: buildNameIndex(catalog.names), stale: false, loading: null });
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    })();
+    if (entry) entry.loading = load;
+    else this.catalogs.set(database, { catalog: null as never, names: null as never, stale: true, loading: load });
+    try {
+      await load;
+    } catch (err) {
+      const e = this.catalogs.get(database);
+      if (e) e.loading = null;
+      throw err;
+    }
+    return this.catalogs.get(database)!;
+  }
+
+  /** The catalog when loaded and fresh: the synchronous fast path; null means "take the slow path". */
+  catalogSync(database: string): { catalog: DatabaseCatalog; names: ProtectedNameIndex } | null {
+    const e = this.catalogs.get(database);
+    return e && !e.stale && this.listener !== null ? e : null;
+  }
+
+  /** The temp schema (pg_temp_N) of a backend, or null when it has none yet. */
+  async tempSchema(database: string, backendPid: number): Promise<string | null> {
+    if (!backendPid) return null;
+    const client = new pg.Client({ ...this.opts.control, database });
+    await client.connect();
+    try {
+      return await tempSchemaOf(client, backendPid);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  /** LISTEN for the DDL epoch (mamori setup-db's event trigger) on the control database. */
+  private async listen(): Promise<void> {
+    const client = new pg.Client(this.opts.control);
+    client.on('error', (err) => this.opts.log.warn({ err: err.message }, 'catalog listener error'));
+    client.on('notification', () => {
+      // DDL anywhere: every catalog is stale until reloaded (refused meanwhile, loaded on next use).
+      for (const e of this.catalogs.values()) e.stale = true;
+      this.analysisCache.clear?.();
+    });
+    client.on('end', () => {
+      this.listener = null;
+      for (const e of this.catalogs.values()) e.stale = true; // cannot hear DDL: reload before each use
+      if (!this.closed) setTimeout(() => void this.listen().catch(() => undefined), 1000).unref();
+    });
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${EPOCH_CHANNEL}`);
+      this.listener = client;
+    } catch (err) {
+      this.opts.log.warn({ err: (err as Error).message }, 'cannot LISTEN for catalog changes; catalogs reload on every use');
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  /** True when no DDL notification can be heard: catalogs must then be re-checked by epoch on each use. */
+  get listening(): boolean {
+    return this.listener !== null;
+  }
+
+  async epochOf(database: string): Promise<number> {
+    const client = new pg.Client({ ...this.opts.control, database });
+    await client.connect();
+    try {
+      return await readEpoch(client);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  columnConfig(col: ProtectedColumn): ColumnConfig | undefined {
+    return this.opts.config.columns[`${col.schema}.${col.table}.${col.column}`] ?? findByRef(this.opts.config.columns, col);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.listener?.end().catch(() => undefined);
+    await this.pool.end().catch(() => undefined);
+  }
+}
+
+function findByRef(columns: ColumnsConfig, col: ProtectedColumn): ColumnConfig | undefined {
+  for (const c of Object.values(columns)) {
+    if (c.ref.schema === col.schema && c.ref.table === col.table && c.ref.column === col.column) return c;
+  }
+  return undefined;
+}

@@ -1,0 +1,59 @@
+// Unwrapped data keys for the query path. The keyring is asynchronous (unwrapping may call KMS); result and
+// parameter transforms are synchronous. So every key a statement may need is loaded before the statement is
+// forwarded, and the transforms look keys up here; a miss fails closed (RowError key_unavailable).
+import type { Keyring } from '../../keyring/index.js';
+import type { CellKey, CellMode } from '../../keyring/cells/index.js';
+import { encryptCell } from '../../keyring/cells/index.js';
+import type { CellKeys } from '../results/keys.js';
+
+export class EngineKeys implements CellKeys {
+  private readonly keys = new Map<number, Map<number, CellKey | 'shredded'>>();
+
+  constructor(private readonly keyring: Keyring) {}
+
+  get(domainId: number, version: number): CellKey | 'shredded' | undefined {
+    return this.keys.get(domainId)?.get(version);
+  }
+
+  /** Loads every readable version of the domain (active ones unwrapped, shredded ones marked). */
+  async load(domainName: string): Promise<void> {
+    const info = this.keyring.domain(domainName);
+    let versions = this.keys.get(info.id);
+    if (!versions) {
+      versions = new Map();
+      this.keys.set(info.id, versions);
+    }
+    for (const v of info.versions) {
+      if (versions.has(v.version)) continue;
+      if (v.status === 'retired') continue;
+      versions.set(v.version, await this.keyring.cellKeyFor({ mode: info.mode, domainId: info.id, version: v.version }));
+    }
+  }
+
+  /** Forgets cached keys (purge on retire/shred, keyring reload): they are loaded again on next use. */
+  forget(domainId?: number): void {
+    if (domainId === undefined) this.keys.clear();
+    else this.keys.delete(domainId);
+  }
+
+  /**
+   * Encrypts values for one statement: each call counts one encryption in the keystore (so automatic
+   * rotation sees every cell) and refuses while the domain's writes are frozen (deterministic rotation).
+   */
+  async encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]> {
+    const out: Buffer[] = [];
+    for (const it of items) out.push(await this.keyring.encrypt(it.domain, it.canonical));
+    return out;
+  }
+
+  domainId(name: string): number {
+    return this.keyring.domainId(name);
+  }
+
+  async ensureDomain(name: string, mode: CellMode): Promise<number> {
+    if (!this.keyring.hasDomain(name)) await this.keyring.ensureDomain(name, mode);
+    return this.keyring.domainId(name);
+  }
+}
+
+export { encryptCell };

@@ -1,0 +1,757 @@
+// Column policies applied to one session's messages (the SessionHooks of proxy/policy/engine.ts).
+// Every statement that may reach a protected object is analysed before it runs; a refusal never lets it run.
+// Writes have their protected literals and parameters validated, normalized and encrypted; reads have their
+// protected result fields decrypted, masked, nulled or passed as ciphertext per the session user's roles.
+// Statements that cannot reach a protected object are forwarded untouched (the fast path).
+import type { Frame } from '../wire/framer.js';
+import { BE, FE } from '../wire/types.js';
+import { decodeBind, decodeDescribe, decodeExecute, decodeParse, expandFormats, encodeDescribe } from '../wire/frontend.js';
+import { decodeRowDescription, decodeCommandComplete } from '../wire/backend.js';
+import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
+import { FORWARD, type Decision, type Session } from '../session/session.js';
+import type { ResultTransform } from '../session/pipeline.js';
+import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type StatementPlan } from '../sql/index.js';
+import type { AnalysisContext, ProtectedColumn, RolePolicy } from '../sql/types.js';
+import { fingerprint } from '../sql/fingerprint.js';
+import { canonicalFromText } from '../../keyring/logical-types.js';
+import { toLogicalType } from '../results/logical.js';
+import { RowRewriter, rewriteRowDescription, rewriteParameterDescription, type FieldPlan, type FieldAction } from '../results/rows.js';
+import { encryptBindParams, rewriteParseTypes, ParamError, type ParamPlan } from '../results/params.js';
+import { readDecision, canSearch, canWrite, type ReadDecision } from './decide.js';
+import { grantView } from './approvals.js';
+import { effectivePath, type DatabaseCatalog } from './catalog.js';
+import type { Identity } from './membership.js';
+import type { PolicyEngine, ColumnConfig } from './engine.js';
+import type { ColumnDecision } from '../audit/record.js';
+import { SessionAudit, type StatementHandle } from '../audit/session.js';
+
+/** What mamori keeps with a prepared statement once the server confirms it. */
+interface StatementPlanInfo {
+  params: ParamPlan[];
+  /** True when any result column may come from a protected column (rows need rewriting). */
+  reads: boolean;
+  columns: ColumnDecision[];
+  command: string;
+  fingerprint: string;
+  declaredTypes: number[];
+}
+
+const NO_PLAN_PORTAL = { plan: null, formats: [] as readonly number[] };
+
+const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
+  '0A000': 'feature_not_supported',
+  '42501': 'insufficient_privilege',
+  '22P02': 'invalid_text_representation',
+  '22P03': 'invalid_binary_representation',
+  '42601': 'syntax_error',
+  '54000': 'program_limit_exceeded',
+  '55000': 'object_not_in_prerequisite_state',
+  '22021': 'invalid_text_representation',
+};
+
+function refusal(sqlstate: string, message: string): Decision {
+  return { action: 'refuse', error: new MamoriError(SQLSTATE_CODES[sqlstate] ?? 'feature_not_supported', message) };
+}
+
+export class SessionPolicy {
+  private identity: Identity | null = null;
+  private identityAt = 0;
+  /** The session's search_path as set so far; null when it is not known (then protected access is refused). */
+  private searchPath: string[] | null;
+  private byteaOutput: 'hex' | 'escape' = 'hex';
+  /** Set once the session has touched protected data: role changes and FunctionCall are refused from then on. */
+  private touched = false;
+  /** Parse messages in flight, by statement name: their plan, until the server confirms or rejects them. */
+  private readonly pendingParse = new Map<string, { plan: StatementPlanInfo | null; synced: boolean; settled: Promise<boolean> }>();
+  /** RowDescriptions seen for portals (Describe P), by portal name: used to rewrite the Execute's rows. */
+  private readonly portalShapes = new Map<string, Buffer>();
+  /**
+   * Portals as bound through mamori, before the server confirms them (a failed Bind makes the server skip
+   * the Execute that follows it in the batch): the statement's plan and the result formats asked for.
+   */
+  private readonly portals = new Map<string, { plan: StatementPlanInfo | null; formats: readonly number[] }>();
+  private tempSchema: string | null | undefined;
+  private audit: SessionAudit | null = null;
+
+  constructor(
+    private readonly engine: PolicyEngine,
+    private readonly session: Session,
+  ) {
+    const sp = session.startupGucs.get('search_path');
+    this.searchPath = sp === undefined ? ['$user', 'public'] : parseSearchPath(sp);
+    const bo = session.startupGucs.get('bytea_output');
+    if (bo === 'escape') this.byteaOutput = 'escape';
+    if (session.startupGucs.has('role') || session.startupGucs.has('session_authorization')) this.roleChangedAtStartup = true;
+    if (engine.audit) {
+      this.audit = new SessionAudit(engine.audit, {
+        session: session.id, user: session.user, client: session.clientAddress, tlsSubject: session.tlsSubject,
+        applicationName: session.applicationName, database: session.database,
+      });
+    }
+  }
+
+  private roleChangedAtStartup = false;
+
+  clientMessage(frame: Frame): Decision | Promise<Decision> {
+    switch (frame.type) {
+      case FE.Query:
+        return this.sql(frame.body.subarray(0, frame.body.length - 1));
+      case FE.Parse:
+        return this.parse(frame);
+      case FE.Bind:
+        return this.bind(frame);
+      case FE.Describe:
+        return this.describe(frame);
+      case FE.Execute:
+        return this.execute(frame);
+      case FE.Sync:
+        for (const p of this.pendingParse.values()) p.synced = true;
+        return FORWARD;
+      case FE.Close: {
+        return FORWARD;
+      }
+      case FE.FunctionCall:
+        if (this.touched) {
+          return refusal('0A000', 'FunctionCall messages are not allowed in a session that has touched protected columns');
+        }
+        return FORWARD;
+      default:
+        return FORWARD;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Analysis
+
+  private async ensureIdentity(): Promise<Identity> {
+    const now = Date.now();
+    if (!this.identity || now - this.identityAt > 1000) {
+      this.identity = await this.engine.membership.identity(this.session.user, { clientCert: this.session.tlsSubject !== null });
+      this.identityAt = now;
+    }
+    return this.identity;
+  }
+
+  private rolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
+    const cfg = this.engine.config;
+    const required = cfg.approval.members === 'required';
+    const grants = grantView(this.engine.approvals, cfg.approval.passwords, id);
+    const colOf = (c: ProtectedColumn): ColumnConfig | undefined => this.columnConfig(c, catalog);
+    return {
+      read: (c) => {
+        const cc = colOf(c);
+        return cc ? readDecision(cc, id, grants, required) : 'deny';
+      },
+      canSearch: (c) => {
+        const cc = colOf(c);
+        return cc ? canSearch(cc, id, grants, required) : false;
+      },
+      canWrite: (c) => {
+        const cc = colOf(c);
+        return cc ? canWrite(cc, id, grants, required) && !this.engine.opts.keyring.isWriteFrozen(cc.keyDomain) : false;
+      },
+    };
+  }
+
+  columnConfig(c: ProtectedColumn, catalog: DatabaseCatalog): ColumnConfig | undefined {
+    if (c.tableOid !== undefined && c.attnum !== undefined) {
+      const f = catalog.byOrigin(c.tableOid, c.attnum);
+      if (f) return this.engine.config.columns[f.policyKey];
+    }
+    return this.engine.columnConfig(c);
+  }
+
+  private async searchPathFor(catalog: DatabaseCatalog): Promise<string[] | null> {
+    if (this.searchPath === null) return null;
+    if (this.tempSchema === undefined || this.tempSchema === null) {
+      // The session's temp schema exists once it created a temp table; look it up (cheap, cached once found).
+      this.tempSchema = await this.engine.tempSchema(this.session.database, this.session.backendPid);
+    }
+    const path = this.searchPath.flatMap((s) => (s === '$user' ? [this.session.user] : s === 'pg_temp' ? [] : [s]));
+    const explicitTemp = this.searchPath.includes('pg_temp');
+    const temp = this.tempSchema ? [this.tempSchema] : [];
+    void catalog;
+    return explicitTemp ? effectivePath([...path, ...temp]) : effectivePath([...temp, ...path]);
+  }
+
+  /**
+   * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
+   * changes no setting mamori tracks); else the analysis and what it needs.
+   */
+  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity } | MamoriError> {
+    const entry = await this.engine.catalog(this.session.database);
+    const catalog = entry.catalog;
+    const identity = await this.ensureIdentity();
+    const role = this.rolePolicy(identity, catalog);
+    const path = await this.searchPathFor(catalog);
+    if (path === null) {
+      return new MamoriError('object_not_in_prerequisite_state',
+        'the session\'s search_path is not known to mamori (set by a non-constant expression); protected columns cannot be used until it is SET to a constant');
+    }
+    const params = this.session.params;
+    const ctx: AnalysisContext = {
+      catalog,
+      searchPath: path,
+      role,
+      maxInListItems: this.engine.config.search.maxInListItems,
+      standardConformingStrings: (params.get('standard_conforming_strings') ?? 'on') === 'on',
+      clientEncoding: params.get('client_encoding') ?? 'UTF8',
+      allowDdl: this.engine.config.adminRoles.some((r) => identity.roles.has(r)),
+    };
+    const analysis = this.engine.analysisCache.getOrAnalyse(sql, {
+      searchPath: path, catalogEpoch: catalog.epoch + ':' + catalog.loadedAt, roleSet: [...identity.roles].sort().join(',') + (identity.clientCert ? '+cert' : ''),
+      standardConformingStrings: ctx.standardConformingStrings, clientEncoding: ctx.clientEncoding,
+      maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
+    }, ctx, analyse);
+    return { analysis, catalog, role, identity };
+  }
+
+  private mayTouch(sql: Buffer): boolean | null {
+    const entry = this.engine.catalogSync(this.session.database);
+    if (!entry) return null; // not loaded (or stale): take the slow path
+    return mayTouchProtected(sql, entry.names, { standardConformingStrings: (this.session.params.get('standard_conforming_strings') ?? 'on') === 'on' });
+  }
+
+  /** Applies SET / RESET effects the analysis found; an unknown search_path makes protected access refused. */
+  private applySettings(a: Analysis): void {
+    if (a.kind === 'refuse') return;
+    for (const s of a.settings) {
+      if (s.name === 'search_path' || s.name === '*' || s.name === '?') {
+        if (s.action === 'reset' || s.name === '*') this.searchPath = ['$user', 'public'];
+        else this.searchPath = s.value === null ? null : parseSearchPath(s.value);
+        if (s.name === '?') this.searchPath = null;
+      }
+      if (s.name === 'bytea_output') this.byteaOutput = s.value === 'escape' ? 'escape' : 'hex';
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Simple Query (and the SQL of Parse)
+
+  private sql(sql: Buffer): Decision | Promise<Decision> {
+    const may = this.mayTouch(sql);
+    if (may === false && !this.roleChangedAtStartup) return FORWARD;
+    return this.sqlSlow(sql);
+  }
+
+  private async sqlSlow(sql: Buffer): Promise<Decision> {
+    const r = await this.analyse(sql);
+    if (r instanceof MamoriError) return { action: 'refuse', error: r };
+    const { analysis, catalog, role } = r;
+    this.applySettings(analysis);
+    if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
+      return refusal('42501', 'role changes (SET ROLE, SET SESSION AUTHORIZATION, set_config(\'role\')) are not allowed in a session that touches protected columns; identity stays the session user');
+    }
+    if (analysis.kind === 'unprotected') return FORWARD;
+    if (this.roleChangedAtStartup) {
+      return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
+    }
+    this.touched = true;
+    // Literals bound for protected columns are validated, normalized and encrypted, then spliced in.
+    const edits = [];
+    const toEncrypt: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
+    const sites: { start: number; end: number }[] = [];
+    for (const st of analysis.statements) {
+      for (const lit of st.literals) {
+        if (lit.value === null) continue;
+        const cc = this.columnConfig(lit.column, catalog);
+        if (!cc) return refusal('0A000', `column ${qualified(lit.column)} has no policy`);
+        const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
+        if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
+        toEncrypt.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
+        sites.push({ start: lit.start, end: lit.end });
+      }
+    }
+    let raw: Buffer | null = null;
+    if (toEncrypt.length > 0) {
+      let cells: Buffer[];
+      try {
+        cells = await this.engine.keys.encryptAll(toEncrypt);
+      } catch (err) {
+        return refusal('55000', `protected column ${qualified(toEncrypt[0]!.col)} cannot be written now: ${(err as Error).message}`);
+      }
+      for (let i = 0; i < sites.length; i++) edits.push(byteaEdit(sites[i]!, cells[i]!));
+      let rewritten: Buffer;
+      try {
+        rewritten = rewrite(sql, edits);
+      } catch (err) {
+        this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
+        return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
+      }
+      raw = encodeQueryRaw(rewritten);
+    }
+    await this.loadKeysFor(analysis.statements, catalog);
+    const columns = this.columnDecisions(analysis.statements, role);
+    const handle = await this.intent(sql, analysis.statements, columns);
+    if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
+    const transform = new QueryResults(this, catalog, role, handle, null);
+    return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
+  }
+
+  private refused(sqlstate: string, message: string, sql: Buffer): Decision {
+    void this.audit?.record({ kind: 'refusal', fingerprint: fingerprint(sql), sqlstate, reason: message } as never).catch(() => undefined);
+    return refusal(sqlstate, message);
+  }
+
+  private columnDecisions(statements: readonly StatementPlan[], role: RolePolicy): ColumnDecision[] {
+    const out: ColumnDecision[] = [];
+    for (const st of statements) {
+      for (const t of st.touched) {
+        const reads = t.uses.includes('read') || t.uses.includes('returning');
+        out.push({ column: qualified(t.column), decision: reads ? role.read(t.column) : t.uses.join('+') } as ColumnDecision);
+      }
+    }
+    return out;
+  }
+
+  /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
+  private async intent(sql: Buffer, statements: readonly StatementPlan[], columns: ColumnDecision[]): Promise<StatementHandle | null | MamoriError> {
+    if (!this.audit) return null;
+    try {
+      return await this.audit.intent({
+        fingerprint: fingerprint(sql), command: statements.map((s) => s.command).join(';'), columns, mode: 'protected',
+      });
+    } catch (err) {
+      if (this.engine.config.audit.failMode === 'open') return null;
+      this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
+      return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
+    }
+  }
+
+  private async loadKeysFor(statements: readonly StatementPlan[], catalog: DatabaseCatalog): Promise<void> {
+    const domains = new Set<string>();
+    for (const st of statements) for (const t of st.touched) {
+      const cc = this.columnConfig(t.column, catalog);
+      if (cc) domains.add(cc.keyDomain);
+    }
+    for (const d of domains) await this.engine.keys.load(d);
+  }
+
+  /** Field plans for a RowDescription: protected fields by origin (table or view OID + attnum). */
+  fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy): FieldPlan[] {
+    const rd = decodeRowDescription(rowDescription);
+    const plans: FieldPlan[] = [];
+    rd.fields.forEach((f, index) => {
+      if (f.tableOid === 0) return;
+      const derived = catalog.derivedByOrigin(f.tableOid, f.attnum);
+      if (derived) throw new MamoriError('feature_not_supported', `result column "${f.name}" is an expression over protected column ${qualified(derived.column)}`);
+      const pf = catalog.byOrigin(f.tableOid, f.attnum);
+      if (!pf) return;
+      const decision: ReadDecision = role.read(pf.column);
+      if (decision === 'deny') throw new MamoriError('insufficient_privilege', `permission denied to read column "${qualified(pf.column)}"`);
+      const cc = this.engine.config.columns[pf.policyKey];
+      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain) });
+    });
+    return plans;
+  }
+
+  rewriter(plans: FieldPlan[], formats: readonly number[]): RowRewriter {
+    return new RowRewriter(plans, formats, this.engine.keys, {
+      byteaOutput: this.byteaOutput,
+      onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Extended protocol
+
+  private parse(frame: Frame): Decision | Promise<Decision> {
+    const p = decodeParse(frame.body);
+    const sql = Buffer.from(p.sql, 'utf8');
+    const may = this.mayTouch(sql);
+    if (may === false && !this.roleChangedAtStartup) {
+      this.trackParse(p.name, null);
+      return FORWARD;
+    }
+    return this.parseSlow(frame, p.name, sql, p.paramTypes);
+  }
+
+  private trackParse(name: string, plan: StatementPlanInfo | null): Decision {
+    let settle!: (ok: boolean) => void;
+    const settled = new Promise<boolean>((r) => (settle = r));
+    const entry = { plan, synced: false, settled };
+    this.pendingParse.set(name, entry);
+    const onOutcome = (ok: boolean): void => {
+      if (this.pendingParse.get(name) === entry) this.pendingParse.delete(name);
+      settle(ok);
+    };
+    return { action: 'forward', plan: plan ?? undefined, onOutcome };
+  }
+
+  private async parseSlow(frame: Frame, name: string, sql: Buffer, paramTypes: number[]): Promise<Decision> {
+    void frame;
+    const r = await this.analyse(sql);
+    if (r instanceof MamoriError) return { action: 'refuse', error: r };
+    const { analysis, catalog, role } = r;
+    this.applySettings(analysis);
+    if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
+      return refusal('42501', 'role changes are not allowed in a session that touches protected columns; identity stays the session user');
+    }
+    if (analysis.kind === 'unprotected') return this.trackParse(name, null);
+    if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
+    this.touched = true;
+    const params: ParamPlan[] = [];
+    const edits = [];
+    const literalEncrypt: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
+    const literalSites: { start: number; end: number }[] = [];
+    for (const st of analysis.statements) {
+      for (const ps of st.params) {
+        const prev = params.find((x) => x.index === ps.index);
+        if (prev && (prev.column !== ps.column || Boolean(prev.array) !== Boolean(ps.array))) {
+          return refusal('0A000', `parameter $${ps.index} is used for two different protected positions`);
+        }
+        if (!prev) params.push({ index: ps.index, column: ps.column, purpose: ps.purpose, ...(ps.array ? { array: true } : {}) });
+        if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
+      }
+      for (const lit of st.literals) {
+        if (lit.value === null) continue;
+        const cc = this.columnConfig(lit.column, catalog);
+        if (!cc) return refusal('0A000', `column ${qualified(lit.column)} has no policy`);
+        const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
+        if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
+        literalEncrypt.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
+        literalSites.push({ start: lit.start, end: lit.end });
+      }
+    }
+    if (literalEncrypt.length > 0) {
+      try {
+        const cells = await this.engine.keys.encryptAll(literalEncrypt);
+        literalSites.forEach((site, i) => edits.push(byteaEdit(site, cells[i]!)));
+      } catch (err) {
+        return refusal('55000', `protected column ${qualified(literalEncrypt[0]!.col)} cannot be written now: ${(err as Error).message}`);
+      }
+    }
+    let newSql = sql;
+    if (edits.length > 0) {
+      try {
+        newSql = rewrite(sql, edits);
+      } catch (err) {
+        this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
+        return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
+      }
+    }
+    await this.loadKeysFor(analysis.statements, catalog);
+    const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')));
+    const plan: StatementPlanInfo = {
+      params, reads, columns: this.columnDecisions(analysis.statements, role),
+      command: analysis.statements.map((s) => s.command).join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
+    };
+    const decision = this.trackParse(name, plan);
+    let body = encodeParseBody(name, newSql, paramTypes);
+    const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
+    body = rewritten;
+    return { ...decision, action: 'replace', raw: rewritten };
+  }
+
+  /** The plan of a statement as the server will use it at this point of the pipeline. */
+  private async statementPlan(name: string): Promise<StatementPlanInfo | null> {
+    const pending = this.pendingParse.get(name);
+    if (pending) {
+      // Not yet confirmed. Without a Sync since, a failed Parse makes the server skip this message too, so
+      // the pending plan is the one that counts; after a Sync the answer is on its way: wait for it.
+      if (!pending.synced) return pending.plan;
+      const ok = await pending.settled;
+      if (ok) return pending.plan;
+    }
+    const info = this.session.pipeline.statements.get(name);
+    return (info?.plan as StatementPlanInfo | undefined) ?? null;
+  }
+
+  private bind(frame: Frame): Decision | Promise<Decision> {
+    // Portal and statement names are the first two C strings of the body.
+    const portalEnd = frame.body.indexOf(0);
+    const stmtEnd = frame.body.indexOf(0, portalEnd + 1);
+    const portal = frame.body.toString('utf8', 0, portalEnd);
+    const stmt = frame.body.toString('utf8', portalEnd + 1, stmtEnd);
+    this.portalShapes.delete(portal);
+    if (!this.pendingParse.has(stmt) && !this.session.pipeline.statements.get(stmt)?.plan) {
+      this.portals.set(portal, NO_PLAN_PORTAL);
+      return FORWARD;
+    }
+    return this.bindSlow(frame, portal, stmt);
+  }
+
+  private async bindSlow(frame: Frame, portal: string, stmt: string): Promise<Decision> {
+    const plan = await this.statementPlan(stmt);
+    const bind = decodeBind(frame.body);
+    this.portals.set(portal, { plan, formats: bind.resultFormats });
+    if (!plan) return FORWARD;
+    if (plan.params.length === 0) return { action: 'forward', plan };
+    // Two passes: collect the normalized values (validating them), encrypt them (async: counted, refused
+    // while the domain rotates), then build the Bind with the cells.
+    const collected: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
+    const placeholder = Buffer.alloc(0);
+    try {
+      encryptBindParams(frame.body, plan.params, (col, canonical) => {
+        collected.push({ domain: '', canonical, col });
+        return placeholder;
+      }, plan.declaredTypes);
+    } catch (err) {
+      if (err instanceof ParamError) return refusal(err.sqlstate, err.message);
+      throw err;
+    }
+    let cells: Buffer[];
+    try {
+      const entry = await this.engine.catalog(this.session.database);
+      for (const c of collected) {
+        const cc = this.columnConfig(c.col, entry.catalog);
+        if (!cc) return refusal('0A000', `column ${qualified(c.col)} has no policy`);
+        c.domain = cc.keyDomain;
+      }
+      cells = await this.engine.keys.encryptAll(collected);
+    } catch (err) {
+      return refusal('55000', `a protected column cannot be written now: ${(err as Error).message}`);
+    }
+    let i = 0;
+    const raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    return { action: 'replace', raw, plan };
+  }
+
+  private describe(frame: Frame): Decision | Promise<Decision> {
+    const d = decodeDescribe(frame.body);
+    if (d.target === 'S') {
+      if (!this.pendingParse.has(d.name) && !this.session.pipeline.statements.get(d.name)?.plan) return FORWARD;
+      return this.describeStatement(d.name);
+    }
+    const bound = this.portals.get(d.name);
+    if (bound && !bound.plan) return FORWARD;
+    return this.describePortal(d.name, bound?.formats ?? []);
+  }
+
+  private async describeStatement(name: string): Promise<Decision> {
+    const plan = await this.statementPlan(name);
+    if (!plan) return FORWARD;
+    const entry = await this.engine.catalog(this.session.database);
+    const identity = await this.ensureIdentity();
+    const role = this.rolePolicy(identity, entry.catalog);
+    const transform: ResultTransform = {
+      message: (f) => {
+        if (f.type === BE.ParameterDescription && plan.params.length > 0) {
+          return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
+        }
+        if (f.type === BE.RowDescription) {
+          const plans = this.fieldPlans(f.body, entry.catalog, role);
+          return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
+        }
+        return null;
+      },
+    };
+    return { action: 'forward', transform };
+  }
+
+  private async describePortal(name: string, formats: readonly number[]): Promise<Decision> {
+    void formats;
+    const entry = await this.engine.catalog(this.session.database);
+    const identity = await this.ensureIdentity();
+    const role = this.rolePolicy(identity, entry.catalog);
+    const transform: ResultTransform = {
+      message: (f) => {
+        if (f.type !== BE.RowDescription) return null;
+        this.portalShapes.set(name, Buffer.from(f.body));
+        const plans = this.fieldPlans(f.body, entry.catalog, role);
+        return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
+      },
+    };
+    return { action: 'forward', transform };
+  }
+
+  private execute(frame: Frame): Decision | Promise<Decision> {
+    const x = decodeExecute(frame.body);
+    const bound = this.portals.get(x.portal);
+    if (bound && !bound.plan) return FORWARD;
+    // A portal mamori did not bind (a SQL cursor, say) is looked at too: its rows may be protected.
+    return this.executeSlow(x.portal, bound ?? null);
+  }
+
+  private async executeSlow(portalName: string, bound: { plan: StatementPlanInfo | null; formats: readonly number[] } | null): Promise<Decision> {
+    const entry = await this.engine.catalog(this.session.database);
+    const identity = await this.ensureIdentity();
+    const role = this.rolePolicy(identity, entry.catalog);
+    const plan = bound?.plan ?? null;
+    // The rows' shape: from the client's own Describe of this portal, else mamori asks the server first.
+    let shape = this.portalShapes.get(portalName) ?? null;
+    if (!shape) shape = await this.describeFirst(portalName);
+    const nfields = shape ? decodeRowDescription(shape).fields.length : 0;
+    const formats = expandFormats(bound?.formats ?? [], nfields);
+    let rewriterPlans: FieldPlan[] = [];
+    if (shape) {
+      try {
+        rewriterPlans = this.fieldPlans(shape, entry.catalog, role);
+      } catch (err) {
+        if (err instanceof MamoriError) return { action: 'refuse', error: err };
+        throw err;
+      }
+    }
+    let handle: StatementHandle | null = null;
+    if (plan || rewriterPlans.length > 0) {
+      const h = await this.intentFor(plan);
+      if (h instanceof MamoriError) return { action: 'refuse', error: h };
+      handle = h;
+    }
+    if (rewriterPlans.length === 0 && !handle) return FORWARD;
+    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, formats) : null;
+    return { action: 'forward', transform: new ExecuteResults(rewriter, handle) };
+  }
+
+  private async intentFor(plan: StatementPlanInfo | null): Promise<StatementHandle | null | MamoriError> {
+    if (!this.audit || !plan) return null;
+    try {
+      return await this.audit.intent({ fingerprint: plan.fingerprint, command: plan.command, columns: plan.columns, mode: 'protected' });
+    } catch {
+      if (this.engine.config.audit.failMode === 'open') return null;
+      return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
+    }
+  }
+
+  /** Injects Describe(portal) before the client's Execute and returns the RowDescription (null: no rows). */
+  private describeFirst(portal: string): Promise<Buffer | null> {
+    return new Promise((resolve) => {
+      let shape: Buffer | null = null;
+      this.session.inject([encodeDescribe({ target: 'P', name: portal })], ['describe'], {
+        response: (f) => {
+          if (f.type === BE.RowDescription) shape = Buffer.from(f.body);
+          if (f.type === BE.RowDescription || f.type === BE.NoData || f.type === BE.ErrorResponse) resolve(shape);
+        },
+        skipped: () => resolve(null),
+      });
+    });
+  }
+}
+
+/** Rows of a simple Query: each RowDescription starts a result set whose protected fields are rewritten. */
+class QueryResults implements ResultTransform {
+  private rewriter: RowRewriter | null = null;
+  private rows = 0;
+  constructor(
+    private readonly policy: SessionPolicy,
+    private readonly catalog: DatabaseCatalog,
+    private readonly role: RolePolicy,
+    private readonly handle: StatementHandle | null,
+    _unused: null,
+  ) {}
+
+  message(f: Frame): Buffer | null {
+    switch (f.type) {
+      case BE.RowDescription: {
+        const plans = this.policy.fieldPlans(f.body, this.catalog, this.role);
+        if (plans.length === 0) {
+          this.rewriter = null;
+          return null;
+        }
+        const n = decodeRowDescription(f.body).fields.length;
+        this.rewriter = this.policy.rewriter(plans, new Array<number>(n).fill(0));
+        return rewriteRowDescription(f.body, plans);
+      }
+      case BE.DataRow:
+        this.rows++;
+        return this.rewriter ? this.rewriter.rewrite(f.body) : null;
+      case BE.CommandComplete:
+        this.rewriter = null;
+        return null;
+      case BE.ReadyForQuery:
+        void this.handle?.complete({ rows: this.rows, sqlstate: null }).catch(() => undefined);
+        return null;
+      case BE.ErrorResponse:
+        void this.handle?.complete({ rows: this.rows, sqlstate: sqlstateOf(f.body) }).catch(() => undefined);
+        return null;
+      default:
+        return null;
+    }
+  }
+}
+
+/** Rows of one Execute. */
+class ExecuteResults implements ResultTransform {
+  private rows = 0;
+  constructor(
+    private readonly rewriter: RowRewriter | null,
+    private readonly handle: StatementHandle | null,
+  ) {}
+
+  message(f: Frame): Buffer | null {
+    switch (f.type) {
+      case BE.DataRow:
+        this.rows++;
+        return this.rewriter ? this.rewriter.rewrite(f.body) : null;
+      case BE.CommandComplete:
+        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rows, sqlstate: null }).catch(() => undefined);
+        return null;
+      case BE.PortalSuspended:
+        return null;
+      case BE.ErrorResponse:
+        void this.handle?.complete({ rows: this.rows, sqlstate: sqlstateOf(f.body) }).catch(() => undefined);
+        return null;
+      default:
+        return null;
+    }
+  }
+}
+
+function rowsOf(body: Buffer): number | null {
+  const tag = decodeCommandComplete(body).tag;
+  const n = Number(tag.split(' ').at(-1));
+  return Number.isFinite(n) ? n : null;
+}
+
+function sqlstateOf(body: Buffer): string | null {
+  for (let i = 0; i < body.length && body[i] !== 0;) {
+    const code = body[i]!;
+    const end = body.indexOf(0, i + 1);
+    if (code === 0x43) return body.toString('latin1', i + 1, end);
+    i = end + 1;
+  }
+  return null;
+}
+
+export function qualified(c: ProtectedColumn): string {
+  return `${c.schema}.${c.table}.${c.column}`;
+}
+
+/** search_path text → schema names as PostgreSQL reads them (quoted kept, unquoted folded). */
+export function parseSearchPath(text: string): string[] {
+  const out: string[] = [];
+  for (const raw of text.split(',')) {
+    const s = raw.trim();
+    if (s === '') continue;
+    if (s.startsWith('"') && s.endsWith('"')) out.push(s.slice(1, -1).replace(/""/g, '"'));
+    else out.push(s.toLowerCase());
+  }
+  return out;
+}
+
+function encodeQueryRaw(sql: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + sql.length + 1);
+  out[0] = FE.Query;
+  out.writeInt32BE(4 + sql.length + 1, 1);
+  sql.copy(out, 5);
+  out[5 + sql.length] = 0;
+  return out;
+}
+
+/** A Parse body (no header) for name + SQL bytes + declared types. */
+function encodeParseBody(name: string, sql: Buffer, types: readonly number[]): Buffer {
+  const nameBuf = Buffer.from(name + '\0', 'utf8');
+  const body = Buffer.allocUnsafe(nameBuf.length + sql.length + 1 + 2 + 4 * types.length);
+  let o = nameBuf.copy(body, 0);
+  o += sql.copy(body, o);
+  body[o++] = 0;
+  body.writeUInt16BE(types.length, o);
+  o += 2;
+  for (const t of types) {
+    body.writeUInt32BE(t >>> 0, o);
+    o += 4;
+  }
+  return body;
+}
+
+function encodeParseFromBody(body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = FE.Parse;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+export { errorResponse };
