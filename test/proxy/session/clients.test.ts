@@ -53,6 +53,18 @@ function runLibpq(program: string, args: string[], env: Record<string, string>, 
   });
 }
 
+/** Waits until some backend is running `pg_sleep` (so a cancel cannot arrive before the statement). */
+async function sleeperRunning(marker: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const r = await stack.cluster.query(
+      "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' AND query LIKE $1", [`%${marker}%`]);
+    if (r.rowCount) return;
+    if (Date.now() > deadline) throw new Error('the sleeping statement never started');
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
+
 const WHO = "SELECT current_user || ' ' || (SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid())";
 
 describe('psql through mamori', () => {
@@ -200,9 +212,9 @@ describe('node-postgres through mamori', () => {
   test('a cancel sent through mamori stops pg_sleep with 57014 and the session goes on', async () => {
     const c = await connect();
     try {
-      const sleeping = c.query('SELECT pg_sleep(10)');
+      const sleeping = c.query("SELECT pg_sleep(10), 'pg-cancel-marker'");
       const started = Date.now();
-      await new Promise((r) => setTimeout(r, 300));
+      await sleeperRunning('pg-cancel-marker');
       // pg's own cancel path (what Client#cancel does): a new pg.Connection to the same host/port sends a
       // CancelRequest with the BackendKeyData this client got through mamori.
       const keys = c as unknown as { processID: number; secretKey: number };
@@ -318,11 +330,11 @@ describe('postgres.js through mamori', () => {
     const sql = open();
     try {
       await sql`SELECT 1`; // connected, BackendKeyData known
-      const q = sql`SELECT pg_sleep(10)`;
-      const done = q.then(() => null, (e: unknown) => e as { code?: string });
-      await new Promise((r) => setTimeout(r, 300));
-      q.cancel();
+      const q = sql`SELECT pg_sleep(10), 'postgresjs-cancel-marker'`;
       const started = Date.now();
+      const done = q.then(() => null, (e: unknown) => e as { code?: string });
+      await sleeperRunning('postgresjs-cancel-marker');
+      q.cancel();
       const err = await done;
       assert.equal(err?.code, '57014');
       assert.ok(Date.now() - started < 8000);
