@@ -38,7 +38,8 @@ describe('an HR clerk (plaintext, search, write)', () => {
       { id: 2, name: 'Suzuki', my_number: '000000000019' },
       { id: 3, name: 'Tanaka', my_number: null },
     ]);
-    const b = await clerk.query({ text: 'SELECT my_number FROM employees WHERE id = $1', values: [1], binary: true });
+    // binary: true asks for every result column in binary format (pg supports it; its typings lag).
+    const b = await clerk.query({ text: 'SELECT my_number FROM employees WHERE id = $1', values: [1], binary: true } as pg.QueryConfig);
     assert.equal(b.rows[0].my_number, '123456789018');
     const d = await clerk.query({ text: 'SELECT my_number FROM employees WHERE id = 1' }); // simple protocol (no params)
     assert.equal(d.rows[0].my_number, '123456789018');
