@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import pg from 'pg';
 import { formatConfigIssues, loadConfig } from '../../config/load.js';
+import { parseQualifiedName } from '../../config/identifiers.js';
 import type { MamoriConfig } from '../../config/schema.js';
 import { appliesTo, GUARD_CONSTRAINT, GUARD_TYPES, loadCatalog, type DatabaseCatalog } from './catalog.js';
 
@@ -131,6 +132,12 @@ async function checkSetup(client: pg.ClientBase): Promise<Finding[]> {
   return out;
 }
 
+// Whether a protected column is the configured one itself rather than a partition's or child's copy.
+const isSelf = (key: string, col: { schema: string; table: string }): boolean => {
+  const parsed = parseQualifiedName(key);
+  return parsed.ok && parsed.parts[0] === col.schema && parsed.parts[1] === col.table;
+};
+
 async function checkRows(client: pg.ClientBase, cat: DatabaseCatalog, keyOf: (oid: number, attnum: number) => string | undefined): Promise<Finding[]> {
   const out: Finding[] = [];
   for (const col of cat.protectedColumns) {
@@ -148,8 +155,8 @@ async function checkRows(client: pg.ClientBase, cat: DatabaseCatalog, keyOf: (oi
     const n = Number(r.rows[0]?.n ?? 0);
     if (n > 0) {
       const key = keyOf(col.tableOid, col.attnum) ?? `${col.schema}.${col.table}.${col.column}`;
-      const where2 = key.startsWith(`${col.schema}.${col.table}.`) ? '' : ` (in ${col.schema}.${col.table})`;
-      out.push({ area: 'rows', subject: key, problem: `${n} row(s) hold plaintext, not mamori cells${where2}` });
+      const suffix = isSelf(key, col) ? '' : ` (in ${col.schema}.${col.table})`;
+      out.push({ area: 'rows', subject: key + suffix, problem: `${n} row(s) hold plaintext, not mamori cells` });
     }
   }
   return out;
