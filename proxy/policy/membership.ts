@@ -88,7 +88,7 @@ function rowOf(rows: readonly unknown[]): Record<string, unknown> | undefined {
 
 export class MembershipCache {
   private readonly entries = new Map<string, Entry>();
-  private readonly inflight = new Map<string, Promise<Entry>>();
+  private readonly inflight = new Map<string, Promise<{ entry: Entry; changes: MembershipChange[] }>>();
   private sql: Promise<string> | null = null;
   private readonly ttlMs: number;
   private readonly maxIdleMs: number;
@@ -104,7 +104,7 @@ export class MembershipCache {
   async identity(login: string, opts: { clientCert: boolean }): Promise<Identity> {
     const now = this.now();
     let entry = this.entries.get(login);
-    if (!entry || now - entry.fetchedAt >= this.ttlMs) entry = await this.reload(login, null);
+    if (!entry || now - entry.fetchedAt >= this.ttlMs) entry = (await this.reload(login)).entry;
     entry.usedAt = now;
     return toIdentity(login, entry, opts.clientCert);
   }
@@ -119,7 +119,7 @@ export class MembershipCache {
       else logins.push(login);
     }
     // One at a time: the control connection is a single session.
-    for (const login of logins) await this.reload(login, changes);
+    for (const login of logins) changes.push(...(await this.reload(login)).changes);
     return changes;
   }
 
@@ -133,21 +133,21 @@ export class MembershipCache {
     return [...this.entries.keys()];
   }
 
-  private reload(login: string, collect: MembershipChange[] | null): Promise<Entry> {
+  /** One read of a login at a time; whoever joins it gets the same entry and the same changes. */
+  private reload(login: string): Promise<{ entry: Entry; changes: MembershipChange[] }> {
     const running = this.inflight.get(login);
     if (running) return running;
     const p = this.fetch(login)
       .then((fresh) => {
         const prev = this.entries.get(login);
+        let changes: MembershipChange[] = [];
         if (prev) {
           fresh.usedAt = prev.usedAt;
-          for (const c of diff(login, prev, fresh)) {
-            collect?.push(c);
-            this.opts.onChange?.(c);
-          }
+          changes = diff(login, prev, fresh);
+          for (const c of changes) this.opts.onChange?.(c);
         }
         this.entries.set(login, fresh);
-        return fresh;
+        return { entry: fresh, changes };
       })
       .finally(() => this.inflight.delete(login));
     this.inflight.set(login, p);

@@ -1,5 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import { canExport, canSearch, canWrite, NO_APPROVALS, readDecision, strongGrantRoles, type ColumnGrants, type GrantView, type ReadDecision } from '../../../proxy/policy/decide.js';
 import type { Identity } from '../../../proxy/policy/membership.js';
 
@@ -141,4 +142,57 @@ describe('canSearch / canWrite / canExport', () => {
 test('strongGrantRoles: plaintext, search, write and export roles, once each', () => {
   const c = col({ read: { plaintext: ['a'], mask: ['m'] }, search: ['a', 's'], write: ['w'], export: ['e', 'a'] });
   assert.deepEqual(strongGrantRoles(c).sort(), ['a', 'e', 's', 'w']);
+});
+
+describe('properties (fast-check)', () => {
+  const NAMES = ['a', 'b', 'c', 'd', 'e'];
+  const list = fc.subarray(NAMES);
+  const column = fc.record({
+    plaintext: list, ciphertext: list, mask: list, nul: list, search: list, write: list, export: list,
+    others: fc.constantFrom('deny' as const, 'null' as const), requireClientCert: fc.boolean(),
+  }).map((r): ColumnGrants => ({
+    read: { plaintext: r.plaintext, ciphertext: r.ciphertext, mask: r.mask, null: r.nul },
+    search: r.search, write: r.write, export: r.export, others: r.others, requireClientCert: r.requireClientCert,
+  }));
+  const identity = fc.record({
+    login: fc.constantFrom(...NAMES, 'z'), roles: list, superuser: fc.boolean(), bypassRls: fc.boolean(), clientCert: fc.boolean(),
+  }).map((r): Identity => ({ ...r, roles: new Set([r.login, ...r.roles]) }));
+  const pairs = fc.subarray(NAMES.flatMap((r) => [...NAMES, 'z'].map((m) => [r, m] as [string, string])));
+  const RANK: Record<ReadDecision, number> = { plaintext: 4, ciphertext: 3, mask: 2, null: 1, deny: 0 };
+  const rank = (c: ColumnGrants, d: ReadDecision) => (d === c.others ? -1 : RANK[d]);
+
+  test('plaintext only through a grant that satisfies every strong rule', () => {
+    fc.assert(fc.property(column, identity, pairs, fc.boolean(), (c, id, approved, required) => {
+      if (readDecision(c, id, approving(...approved), required) !== 'plaintext') return;
+      assert.ok(!c.requireClientCert || id.clientCert);
+      const byLogin = c.read.plaintext.includes(id.login);
+      const viaRole = !id.superuser && !id.bypassRls && c.read.plaintext.some((r) =>
+        id.roles.has(r) && (!required || approved.some(([ar, am]) => ar === r && am === id.login)));
+      assert.ok(byLogin || viaRole);
+    }), { numRuns: 2000 });
+  });
+
+  test('more approvals, a certificate, or approvals off never give a weaker decision', () => {
+    fc.assert(fc.property(column, identity, pairs, pairs, (c, id, some, more) => {
+      const base = rank(c, readDecision(c, id, approving(...some), true));
+      assert.ok(rank(c, readDecision(c, id, approving(...some, ...more), true)) >= base);
+      assert.ok(rank(c, readDecision(c, { ...id, clientCert: true }, approving(...some), true)) >= base);
+      assert.ok(rank(c, readDecision(c, id, approving(...some), false)) >= base);
+      for (const fn of [canSearch, canWrite, canExport]) {
+        if (fn(c, id, approving(...some), true)) assert.equal(fn(c, id, approving(...some, ...more), true), true);
+      }
+    }), { numRuns: 2000 });
+  });
+
+  test('for superusers and BYPASSRLS logins, roles in the closure add no strong grant', () => {
+    fc.assert(fc.property(column, identity, fc.boolean(), (c, id, required) => {
+      const privileged = { ...id, superuser: true };
+      const alone = { ...privileged, roles: new Set([id.login]) };
+      for (const fn of [canSearch, canWrite, canExport]) {
+        assert.equal(fn(c, privileged, ALL_ON, required), fn(c, alone, ALL_ON, required));
+      }
+      const d = readDecision(c, privileged, ALL_ON, required);
+      if (d === 'plaintext') assert.equal(readDecision(c, alone, ALL_ON, required), 'plaintext');
+    }), { numRuns: 2000 });
+  });
 });

@@ -156,6 +156,18 @@ for (const flavour of [{ name: 'system server', embedded: false }, { name: 'embe
       assert.deepEqual(sorted((await cache.identity('dave', { clientCert: false })).roles), ['dave']);
     });
 
+    test('refreshAll joining a read already under way still returns its changes (reported once)', async () => {
+      await cluster.createRole('gina', 'gina-pw');
+      const seen: MembershipChange[] = [];
+      const cache = new MembershipCache({ query: counting(control).query, ttlMs: 0, onChange: (c) => seen.push(c) });
+      await cache.identity('gina', { clientCert: false });
+      await cluster.query('GRANT hr_viewer TO gina');
+      const [id, changes] = await Promise.all([cache.identity('gina', { clientCert: false }), cache.refreshAll()]);
+      assert.deepEqual(sorted(id.roles), ['gina', 'hr_viewer']);
+      assert.deepEqual(changes, [{ kind: 'membership', login: 'gina', added: ['hr_viewer'], removed: [] }]);
+      assert.deepEqual(seen, changes);
+    });
+
     test('a password change is detected through the lookup function', async () => {
       await cluster.createRole('erin', 'erin-pw');
       const cache = new MembershipCache({ query: counting(control).query, lookupFunction: 'mamori.get_auth' });
