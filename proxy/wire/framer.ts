@@ -76,7 +76,9 @@ export class Framer {
       this.pending.push(chunk);
       this.pendingBytes += chunk.length;
       const need = this.neededBytes();
-      if (need !== null && this.pendingBytes < need) return; // still waiting: join only when complete
+      // Still waiting: join only when complete — unless the header already decides (too large, or to be
+      // streamed), which must not wait for the whole message when its header straddled two reads.
+      if (need !== null && this.pendingBytes < need && !this.decidesNow(need)) return;
       buf = Buffer.concat(this.pending, this.pendingBytes);
       this.pending = [];
       this.pendingBytes = 0;
@@ -127,6 +129,13 @@ export class Framer {
     const msgLen = head.readInt32BE(this.untyped ? 0 : 1);
     if (msgLen < (this.untyped ? 8 : 4)) return null; // let push() raise the error
     return msgLen + (this.untyped ? 0 : 1);
+  }
+
+  /** True when a message of `total` bytes at the head of `pending` is refused or streamed, not buffered. */
+  private decidesNow(total: number): boolean {
+    if (total > this.maxBuffered) return true;
+    if (this.untyped || total <= this.streamThreshold || !this.sink.streamStart) return false;
+    return this.streamable(this.pending[0]![0]!);
   }
 
   private startStream(type: number, header: Buffer, bodyLength: number): void {
