@@ -281,6 +281,16 @@ function encryptArray(t: Target, v: Buffer, binary: boolean, declared: number, e
   return encodeByteaArray(cells);
 }
 
+function sameTarget(a: ParamPlan, b: ParamPlan): boolean {
+  return (
+    a.column.domain === b.column.domain &&
+    a.column.mode === b.column.mode &&
+    a.column.type.type === b.column.type.type &&
+    a.column.type.length === b.column.type.length &&
+    (a.array === true) === (b.array === true)
+  );
+}
+
 // ---- messages --------------------------------------------------------------------------------------------
 
 /**
@@ -299,9 +309,17 @@ export function encryptBindParams(
   const n = bind.params.length;
   const formats = expandFormats(bind.paramFormats, n);
   const params = bind.params.slice();
+  const done = new Map<number, ParamPlan>();
   for (const p of plans) {
     const i = p.index - 1;
     if (i < 0 || i >= n) continue; // the server refuses a Bind with too few values; nothing to encrypt
+    // One $n in two positions of the same column and shape is encrypted once; anything else is an analyser bug.
+    const seen = done.get(i);
+    if (seen !== undefined) {
+      if (sameTarget(seen, p)) continue;
+      throw new TypeError(`parameter $${p.index} is planned for two different protected columns`);
+    }
+    done.set(i, p);
     const v = params[i]!;
     const binary = formats[i] === 1;
     if (formats[i] !== 0 && formats[i] !== 1) throw new ProtocolError('Bind: invalid parameter format code');

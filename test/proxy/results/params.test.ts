@@ -225,6 +225,17 @@ describe('encryptBindParams', () => {
     assert.throws(() => encryptBindParams(bind([t.subarray(0, t.length - 2)], [1]), [{ index: 1, column: myNumber, purpose: 'search', array: true }], encrypt), (e: unknown) => e instanceof ParamError && e.sqlstate === '22P03');
   });
 
+  test('one $n planned twice for the same column is encrypted once; for two columns it is refused', () => {
+    const plans: ParamPlan[] = [
+      { index: 1, column: myNumber, purpose: 'search' },
+      { index: 1, column: myNumber, purpose: 'search' },
+    ];
+    const out = decoded(encryptBindParams(bind([Buffer.from('123456789018')], []), plans, encrypt));
+    assert.equal(open(out.params[0]!).toString(), '123456789018');
+    const other = column({ type: 'mynumber' }, 'deterministic', 'other_number');
+    assert.throws(() => encryptBindParams(bind([Buffer.from('123456789018')], []), [plans[0]!, { index: 1, column: other, purpose: 'search' }], encrypt), TypeError);
+  });
+
   test('malformed Bind messages are protocol errors', () => {
     const b = bind([Buffer.from('1')], [0, 0]);
     assert.throws(() => encryptBindParams(b, [{ index: 1, column: myNumber, purpose: 'write' }], encrypt), /format codes/);
