@@ -13,6 +13,7 @@ import {
   rewriteParseTypes,
   type ParamPlan,
 } from '../../../proxy/results/index.js';
+import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
 import { SAMPLES, canonical, column, newKey, seal } from './fixtures.js';
 
 const det = newKey('deterministic', 21);
@@ -118,6 +119,26 @@ describe('encryptBindParams', () => {
     const cells = spellings.map((v) => decoded(encryptBindParams(bind([Buffer.from(v)], []), [{ index: 1, column: myNumber, purpose: 'search' }], encrypt)).params[0]);
     for (const c of cells) assert.deepEqual(c, cells[0]);
     assert.deepEqual(cells[0], seal(det, Buffer.from('123456789018')));
+  });
+
+  test('property: random valid My Numbers in random spellings and formats give the canonical cell', () => {
+    const fullWidth = (d: string): string => String.fromCharCode(0xff10 + d.charCodeAt(0) - 0x30);
+    fc.assert(
+      fc.property(
+        fc.stringMatching(/^[0-9]{11}$/),
+        fc.array(fc.boolean(), { minLength: 12, maxLength: 12 }),
+        fc.constantFrom('', ' ', '-', '\u3000', '\u2212', '\uff0d', '\u30fc'),
+        fc.boolean(),
+        (first11, wide, sep, binary) => {
+          const digits = first11 + String(myNumberCheckDigit(first11));
+          const chars = [...digits].map((d, i) => (wide[i] ? fullWidth(d) : d));
+          const spelled = [chars.slice(0, 4), chars.slice(4, 8), chars.slice(8)].map((g) => g.join('')).join(sep);
+          const out = decoded(encryptBindParams(bind([Buffer.from(spelled)], [binary ? 1 : 0]), [{ index: 1, column: myNumber, purpose: 'search' }], encrypt));
+          assert.deepEqual(out.params[0], seal(det, Buffer.from(digits)));
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 
   test('a parameter declared bytea is decoded first (text hex, text escape, binary)', () => {

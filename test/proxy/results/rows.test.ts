@@ -163,6 +163,32 @@ describe('RowRewriter: NULLs, shredding and failures', () => {
     assert.throws(() => rw.rewrite(encodeDataRow([asSent(cell, 'hex')]).subarray(5)), /fewer fields/);
   });
 
+  test('property: random int8 and date values render as PostgreSQL prints them', () => {
+    const k8 = newKey('deterministic', 13);
+    const ks = new StaticCellKeys().set(13, 1, k8.key);
+    const icol = column({ type: 'int8' });
+    const dcol = column({ type: 'date' });
+    fc.assert(
+      fc.property(fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }), fc.constantFrom(...WIRES), (v, wire) => {
+        const c = seal(k8, canonical({ type: 'int8' }, v.toString()));
+        const got = fieldsOf(rewriter({ column: icol, action: 'plaintext', domainId: 13 }, wire, ks).rewrite(row(asSent(c, wire))))[2]!;
+        assert.equal(wire === 'binary' ? got.readBigInt64BE(0) : BigInt(got.toString()), v);
+        if (wire !== 'binary') assert.equal(got.toString(), v.toString());
+      }),
+      { numRuns: 300 },
+    );
+    fc.assert(
+      fc.property(fc.date({ min: new Date('0001-01-01T00:00:00Z'), max: new Date('9999-12-31T00:00:00Z'), noInvalidDate: true }), fc.constantFrom(...WIRES), (d, wire) => {
+        const iso = d.toISOString().slice(0, 10);
+        const c = seal(k8, canonical({ type: 'date' }, iso));
+        const got = fieldsOf(rewriter({ column: dcol, action: 'plaintext', domainId: 13 }, wire, ks).rewrite(row(asSent(c, wire))))[2]!;
+        if (wire === 'binary') assert.equal(got.readInt32BE(0), Math.floor(d.getTime() / 86400000) - 10957 /* days from 1970 to 2000 */);
+        else assert.equal(got.toString(), iso);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   test('property: random text values round-trip through every wire format', () => {
     const kt = newKey('randomized', 12);
     const ks = new StaticCellKeys().set(12, 1, kt.key);
