@@ -115,6 +115,10 @@ CREATE OR REPLACE FUNCTION mamori.bump_epoch() RETURNS event_trigger
 AS $mamori$
 DECLARE e bigint;
 BEGIN
+  -- Dropping the epoch table (or the schema) must not make every later DDL fail.
+  IF pg_catalog.to_regclass('mamori.catalog_epoch') IS NULL THEN
+    RETURN;
+  END IF;
   UPDATE mamori.catalog_epoch SET epoch = epoch + 1 WHERE one RETURNING epoch INTO e;
   IF e IS NOT NULL THEN
     PERFORM pg_catalog.pg_notify('${EPOCH_CHANNEL}', e::text);

@@ -383,6 +383,22 @@ describe('catalog', () => {
     }
   });
 
+  test('dropping the epoch table (uninstalling) leaves DDL working and the epoch at 0', async () => {
+    const opts = { database: 'bare' };
+    await c.query(SETUP_SQL({ controlRole: CONTROL }), [], opts);
+    await c.query('DROP TABLE mamori.catalog_epoch', [], opts);
+    await c.query('CREATE TABLE after_drop (a int)', [], opts);
+    const client = new pg.Client({ connectionString: c.url({ user: CONTROL, password: CONTROL_PW, database: 'bare' }) });
+    await client.connect();
+    try {
+      assert.equal(await readEpoch(client), 0);
+    } finally {
+      await client.end();
+    }
+    await c.query('DROP SCHEMA mamori CASCADE', [], opts);
+    await c.query('DROP TABLE after_drop', [], opts);
+  });
+
   test('node tree parser: labels inside values, escapes, NULL and multi-token constants', () => {
     const t = parseNodeTree('({QUERY :targetList ({TARGETENTRY :expr {CONST :constvalue 4 [ 1 0 0 0 ]} :resno 1 :resname :resorigtbl :resorigtbl 0 :x a\\ b :y <>})})');
     assert.ok(Array.isArray(t));
