@@ -25,6 +25,7 @@ commands:
                                  install mamori's lookup function, guard domains and DDL epoch in a database (superuser via PGHOST/PGUSER/...)
   config check --config FILE     validate a configuration file
   policy check -d DB [--config FILE]
+  policy pending|approve --config FILE -d DB [--role R --member M | --login L | --all-pending] [--yes]
                                  report unprotected columns, missing guards, plaintext rows, risky roles and logging
   keys <init|list|rotate|reencrypt|retire|shred|rewrap|escrow> ...
   audit <verify|search|tail|keygen> ...
@@ -81,6 +82,7 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
       return setupDb(rest, io);
     case 'policy':
       if (rest[0] === 'check') return (await import('./policy/check.js')).runPolicyCheck(rest.slice(1), io);
+      if (rest[0] === 'approve' || rest[0] === 'pending') return (await import('./policy/cli.js')).runPolicyCommand(rest, io);
       io.stderr.write(USAGE);
       return 2;
     case 'config': {
@@ -161,13 +163,27 @@ async function start(args: string[], io: CliIo): Promise<number> {
   }
   if (embedded) {
     const dir = embedded.dir.replace(process.cwd() + '/', '');
+    const url = (user: string): string =>
+      `PGPASSWORD="$(cat ${dir}/${user}.password)" psql "postgresql://${user}@${server.host}:${server.port}/postgres?sslmode=require"`;
+    const { DEMO_ROLES } = await import('./embedded.js');
     io.stdout.write([
       '',
       `mamori is listening on ${server.host}:${server.port} (TLS with a self-signed certificate in ${dir}),`,
       `in front of an embedded PostgreSQL on 127.0.0.1:${embedded.upstreamPort} with its data in ${dir}/pgdata.`,
       '',
-      'Connect through mamori as the superuser:',
-      `  PGPASSWORD="$(cat ${dir}/postgres.password)" psql "postgresql://postgres@${server.host}:${server.port}/postgres?sslmode=require"`,
+      'The demo table public.employees(id, name, department, my_number) protects my_number (a My Number,',
+      'encrypted deterministically with a local key in ' + dir + '). Connect as each role to see the policy:',
+      '',
+      ...DEMO_ROLES.flatMap((r) => [`  ${r.name}: sees ${r.sees}`, `    ${url(r.name)}`]),
+      '',
+      'For example, as hr_clerk:',
+      "  INSERT INTO employees VALUES (1, 'Sato', 'HR', '1234-5678-9018');",
+      '  SELECT * FROM employees;                -- then the same as hr_viewer and as outsider',
+      '',
+      'The superuser (sees only what the policy gives it: outsider rules):',
+      `    ${url('postgres')}`,
+      '',
+      `The audit trail is in ${dir}/audit; verify it with: mamori audit verify ${dir}/audit`,
       '',
       'Stop with Ctrl-C.',
       '',

@@ -13,6 +13,34 @@ import { defaultConfig } from '../config/load.js';
 import type { MamoriConfig } from '../config/schema.js';
 import type { ConfigSecrets } from '../config/load.js';
 import { installLookupFunction } from './session/auth-lookup.js';
+import { installCatalogSetup } from './policy/catalog.js';
+import { Keyring, keyringConfigFrom } from '../keyring/index.js';
+
+/** The demo: employees with a protected My Number, and one login per kind of reader. */
+export const DEMO_ROLES = [
+  { name: 'hr_clerk', sees: 'plaintext; may search and write My Numbers' },
+  { name: 'hr_viewer', sees: 'masked My Numbers (********9018)' },
+  { name: 'outsider', sees: 'a refusal (42501) for my_number; other columns as usual' },
+] as const;
+
+const DEMO_COLUMNS = {
+  'public.employees.my_number': {
+    type: 'mynumber', mode: 'deterministic' as const,
+    read: { plaintext: ['hr_clerk'], mask: ['hr_viewer'] },
+    search: ['hr_clerk'], write: ['hr_clerk'], others: 'deny' as const,
+  },
+};
+
+async function installDemo(admin: pg.Client, passwords: Record<string, string>): Promise<void> {
+  await admin.query(`CREATE TABLE IF NOT EXISTS public.employees (
+    id int PRIMARY KEY, name text NOT NULL, department text, my_number mamori.mynumber UNIQUE)`);
+  for (const r of DEMO_ROLES) {
+    const exists = await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [r.name]);
+    const lit = "'" + passwords[r.name]!.replace(/'/g, "''") + "'";
+    await admin.query(`${exists.rowCount ? 'ALTER' : 'CREATE'} ROLE ${r.name} LOGIN PASSWORD ${lit}`);
+    await admin.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON public.employees TO ${r.name}`);
+  }
+}
 
 export interface EmbeddedDefault {
   config: MamoriConfig;
@@ -83,6 +111,7 @@ export async function startEmbedded(log: Logger, cwd = process.cwd()): Promise<E
   const dataDir = join(dir, 'pgdata');
   const superPassword = secretFile(join(dir, 'postgres.password'));
   const controlPassword = secretFile(join(dir, 'control.password'));
+  const demoPasswords = Object.fromEntries(DEMO_ROLES.map((r) => [r.name, secretFile(join(dir, `${r.name}.password`))]));
   const port = await freePort();
   const isRoot = process.getuid?.() === 0;
   const pgLog: string[] = [];
@@ -116,6 +145,8 @@ export async function startEmbedded(log: Logger, cwd = process.cwd()): Promise<E
     const lit = "'" + controlPassword.replace(/'/g, "''") + "'";
     await admin.query(`${exists.rowCount ? 'ALTER' : 'CREATE'} ROLE ${CONTROL_USER} LOGIN PASSWORD ${lit}`);
     await installLookupFunction(admin, 'mamori.get_auth', CONTROL_USER);
+    await installCatalogSetup(admin, CONTROL_USER);
+    await installDemo(admin, demoPasswords);
   } finally {
     await admin.end();
   }
@@ -125,7 +156,15 @@ export async function startEmbedded(log: Logger, cwd = process.cwd()): Promise<E
     upstream: { host: '127.0.0.1', port, tls: { mode: 'disable' } }, // loopback to our own child process
     control: { user: CONTROL_USER },
     keyring: { keyFile: join(dir, 'root.key'), store: { type: 'file', path: join(dir, 'keystore.json') } },
+    columns: DEMO_COLUMNS,
+    approval: { members: 'none' }, // the demo roles are named by login; nothing to approve
+    audit: { sinks: [{ type: 'file', path: join(dir, 'audit', 'mamori.jsonl') }] },
   }, cwd);
+  // The demo's local root key and keystore, created on first start (`mamori keys init` does it otherwise).
+  if (!existsSync(join(dir, 'keystore.json'))) {
+    const kr = await Keyring.init(keyringConfigFrom(config.keyring), { databaseIdentity: 'mamori-embedded' });
+    await kr.close();
+  }
   return {
     config,
     secrets: { controlPassword, auditSinkPasswords: [] },
