@@ -498,6 +498,11 @@ function buildCatalog(input: {
     list.push(r);
     rowsByIdx.set(r.idx, list);
   }
+  const direct = new Set<string>();
+  for (const r of cols) {
+    const ref = configured[r.idx - 1]?.[1].ref;
+    if (ref && ref.schema === r.nspname && ref.table === r.relname) direct.add(key(r.oid, r.attnum));
+  }
   configured.forEach(([policyKey, cfg], i) => {
     const found = rowsByIdx.get(i + 1) ?? [];
     const { schema, table, column } = cfg.ref;
@@ -506,6 +511,10 @@ function buildCatalog(input: {
     }
     const guard = cfg.logicalType.name;
     for (const r of found) {
+      const self = r.nspname === schema && r.relname === table;
+      // A child configured in its own right is described by its own entry; one reached twice (multiple
+      // inheritance) keeps the first.
+      if (!self && (direct.has(key(r.oid, r.attnum)) || origins.has(key(r.oid, r.attnum)))) continue;
       const col: ProtectedColumn = {
         schema: r.nspname,
         table: r.relname,
@@ -519,7 +528,7 @@ function buildCatalog(input: {
       protectedColumns.push(col);
       origins.set(key(r.oid, r.attnum), { column: col, policyKey });
       names.add(r.relname);
-      const where = r.nspname === schema && r.relname === table ? policyKey : `${policyKey} (in ${r.nspname}.${r.relname})`;
+      const where = self ? policyKey : `${policyKey} (in ${r.nspname}.${r.relname})`;
       const isGuard = r.typtype === 'd' && r.typnsp === 'mamori' && r.typname === guard && r.basetype === 'bytea';
       const overBytea = r.fmt === 'bytea' || (r.typtype === 'd' && r.basetype === 'bytea');
       storage.set(key(r.oid, r.attnum), { kind: isGuard ? 'guard' : overBytea ? 'bytea' : 'plaintext', type: r.fmt });

@@ -271,6 +271,17 @@ describe('catalog', () => {
       assert.deepEqual(cat3.problems, []);
     });
 
+    test('a partition configured in its own right is described by its own entry, once', async () => {
+      const cols = columns({
+        'public.payroll.my_number': { type: 'mynumber', mode: 'deterministic', domain: 'mn', read: {} },
+        'public.payroll_2.my_number': { type: 'mynumber', mode: 'deterministic', domain: 'mn', read: {} },
+      });
+      const cat2 = await loadCatalog(ctl, cols, 'postgres');
+      assert.equal(cat2.byOrigin(oids.get('payroll_2')!, 3)?.policyKey, 'public.payroll_2.my_number');
+      assert.equal(cat2.byOrigin(oids.get('payroll_1')!, 2)?.policyKey, 'public.payroll.my_number');
+      assert.deepEqual(cat2.protectedColumns.map((p) => p.table).sort(), ['payroll', 'payroll_1', 'payroll_2']);
+    });
+
     test('a wrong guard domain is reported', async () => {
       await c.query('CREATE TABLE wrong_guard (n mamori.int8)');
       const cat2 = await loadCatalog(ctl, columns({ 'public.wrong_guard.n': { type: 'mynumber', read: {} } }), 'postgres');
