@@ -324,8 +324,9 @@ export class Session {
     this.clientFramer = new Framer(
       {
         frame: (f) => this.onClientFrame(f),
-        streamStart: (_t, header) => upstream.write(header),
-        streamChunk: (c) => upstream.write(c),
+        // Streamed CopyData honours backpressure like whole messages (toUpstream pauses the client).
+        streamStart: (_t, header) => this.toUpstream(header),
+        streamChunk: (c) => this.toUpstream(c),
         streamEnd: () => undefined,
       },
       {
