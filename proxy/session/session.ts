@@ -17,6 +17,7 @@ import { DesyncError, Pipeline, RESERVED_PREFIX, type Expectation, type Injected
 import { ScramClientWithKey, ScramServerExchange, tlsServerEndPointHash, wipeSecret, type ScramVerifier } from './scram.js';
 import { openUpstream, type UpstreamSocket, type UpstreamTarget } from './upstream.js';
 import { namespaceEffects } from './namespace.js';
+import type { SessionEvents } from './events.js';
 
 export type ClientSocket = Socket | TLSSocket;
 
@@ -60,6 +61,8 @@ export interface SessionEnv {
   hooks: SessionHooks;
   log: Logger;
   onClose(session: Session): void;
+  /** Connect, auth failure, disconnect, refusal, statement and byte events (audit records, metrics). */
+  events?: SessionEvents;
 }
 
 let nextSessionId = 1;
@@ -120,6 +123,11 @@ export class Session {
   private deciding = false;
   private out: Buffer[] = [];
   private idleTimer: NodeJS.Timeout | null = null;
+  /** For SessionEvents: when authentication succeeded (0 before), bytes read from each side, statement start. */
+  private connectedAt = 0;
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private busySince = 0;
 
   constructor(
     private client: ClientSocket,
@@ -162,11 +170,15 @@ export class Session {
       ]);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'upstream unavailable during startup');
+      this.env.events?.upstreamError?.('connect');
       return this.fatal(errorResponse(new MamoriError('connection_failure',
         'could not connect to the upstream server', { severity: 'FATAL' })), 'upstream unavailable');
     }
     this.upstream = upstream;
-    upstream.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
+    upstream.on('error', (err) => {
+      this.log.debug({ err: err.message }, 'upstream socket error');
+      this.env.events?.upstreamError?.('reset');
+    });
     upstream.on('close', () => this.close('upstream closed'));
     this.client.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
     this.client.on('close', () => this.close('client closed'));
@@ -262,12 +274,15 @@ export class Session {
       wipeSecret(clientKey);
     }
     this.log.info({ tls: this.clientTls, applicationName: this.applicationName }, 'session authenticated');
+    this.connectedAt = Date.now();
+    this.env.events?.connected?.(this);
     // Hand both sockets to the running phase, with whatever was read ahead.
     this.run(up.detach(), cl.detach());
   }
 
   private authFailed(reason: string): void {
     this.log.warn({ reason }, 'authentication failed');
+    this.env.events?.authFailed?.(this, reason);
     this.fatal(PG_ERRORS.passwordAuthFailed(this.user), 'authentication failed');
   }
 
@@ -284,6 +299,9 @@ export class Session {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.flushOut();
     this.log.debug({ reason }, 'session closed');
+    if (this.connectedAt > 0) {
+      this.env.events?.disconnected?.(this, { durationMs: Date.now() - this.connectedAt, bytesIn: this.bytesIn, bytesOut: this.bytesOut, reason });
+    }
     this.client.end();
     this.client.destroySoon?.();
     setTimeout(() => this.client.destroy(), 1000).unref();
@@ -353,6 +371,9 @@ export class Session {
 
   private feed(framer: Framer, chunk: Buffer, side: 'client' | 'server'): void {
     if (this.closed) return;
+    if (side === 'client') this.bytesIn += chunk.length;
+    else this.bytesOut += chunk.length;
+    this.env.events?.bytes?.(side === 'client' ? 'client' : 'upstream', chunk.length);
     try {
       framer.push(chunk);
     } catch (err) {
@@ -394,6 +415,13 @@ export class Session {
       case 'client': {
         const transform = this.pipeline.last?.transform;
         this.toClient(transform ? transform.message(f) ?? f.raw : f.raw);
+        if (this.env.events?.statementDone && (f.type === BE.CommandComplete || f.type === BE.ErrorResponse)) {
+          this.env.events.statementDone(this, {
+            tag: f.type === BE.CommandComplete ? f.body.toString('latin1', 0, f.body.length - 1) : null,
+            transform,
+            seconds: this.busySince > 0 ? (performance.now() - this.busySince) / 1000 : 0,
+          });
+        }
         if (f.type === BE.ErrorResponse && isFatal(f.body)) this.close('upstream FATAL');
         else if (f.type === BE.BackendKeyData) this.backendPid = f.body.readInt32BE(0);
         break;
@@ -441,6 +469,7 @@ export class Session {
       clearTimeout(this.idleTimer);
       this.idleTimer = null;
     }
+    if (this.pipeline.idle) this.busySince = performance.now();
     if (this.deciding) {
       this.held.push(copyFrame(f));
       return;
@@ -509,6 +538,7 @@ export class Session {
    */
   refuse(f: Frame, e: Expectation | null, error: MamoriError): void {
     this.log.info({ sqlstate: error.sqlstate, reason: error.code }, 'statement refused');
+    this.env.events?.refused?.(this, { sqlstate: error.sqlstate, code: error.code, messageType: f.type, body: f.body });
     const refusal = errorResponse(error);
     if (f.type === FE.Query || f.type === FE.FunctionCall) {
       this.pipeline.expect({ kind: 'query', refusal });
