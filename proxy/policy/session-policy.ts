@@ -24,6 +24,7 @@ import type { Identity } from './membership.js';
 import type { PolicyEngine, ColumnConfig } from './engine.js';
 import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
+import { SearchLimiter, searchedColumn } from './search-limit.js';
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
 interface StatementPlanInfo {
@@ -34,6 +35,8 @@ interface StatementPlanInfo {
   command: string;
   fingerprint: string;
   declaredTypes: number[];
+  /** The protected column it searches (each Bind takes a search-rate token), or null. */
+  search?: ProtectedColumn | null;
 }
 
 const NO_PLAN_PORTAL = { plan: null, formats: [] as readonly number[] };
@@ -72,6 +75,7 @@ export class SessionPolicy {
   private readonly portals = new Map<string, { plan: StatementPlanInfo | null; formats: readonly number[] }>();
   private tempSchema: string | null | undefined;
   private audit: SessionAudit | null = null;
+  private readonly searchLimit: SearchLimiter;
 
   constructor(
     private readonly engine: PolicyEngine,
@@ -81,6 +85,9 @@ export class SessionPolicy {
     this.searchPath = sp === undefined ? ['$user', 'public'] : parseSearchPath(sp);
     const bo = session.startupGucs.get('bytea_output');
     if (bo === 'escape') this.byteaOutput = 'escape';
+    this.searchLimit = new SearchLimiter(engine.config.search, {
+      onRefused: (column) => engine.log.warn({ session: session.id, column }, 'search rate limit reached'),
+    });
     if (session.startupGucs.has('role') || session.startupGucs.has('session_authorization')) this.roleChangedAtStartup = true;
     if (engine.audit) {
       this.audit = new SessionAudit(engine.audit, {
@@ -148,7 +155,8 @@ export class SessionPolicy {
       },
       canWrite: (c) => {
         const cc = colOf(c);
-        return cc ? canWrite(cc, id, grants, required) && !this.engine.opts.keyring.isWriteFrozen(cc.keyDomain) : false;
+        // A rotating (write-frozen) domain is refused at encryption time with 55000, not here: analyses are cached.
+        return cc ? canWrite(cc, id, grants, required) : false;
       },
     };
   }
@@ -248,6 +256,8 @@ export class SessionPolicy {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     }
     this.touched = true;
+    const limited = this.searchLimit.admit(searchedColumn(analysis.statements));
+    if (limited) return { action: 'refuse', error: limited };
     // Literals bound for protected columns are validated, normalized and encrypted, then spliced in.
     const edits = [];
     const toEncrypt: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
@@ -437,6 +447,7 @@ export class SessionPolicy {
     const plan: StatementPlanInfo = {
       params, reads, columns: this.columnDecisions(analysis.statements, role),
       command: analysis.statements.map((s) => s.command).join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
+      search: searchedColumn(analysis.statements),
     };
     const decision = this.trackParse(name, plan);
     let body = encodeParseBody(name, newSql, paramTypes);
@@ -478,6 +489,8 @@ export class SessionPolicy {
     const bind = decodeBind(frame.body);
     this.portals.set(portal, { plan, formats: bind.resultFormats });
     if (!plan) return FORWARD;
+    const limited = this.searchLimit.checkArrays(frame.body, plan.params) ?? this.searchLimit.admit(plan.search ?? null);
+    if (limited) return { action: 'refuse', error: limited };
     if (plan.params.length === 0) return { action: 'forward', plan };
     // Two passes: collect the normalized values (validating them), encrypt them (async: counted, refused
     // while the domain rotates), then build the Bind with the cells.
@@ -566,6 +579,7 @@ export class SessionPolicy {
   }
 
   private async executeSlow(portalName: string, bound: { plan: StatementPlanInfo | null; formats: readonly number[] } | null): Promise<Decision> {
+    await this.engine.refreshKeys(); // versions added by another process (mamori keys rotate) since the Parse
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
     const role = this.rolePolicy(identity, entry.catalog);
