@@ -202,7 +202,7 @@ async function start(args: string[], io: CliIo): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => server.reloadTls());
+    process.on('SIGHUP', () => void server.reload());
   });
 }
 

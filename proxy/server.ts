@@ -27,6 +27,8 @@ export interface MamoriServer {
   readonly connections: number;
   /** Re-reads the client-leg certificate and key (SIGHUP). */
   reloadTls(): void;
+  /** SIGHUP: the certificate (reloadTls) and the keystore (new key versions, rotation flags). */
+  reload(): Promise<void>;
   /** Stops accepting, lets sessions finish up to the grace period, then ends the rest. */
   shutdown(graceSeconds?: number): Promise<void>;
 }
@@ -226,6 +228,15 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
         log.info('TLS certificate reloaded');
       } catch (err) {
         log.error({ err: (err as Error).message }, 'TLS certificate reload failed; keeping the old certificate');
+      }
+    },
+    async reload() {
+      (this as MamoriServer).reloadTls();
+      try {
+        await policy?.engine.reload();
+        if (policy) log.info('keystore reloaded');
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'keystore reload failed; keeping the previous keys');
       }
     },
     async shutdown(graceSeconds = limits.shutdownGraceSeconds) {

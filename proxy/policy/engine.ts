@@ -50,6 +50,8 @@ export class PolicyEngine {
   private readonly pool: pg.Pool;
   private listener: pg.Client | null = null;
   private closed = false;
+  /** The keystore generation whose versions the engine's key cache has loaded (-1: load on next use). */
+  private keysGeneration = -1;
 
   private constructor(readonly opts: EngineOptions) {
     this.keys = new EngineKeys(opts.keyring);
@@ -83,6 +85,10 @@ export class PolicyEngine {
       engine.approvals = null;
     }
     opts.keyring.onPurge(() => engine.keys.forget());
+    // `mamori keys rotate` / `reencrypt` in another process: the keystore is re-read on change (new writes
+    // use the new version, rotation flags freeze or release writes). Keyring.close() stops the watch.
+    await opts.keyring.watch();
+    engine.keysGeneration = opts.keyring.generation;
     await engine.listen();
     return engine;
   }
@@ -97,6 +103,25 @@ export class PolicyEngine {
 
   get audit(): AuditTrail | null {
     return this.opts.audit ?? null;
+  }
+
+  /**
+   * Loads key versions the keystore gained since the last call (a reload by watch() or SIGHUP): cheap when
+   * nothing changed. Called before rows are rewritten for a statement prepared earlier.
+   */
+  async refreshKeys(): Promise<void> {
+    const g = this.opts.keyring.generation;
+    if (g === this.keysGeneration) return;
+    for (const col of Object.values(this.opts.config.columns)) await this.keys.load(col.keyDomain);
+    this.keysGeneration = g;
+  }
+
+  /** SIGHUP: re-reads the keystore, forgets every cached key and loads the current versions again. */
+  async reload(): Promise<void> {
+    await this.opts.keyring.reload();
+    this.keys.forget();
+    this.keysGeneration = -1;
+    await this.refreshKeys();
   }
 
   /** The hooks the listener installs in every session. */
