@@ -27,6 +27,10 @@ commands:
   policy check -d DB [--config FILE]
   policy pending|approve --config FILE -d DB [--role R --member M | --login L | --all-pending] [--yes]
                                  report unprotected columns, missing guards, plaintext rows, risky roles and logging
+  protect schema.table.column -d DB [--config FILE] [--yes] [--batch N] [--throttle-ms N]
+                                 encrypt a live plaintext column online (docs/protect.md)
+  unprotect schema.table.column -d DB --yes-decrypt-to-plaintext [--config FILE]
+                                 decrypt it back to plaintext (plaintext readers only; audited)
   keys <init|list|rotate|reencrypt|retire|shred|rewrap|escrow> ...
   audit <verify|search|tail|keygen> ...
   --version                      print the version
@@ -97,6 +101,10 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
       io.stdout.write(`${file}: ok\n`);
       return 0;
     }
+    case 'protect':
+      return (await import('./protect/cli.js')).runProtectCommand(rest, io);
+    case 'unprotect':
+      return (await import('./protect/cli.js')).runUnprotectCommand(rest, io);
     case 'keys': {
       const { runKeysCommand } = await import('../keyring/cli.js');
       return runKeysCommand(rest, io);
