@@ -17,7 +17,12 @@ import { Session, type SessionHooks } from './session/session.js';
 import { openUpstream, tlsOptionsFor, type UpstreamTarget } from './session/upstream.js';
 import type { ScramVerifier } from './session/scram.js';
 import { Keyring, keyringConfigFrom } from '../keyring/index.js';
-import { AuditTrail } from './audit/trail.js';
+import type { AuditTrail } from './audit/trail.js';
+import { KeyringSubjectKeys } from './audit/subject-keys.js';
+import { recordAllStatements } from './audit/all-statements.js';
+import { recordKeyEvents } from './audit/policy-records.js';
+import { createOps, metricsFor, openAuditTrail, tcpReachable } from './ops.js';
+import type { Metrics } from './metrics.js';
 import { PolicyEngine } from './policy/engine.js';
 
 export interface MamoriServer {
@@ -25,6 +30,8 @@ export interface MamoriServer {
   host: string;
   /** Sessions currently open (authenticated or in startup). */
   readonly connections: number;
+  /** Port of the metrics/health HTTP listener, or null when metrics are disabled. */
+  readonly metricsPort: number | null;
   /** Re-reads the client-leg certificate and key (SIGHUP). */
   reloadTls(): void;
   /** SIGHUP: the certificate (reloadTls) and the keystore (new key versions, rotation flags). */
@@ -82,18 +89,34 @@ export function controlClientConfig(cfg: MamoriConfig, secrets: ConfigSecrets, t
  * The column-policy engine, when the configuration protects columns: opens the keyring (which must have
  * been initialised with `mamori keys init`, except in the embedded default) and the audit trail.
  */
-async function startPolicy(config: MamoriConfig, secrets: ConfigSecrets, target: UpstreamTarget, log: Logger): Promise<{ engine: PolicyEngine; close(): Promise<void> } | null> {
+async function startPolicy(config: MamoriConfig, secrets: ConfigSecrets, target: UpstreamTarget, log: Logger, metrics: Metrics | null): Promise<{ engine: PolicyEngine; audit: AuditTrail | null; keyringReady(): boolean; close(): Promise<void> } | null> {
   if (Object.keys(config.columns).length === 0) return null;
   const keyring = await Keyring.open(keyringConfigFrom(config.keyring), {
     ...(config.keyring.store.type === 'postgres' ? { pg: new pg.Pool(controlClientConfig(config, secrets, target)) } : {}),
   });
-  const audit = config.audit.statements === 'none' ? null : await AuditTrail.open(config.audit, { sinkPasswords: secrets.auditSinkPasswords });
-  const engine = await PolicyEngine.start({ config, keyring, control: controlClientConfig(config, secrets, target), log, audit });
+  const keyEvents = recordKeyEvents(keyring); // every key event, unwraps included, once the trail is open
+  // the subject key (purpose subject, created on first start) hashes data subjects for the audit trail
+  const subjects = await KeyringSubjectKeys.open(keyring);
+  const audit = await openAuditTrail(config, secrets, log, { keyring: subjects, metrics });
+  keyEvents.attach(audit);
+  const engine = await PolicyEngine.start({ config, keyring, control: controlClientConfig(config, secrets, target), log, audit, subjects });
   return {
     engine,
+    audit,
+    keyringReady() {
+      try {
+        subjects.subjectKey();
+        keyring.list();
+        return true;
+      } catch {
+        return false;
+      }
+    },
     async close() {
       await engine.close();
       await audit?.close();
+      subjects.close();
+      keyEvents.close();
       await keyring.close();
     },
   };
@@ -103,8 +126,16 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
   const { config, secrets, log } = opts;
   await loadModule(); // libpg-query's WASM, once
   const target = upstreamTarget(config);
-  const policy = opts.hooks ? null : await startPolicy(config, secrets, target, log);
-  const hooks: SessionHooks = opts.hooks ?? policy?.engine.hooks() ?? {};
+  const metrics = metricsFor(config);
+  const policy = opts.hooks ? null : await startPolicy(config, secrets, target, log, metrics);
+  // without protected columns the trail still records connections, refusals and (statements: all) statements
+  const ownTrail = policy ? null : await openAuditTrail(config, secrets, log, { metrics });
+  const trail = policy?.audit ?? ownTrail;
+  const ops = createOps(config, log, trail, metrics);
+  const baseHooks: SessionHooks = opts.hooks ?? policy?.engine.hooks() ?? {};
+  const hooks: SessionHooks = trail && config.audit.statements === 'all'
+    ? recordAllStatements(baseHooks, trail, () => undefined) // failures are counted by the trail (lost/refused metrics)
+    : baseHooks;
   let tls: TlsState | null = config.tls ? loadTls(config.tls) : null;
   const pool = new pg.Pool({ ...controlClientConfig(config, secrets, target), max: 4, idleTimeoutMillis: 30_000 });
   pool.on('error', (err) => log.warn({ err: err.message }, 'control connection error'));
@@ -128,7 +159,10 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
     raw.setNoDelay(true);
     raw.on('error', () => undefined);
     pendingStartups++;
-    const timer = setTimeout(() => raw.destroy(), limits.startupTimeoutSeconds * 1000);
+    const timer = setTimeout(() => {
+      ops.observer.rejected('startup_error', clientAddress); // startup timeout
+      raw.destroy();
+    }, limits.startupTimeoutSeconds * 1000);
     let counted = true;
     const uncount = (): void => {
       if (counted) pendingStartups--;
@@ -157,12 +191,17 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
         refuse(PG_ERRORS.unsupportedProtocol(outcome.packet.major, outcome.packet.minor));
         return;
       }
-      if (shuttingDown) return refuse(PG_ERRORS.shuttingDown());
+      if (shuttingDown) {
+        ops.observer.rejected('shutting_down', clientAddress);
+        return refuse(PG_ERRORS.shuttingDown());
+      }
       if (sessions.size + pendingStartups > limits.maxConnections) {
         log.warn({ client: clientAddress }, 'connection refused: max connections reached');
+        ops.observer.rejected('too_many', clientAddress);
         return refuse(PG_ERRORS.tooManyClients());
       }
       if (config.tls?.require && !outcome.tls) {
+        ops.observer.rejected('tls_required', clientAddress);
         return refuse(errorResponse(new MamoriError('invalid_authorization_specification',
           'TLS is required: connect with sslmode=require or stronger', { severity: 'FATAL' })));
       }
@@ -172,6 +211,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
         const peer = t.getPeerCertificate();
         if (peer && Object.keys(peer).length > 0) {
           if (!t.authorized) {
+            ops.observer.rejected('cert_required', clientAddress);
             return refuse(errorResponse(new MamoriError('invalid_authorization_specification',
               'the client certificate is not trusted', { severity: 'FATAL' })));
           }
@@ -185,6 +225,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
         limits,
         hooks,
         log,
+        events: ops.observer,
         onClose: (s) => sessions.delete(s),
       }, clientAddress, outcome.tls);
       session.tlsSubject = tlsSubject;
@@ -211,6 +252,11 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
       resolve();
     });
   });
+  const metricsPort = await ops.startHttp({
+    upstream: () => tcpReachable(target.host, target.port),
+    ...(policy ? { keyring: () => policy.keyringReady(), catalog: () => policy.engine.catalogFresh() } : {}),
+    ...(trail ? { audit: () => trail.writable() } : {}),
+  });
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.listen.port;
   log.info({ host: config.listen.host, port, upstream: `${target.host}:${target.port}`, tls: Boolean(tls) }, 'mamori listening');
@@ -218,6 +264,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
   return {
     port,
     host: config.listen.host,
+    metricsPort,
     get connections() {
       return sessions.size + pendingStartups;
     },
@@ -249,7 +296,9 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
       for (const s of sessions) s.terminate();
       await closed;
       await pool.end();
+      await ops.close();
       await policy?.close();
+      await ownTrail?.close();
       log.info('mamori stopped');
     },
   };

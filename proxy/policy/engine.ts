@@ -14,7 +14,8 @@ import { Approvals, approvalsMacKey, approvalsPath } from './approvals.js';
 import { EngineKeys } from './keys.js';
 import type { SessionHooks } from '../session/session.js';
 import { SessionPolicy } from './session-policy.js';
-import type { AuditTrail } from '../audit/trail.js';
+import type { AuditTrail, SubjectKeySource } from '../audit/trail.js';
+import { membershipRecords } from '../audit/policy-records.js';
 
 export type ColumnsConfig = MamoriConfig['columns'];
 export type ColumnConfig = ColumnsConfig[string];
@@ -26,6 +27,8 @@ export interface EngineOptions {
   control: pg.ClientConfig;
   log: Logger;
   audit?: AuditTrail | null;
+  /** The current subject key (audit subject hashes of values written, searched or returned in plaintext). */
+  subjects?: SubjectKeySource | null;
 }
 
 interface CatalogEntry {
@@ -62,9 +65,7 @@ export class PolicyEngine {
       lookupFunction: opts.config.auth.lookupFunction,
       onChange: (change) => {
         opts.log.warn({ change }, change.kind === 'membership' ? 'role membership changed' : 'role password changed');
-        void opts.audit?.append(change.kind === 'membership'
-          ? { kind: 'membership_change', user: change.login, detail: { added: change.added, removed: change.removed } } as never
-          : { kind: 'password_change', user: change.role } as never).catch(() => undefined);
+        for (const r of membershipRecords(change)) void opts.audit?.append(r).catch(() => undefined);
       },
     });
   }
@@ -103,6 +104,16 @@ export class PolicyEngine {
 
   get audit(): AuditTrail | null {
     return this.opts.audit ?? null;
+  }
+
+  /** For /readyz: every loaded catalog can hear DDL (its epoch listener is up), so none is served stale. */
+  catalogFresh(): boolean {
+    for (const db of this.catalogs.keys()) if (!this.listeners.has(db)) return false;
+    return true;
+  }
+
+  get subjects(): SubjectKeySource | null {
+    return this.opts.audit ? (this.opts.subjects ?? null) : null;
   }
 
   /**

@@ -61,6 +61,9 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const config = defaultConfig({
     listen: { host: '127.0.0.1', port: 0 },
     ...(tlsCfg ? { tls: tlsCfg } : {}),
+    // tests opt in to the audit trail and the metrics listener (defaults: ./audit in the cwd, port 9930)
+    audit: { statements: 'none' },
+    metrics: { enabled: false },
     ...rest,
     upstream: {
       host: cluster.host, port: cluster.port,

@@ -1,0 +1,120 @@
+// The extra records of a protected statement: `search` (a protected column used in a search condition),
+// `deletion` (削除記録: DELETE / UPDATE … = NULL / TRUNCATE of a table with protected columns, written at
+// completion with the row count), and the subject hashes of the values it wrote, searched or returned in
+// plaintext — gathered in a bounded per-statement collector and attached to its records.
+import type { StatementPlan, ProtectedColumn } from '../sql/types.js';
+import type { ColumnDecision } from './record.js';
+import type { SessionAudit, StatementHandle } from './session.js';
+import type { SubjectKeySource } from './trail.js';
+import { subjectHash } from './subject.js';
+
+export interface Deletion {
+  table: string;
+  how: 'delete' | 'update_null' | 'truncate';
+}
+
+export interface StatementExtras {
+  searches: ColumnDecision[];
+  deletions: Deletion[];
+}
+
+/** Subject hashes attached to a record. */
+export interface Subjects {
+  subjects?: string[];
+  subjectKeyId?: string;
+}
+
+/** Most distinct subjects one statement records (a large export beyond this is noted by `subjectCount`). */
+export const MAX_SUBJECTS_PER_STATEMENT = 100_000;
+
+function howOf(command: string): Deletion['how'] | null {
+  const c = command.toUpperCase();
+  if (c.startsWith('DELETE')) return 'delete';
+  if (c.startsWith('UPDATE') || c.startsWith('INSERT') || c.startsWith('MERGE')) return 'update_null';
+  if (c.startsWith('TRUNCATE')) return 'truncate';
+  return null;
+}
+
+export function statementExtras(statements: readonly StatementPlan[]): StatementExtras {
+  const searches: ColumnDecision[] = [];
+  const deletions: Deletion[] = [];
+  for (const st of statements) {
+    for (const t of st.touched) {
+      const col = `${t.column.schema}.${t.column.table}.${t.column.column}`;
+      if (t.uses.includes('search') && !searches.some((s) => s.column === col)) searches.push({ column: col, decision: 'search' });
+    }
+    if (st.deleteOfProtected) {
+      const how = howOf(st.command);
+      const tables = new Set(st.touched.filter((t) => t.uses.includes('write')).map((t) => `${t.column.schema}.${t.column.table}`));
+      if (how) for (const table of tables) deletions.push({ table, how });
+    }
+  }
+  return { searches, deletions };
+}
+
+/** A handle whose completion also writes the deletion records, with the statement's row count. */
+export function withDeletions(handle: StatementHandle, audit: SessionAudit, deletions: readonly Deletion[], fingerprint: string, command: string): StatementHandle {
+  if (deletions.length === 0) return handle;
+  return {
+    id: handle.id,
+    async complete(outcome) {
+      const done = handle.complete(outcome);
+      if (outcome.sqlstate === null) {
+        for (const d of deletions) {
+          void audit
+            .record({ kind: 'deletion', table: d.table, how: d.how, rows: outcome.rows, fingerprint, command, columns: [], statement: handle.id } as never)
+            .catch(() => undefined);
+        }
+      }
+      await done;
+    },
+  };
+}
+
+/** Hashes of values of protected columns (written or searched), under the trail's current subject key. */
+export function hashValues(keys: SubjectKeySource | null, items: readonly { col: ProtectedColumn; canonical: Buffer }[]): Subjects {
+  if (!keys || items.length === 0) return {};
+  try {
+    const c = new SubjectCollector(keys);
+    for (const it of items) c.add(it.col, it.canonical);
+    return c.take();
+  } catch {
+    return {};
+  }
+}
+
+/** Distinct subject hashes seen by one statement, bounded; hashing happens as values pass (nothing kept). */
+export class SubjectCollector {
+  private readonly seen = new Set<string>();
+  private keyId: string | undefined;
+  private dropped = 0;
+  constructor(
+    private readonly keys: SubjectKeySource,
+    private readonly max = MAX_SUBJECTS_PER_STATEMENT,
+  ) {}
+
+  add(col: ProtectedColumn, canonical: Buffer): void {
+    let src;
+    try {
+      src = this.keys.subjectKey();
+    } catch {
+      return; // no subject key configured: nothing to hash with
+    }
+    this.keyId = src.id;
+    const h = subjectHash(src.key, col.type.type, canonical);
+    if (this.seen.size < this.max || this.seen.has(h)) this.seen.add(h);
+    else this.dropped++;
+  }
+
+  get size(): number {
+    return this.seen.size;
+  }
+
+  take(): Subjects & { subjectsDropped?: number } {
+    if (this.seen.size === 0) return {};
+    const out = { subjects: [...this.seen], ...(this.keyId ? { subjectKeyId: this.keyId } : {}), ...(this.dropped > 0 ? { subjectsDropped: this.dropped } : {}) };
+    this.seen.clear();
+    this.dropped = 0;
+    return out;
+  }
+}
