@@ -118,3 +118,14 @@ export class SubjectCollector {
     return out;
   }
 }
+
+/** One metrics label for a statement's column decisions: the single decision, `mixed`, or `none`. */
+export function decisionLabel(columns: readonly { decision: string }[]): string {
+  let d: string | null = null;
+  for (const c of columns) {
+    const one = c.decision.includes('+') ? 'mixed' : c.decision;
+    if (d === null) d = one;
+    else if (d !== one) return 'mixed';
+  }
+  return d ?? 'none';
+}

@@ -24,6 +24,7 @@ import type { Identity } from './membership.js';
 import type { PolicyEngine, ColumnConfig } from './engine.js';
 import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
+import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
@@ -35,6 +36,8 @@ interface StatementPlanInfo {
   command: string;
   fingerprint: string;
   declaredTypes: number[];
+  /** Search and deletion records it makes. */
+  extras: StatementExtras;
   /** The protected column it searches (each Bind takes a search-rate token), or null. */
   search?: ProtectedColumn | null;
 }
@@ -72,7 +75,7 @@ export class SessionPolicy {
    * Portals as bound through mamori, before the server confirms them (a failed Bind makes the server skip
    * the Execute that follows it in the batch): the statement's plan and the result formats asked for.
    */
-  private readonly portals = new Map<string, { plan: StatementPlanInfo | null; formats: readonly number[] }>();
+  private readonly portals = new Map<string, { plan: StatementPlanInfo | null; formats: readonly number[]; subjects?: Subjects }>();
   private tempSchema: string | null | undefined;
   private audit: SessionAudit | null = null;
   private readonly searchLimit: SearchLimiter;
@@ -293,14 +296,15 @@ export class SessionPolicy {
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const columns = this.columnDecisions(analysis.statements, role);
-    const handle = await this.intent(sql, analysis.statements, columns);
+    const handle = await this.intent(sql, analysis.statements, columns, hashValues(this.engine.subjects, toEncrypt));
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
     const transform = new QueryResults(this, catalog, role, handle, null);
+    transform.decision = decisionLabel(columns);
     return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
   }
 
   private refused(sqlstate: string, message: string, sql: Buffer): Decision {
-    void this.audit?.record({ kind: 'refusal', fingerprint: fingerprint(sql), sqlstate, reason: message } as never).catch(() => undefined);
+    void sql; // the refusal record is written by the session's observer (proxy/observe.ts), for every refusal
     return refusal(sqlstate, message);
   }
 
@@ -316,17 +320,31 @@ export class SessionPolicy {
   }
 
   /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
-  private async intent(sql: Buffer, statements: readonly StatementPlan[], columns: ColumnDecision[]): Promise<StatementHandle | null | MamoriError> {
+  private async intent(sql: Buffer, statements: readonly StatementPlan[], columns: ColumnDecision[], subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
     if (!this.audit) return null;
     try {
-      return await this.audit.intent({
-        fingerprint: fingerprint(sql), command: statements.map((s) => s.command).join(';'), columns, mode: 'protected',
-      });
+      return await this.writeIntent(fingerprint(sql), statements.map((s) => s.command).join(';'), columns, statementExtras(statements), subjects);
     } catch (err) {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
       return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
     }
+  }
+
+  /** Search records (not awaited: they share the intent's write), the intent (awaited), deletions at completion. */
+  private async writeIntent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects): Promise<StatementHandle> {
+    const audit = this.audit!;
+    if (extras.searches.length > 0) {
+      void audit.record({ kind: 'search', fingerprint: fp, command, columns: extras.searches, ...subjects }).catch(() => undefined);
+    }
+    const h = await audit.intent({ fingerprint: fp, command, columns, mode: 'protected', ...subjects });
+    return withDeletions(h, audit, extras.deletions, fp, command);
+  }
+
+  /** A per-statement collector of plaintext subjects, when the trail hashes subjects. */
+  subjectCollector(): SubjectCollector | null {
+    const s = this.engine.subjects;
+    return s ? new SubjectCollector(s) : null;
   }
 
   private async loadKeysFor(statements: readonly StatementPlan[], catalog: DatabaseCatalog): Promise<void> {
@@ -356,9 +374,10 @@ export class SessionPolicy {
     return plans;
   }
 
-  rewriter(plans: FieldPlan[], formats: readonly number[]): RowRewriter {
+  rewriter(plans: FieldPlan[], formats: readonly number[], subjects: SubjectCollector | null = null): RowRewriter {
     return new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
+      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
     });
   }
@@ -447,6 +466,7 @@ export class SessionPolicy {
     const plan: StatementPlanInfo = {
       params, reads, columns: this.columnDecisions(analysis.statements, role),
       command: analysis.statements.map((s) => s.command).join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
+      extras: statementExtras(analysis.statements),
       search: searchedColumn(analysis.statements),
     };
     const decision = this.trackParse(name, plan);
@@ -517,6 +537,8 @@ export class SessionPolicy {
     } catch (err) {
       return refusal('55000', `a protected column cannot be written now: ${(err as Error).message}`);
     }
+    const bound = this.portals.get(portal);
+    if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
     const raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
     return { action: 'replace', raw, plan };
@@ -578,7 +600,7 @@ export class SessionPolicy {
     return this.executeSlow(x.portal, bound ?? null);
   }
 
-  private async executeSlow(portalName: string, bound: { plan: StatementPlanInfo | null; formats: readonly number[] } | null): Promise<Decision> {
+  private async executeSlow(portalName: string, bound: { plan: StatementPlanInfo | null; formats: readonly number[]; subjects?: Subjects } | null): Promise<Decision> {
     await this.engine.refreshKeys(); // versions added by another process (mamori keys rotate) since the Parse
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
@@ -600,19 +622,22 @@ export class SessionPolicy {
     }
     let handle: StatementHandle | null = null;
     if (plan || rewriterPlans.length > 0) {
-      const h = await this.intentFor(plan);
+      const h = await this.intentFor(plan, bound?.subjects);
       if (h instanceof MamoriError) return { action: 'refuse', error: h };
       handle = h;
     }
     if (rewriterPlans.length === 0 && !handle) return FORWARD;
-    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, formats) : null;
-    return { action: 'forward', transform: new ExecuteResults(rewriter, handle) };
+    const collector = handle ? this.subjectCollector() : null;
+    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, formats, collector) : null;
+    const transform = new ExecuteResults(rewriter, handle, collector);
+    transform.decision = decisionLabel(plan?.columns ?? rewriterPlans.map((p) => ({ column: qualified(p.column), decision: p.action })));
+    return { action: 'forward', transform };
   }
 
-  private async intentFor(plan: StatementPlanInfo | null): Promise<StatementHandle | null | MamoriError> {
+  private async intentFor(plan: StatementPlanInfo | null, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
     if (!this.audit || !plan) return null;
     try {
-      return await this.audit.intent({ fingerprint: plan.fingerprint, command: plan.command, columns: plan.columns, mode: 'protected' });
+      return await this.writeIntent(plan.fingerprint, plan.command, plan.columns, plan.extras, subjects);
     } catch {
       if (this.engine.config.audit.failMode === 'open') return null;
       return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
@@ -638,13 +663,20 @@ export class SessionPolicy {
 class QueryResults implements ResultTransform {
   private rewriter: RowRewriter | null = null;
   private rows = 0;
+  /** Rows as the command tags count them (DELETE 3 …), summed over the Query's statements; null if none said. */
+  private tagged: number | null = null;
+  /** The metrics decision label (proxy/observe.ts reads it). */
+  decision = 'none';
+  private readonly subjects: SubjectCollector | null;
   constructor(
     private readonly policy: SessionPolicy,
     private readonly catalog: DatabaseCatalog,
     private readonly role: RolePolicy,
     private readonly handle: StatementHandle | null,
     _unused: null,
-  ) {}
+  ) {
+    this.subjects = handle ? policy.subjectCollector() : null;
+  }
 
   message(f: Frame): Buffer | null {
     switch (f.type) {
@@ -655,20 +687,23 @@ class QueryResults implements ResultTransform {
           return null;
         }
         const n = decodeRowDescription(f.body).fields.length;
-        this.rewriter = this.policy.rewriter(plans, new Array<number>(n).fill(0));
+        this.rewriter = this.policy.rewriter(plans, new Array<number>(n).fill(0), this.subjects);
         return rewriteRowDescription(f.body, plans);
       }
       case BE.DataRow:
         this.rows++;
         return this.rewriter ? this.rewriter.rewrite(f.body) : null;
-      case BE.CommandComplete:
+      case BE.CommandComplete: {
         this.rewriter = null;
+        const n = rowsOf(f.body);
+        if (n !== null) this.tagged = (this.tagged ?? 0) + n;
         return null;
+      }
       case BE.ReadyForQuery:
-        void this.handle?.complete({ rows: this.rows, sqlstate: null }).catch(() => undefined);
+        void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.rows, sqlstate: sqlstateOf(f.body) }).catch(() => undefined);
+        void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
         return null;
       default:
         return null;
@@ -679,9 +714,12 @@ class QueryResults implements ResultTransform {
 /** Rows of one Execute. */
 class ExecuteResults implements ResultTransform {
   private rows = 0;
+  /** The metrics decision label (proxy/observe.ts reads it). */
+  decision = 'none';
   constructor(
     private readonly rewriter: RowRewriter | null,
     private readonly handle: StatementHandle | null,
+    private readonly subjects: SubjectCollector | null = null,
   ) {}
 
   message(f: Frame): Buffer | null {
@@ -690,12 +728,12 @@ class ExecuteResults implements ResultTransform {
         this.rows++;
         return this.rewriter ? this.rewriter.rewrite(f.body) : null;
       case BE.CommandComplete:
-        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rows, sqlstate: null }).catch(() => undefined);
+        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
       case BE.PortalSuspended:
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.rows, sqlstate: sqlstateOf(f.body) }).catch(() => undefined);
+        void this.handle?.complete({ rows: this.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
         return null;
       default:
         return null;

@@ -168,6 +168,8 @@ export interface RowRewriterOptions {
   onShredded?(column: ProtectedColumn): void;
   /** The session's bytea_output: how the server sends cells in text format and how bytea values are rendered. */
   byteaOutput?: 'hex' | 'escape';
+  /** Called with each value released in plaintext (canonical bytes; the caller hashes them for the subject trail, never keeps them). */
+  onPlaintext?(column: ProtectedColumn, canonical: Buffer): void;
 }
 
 /**
@@ -179,6 +181,7 @@ export class RowRewriter {
   private readonly repl: (Buffer | null)[];
   private readonly escape: boolean;
   private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
+  private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer) => void) | undefined;
   private readonly maxIndex: number;
 
   constructor(
@@ -211,6 +214,7 @@ export class RowRewriter {
     this.repl = new Array<Buffer | null>(this.slots.length).fill(null);
     this.escape = opts.byteaOutput === 'escape';
     this.onShredded = opts.onShredded?.bind(opts);
+    this.onPlaintext = opts.onPlaintext?.bind(opts);
   }
 
   /** DataRow body → full 'D' message. Throws RowError (fail closed) or ProtocolError (malformed row). */
@@ -286,6 +290,7 @@ export class RowRewriter {
         const m = maskCanonical(s.type, canonical);
         return m === null ? null : Buffer.from(m, 'utf8');
       }
+      this.onPlaintext?.(s.column, canonical);
       if (s.binary || s.textIsCanonical) return binaryFromCanonical(s.type, canonical);
       if (s.type.type === 'bytea') return this.escape ? encodeByteaEscape(canonical) : encodeByteaHex(canonical);
       return Buffer.from(textFromCanonical(s.type, canonical), 'latin1');
