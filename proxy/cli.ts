@@ -111,7 +111,19 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
     }
     case 'audit': {
       const { runAuditCommand } = await import('./audit/cli.js');
-      return runAuditCommand(rest, { stdout: (t: string) => io.stdout.write(t), stderr: (t: string) => io.stderr.write(t) });
+      // --subject with --config: hash under the keyring's subject keys (opening the keyring needs its root)
+      const keys = await (await import('./audit/cli-keys.js')).subjectHasherFor(rest).catch((err: unknown) => {
+        io.stderr.write(`mamori audit: the keyring could not be opened for a subject search: ${(err as Error).message}\n`);
+        return null;
+      });
+      try {
+        return await runAuditCommand(rest, {
+          stdout: (t: string) => io.stdout.write(t), stderr: (t: string) => io.stderr.write(t),
+          ...(keys ? { hashSubject: keys.hashSubject } : {}),
+        });
+      } finally {
+        await keys?.close();
+      }
     }
     case '--version':
     case 'version':
