@@ -6,26 +6,13 @@
 // always agree on where a field starts and ends (the guard domain is the backstop if they ever did not).
 import { decryptCell, isCell, type CellKey } from '../../keyring/cells/index.js';
 import { canonicalFromText, maskCanonical, textFromCanonical, binaryFromCanonical, type LogicalTypeSpec as KeyringTypeSpec } from '../../keyring/logical-types.js';
-import type { ProtectedColumn } from '../sql/types.js';
+import type { CopyOptions, ProtectedColumn } from '../sql/types.js';
 import { ByteaSyntaxError, decodeByteaText, encodeByteaEscape, encodeByteaHex } from './bytea.js';
 import type { CellKeys } from './keys.js';
 import { columnName, toLogicalType } from './logical.js';
 import { RowError, type FieldAction } from './rows.js';
 
-/** COPY options as written in the statement (the analysis reads them; names as PostgreSQL spells them). */
-export interface CopyOptions {
-  format: 'text' | 'csv' | 'binary';
-  delimiter?: string;
-  null?: string;
-  quote?: string;
-  escape?: string;
-  header?: boolean | 'match';
-  forceQuote?: readonly string[] | '*';
-  forceNotNull?: readonly string[] | '*';
-  forceNull?: readonly string[] | '*';
-  default?: string;
-  encoding?: string;
-}
+export type { CopyOptions };
 
 /** The options resolved to bytes and per-column flags (index = position in the COPY's column list). */
 export interface CopyFormat {

@@ -11,6 +11,7 @@ import type {
   AnalysisContext,
   CatalogSnapshot,
   ColumnUse,
+  CopyOptions,
   LiteralSite,
   ParamSite,
   ProtectedColumn,
@@ -1221,19 +1222,8 @@ function statementAnalysis(st: StatementState, node: AstNode): Partial<Statement
       });
       return { execute: { name: v.name, args } };
     }
-    case 'CopyStmt': {
-      if (v.relation) {
-        const e = a.relationEntry(v.relation, null);
-        const p = a.protectedOf(e)[0];
-        if (p) throw notSupported(p, 'COPY');
-      }
-      if (v.query) {
-        const mark = st.touchLog.length;
-        a.query(v.query, null);
-        if (st.touchLog.length > mark) throw notSupported(st.touchLog[mark]!, 'COPY');
-      }
-      return {};
-    }
+    case 'CopyStmt':
+      return copyAnalysis(st, a, v);
     case 'CreateTableAsStmt': {
       const construct = v.objtype === 'OBJECT_MATVIEW' ? 'CREATE MATERIALIZED VIEW' : 'CREATE TABLE AS';
       if (v.query?.ExecuteStmt) throw new Refusal('0A000', 'CREATE TABLE AS EXECUTE is not supported in sessions that may reach protected columns');
@@ -1257,13 +1247,16 @@ function statementAnalysis(st: StatementState, node: AstNode): Partial<Statement
       // DDL and other utility statements: protected relations, their schemas (for schema-wide commands) and the
       // mamori schema are off limits unless the caller allows DDL.
       const rvs: AstNode[] = [];
-      collectRangeVars(v, rvs);
+      // CREATE TEMP TABLE makes a new relation in the session's temp schema (which then shadows any table of
+      // that name): its own name is not a protected relation; only what it refers to (LIKE, INHERITS) counts.
+      const tempCreate = type === 'CreateStmt' && v.relation?.relpersistence === 't' && !v.relation?.schemaname;
+      collectRangeVars(tempCreate ? { ...v, relation: undefined } : v, rvs);
       let hit = rvs.some((rv) => {
         const rel = ctx.catalog.resolveRelation(rv.schemaname ? { schema: rv.schemaname, name: rv.relname } : { name: rv.relname }, ctx.searchPath);
         return rel ? st.ix.relations.has(`${rel.schema}.${rel.name}`) : st.ix.relationNames.has(rv.relname);
       });
       const words = new Set([...st.ix.relationNames, 'mamori']);
-      if (!hit) hit = mentions(v, words);
+      if (!hit) hit = mentions(tempCreate ? { ...v, relation: undefined } : v, words);
       const schemaWide = /OBJECT_SCHEMA/.test(JSON.stringify(v)) || type === 'DropOwnedStmt' || type === 'ReassignOwnedStmt';
       if (!hit && schemaWide) hit = type === 'DropOwnedStmt' || type === 'ReassignOwnedStmt' || mentions(v, st.ix.schemas);
       if (!hit) return {};
@@ -1271,6 +1264,111 @@ function statementAnalysis(st: StatementState, node: AstNode): Partial<Statement
       return { ddl: true };
     }
   }
+}
+
+// ---- COPY ----------------------------------------------------------------------------------------------------
+
+function defBool(arg: AstNode | undefined): boolean | 'match' | null {
+  if (arg === undefined) return true;
+  if (arg.Boolean) return arg.Boolean.boolval === true;
+  if (arg.Integer) return arg.Integer.ival === 1 ? true : (arg.Integer.ival ?? 0) === 0 ? false : null;
+  const s = typeof arg.String?.sval === 'string' ? (arg.String.sval as string).toLowerCase() : null;
+  if (s === 'match') return 'match';
+  if (s === 'true' || s === 'on' || s === '1') return true;
+  if (s === 'false' || s === 'off' || s === '0') return false;
+  return null;
+}
+
+function defNames(arg: AstNode | undefined): string[] | '*' {
+  if (arg?.A_Star) return '*';
+  return (arg?.List?.items ?? []).map((i: AstNode) => i.String?.sval as string);
+}
+
+// COPY options as written (old and new syntax both arrive as DefElems); the server checks their values.
+function copyOptions(options: AstNode[] | undefined): { opts: CopyOptions; onError: string | null } {
+  const opts: CopyOptions = { format: 'text' };
+  let onError: string | null = null;
+  for (const o of options ?? []) {
+    const d = o.DefElem;
+    if (!d) continue;
+    const str = typeof d.arg?.String?.sval === 'string' ? (d.arg.String.sval as string) : null;
+    switch (d.defname) {
+      case 'format': {
+        const f = (str ?? '').toLowerCase();
+        if (f !== 'text' && f !== 'csv' && f !== 'binary') throw new Refusal('22023', `COPY format "${str ?? ''}" not recognized`);
+        opts.format = f;
+        break;
+      }
+      case 'delimiter': opts.delimiter = str ?? ''; break;
+      case 'null': opts.null = str ?? ''; break;
+      case 'quote': opts.quote = str ?? ''; break;
+      case 'escape': opts.escape = str ?? ''; break;
+      case 'default': opts.default = str ?? ''; break;
+      case 'encoding': opts.encoding = str ?? ''; break;
+      case 'header': {
+        const h = defBool(d.arg);
+        if (h === null) throw new Refusal('22023', 'COPY HEADER requires a Boolean value or "match"');
+        opts.header = h;
+        break;
+      }
+      case 'force_quote': opts.forceQuote = defNames(d.arg); break;
+      case 'force_not_null': opts.forceNotNull = defNames(d.arg); break;
+      case 'force_null': opts.forceNull = defNames(d.arg); break;
+      case 'on_error': onError = (str ?? '').toLowerCase(); break;
+      default: break; // freeze, log_verbosity …: no bearing on the bytes
+    }
+  }
+  return { opts, onError };
+}
+
+// COPY on protected tables: FROM STDIN and TO STDOUT in text/CSV only; the plan carries the column order and
+// options for the stream rewriters (proxy/results/copy.ts). COPY of other tables is left alone.
+function copyAnalysis(st: StatementState, a: Analyser, v: AstNode): Partial<StatementPlan> {
+  const from = v.is_from === true;
+  const ctx = st.ctx;
+  let names: string[];
+  let columns: (ProtectedColumn | null)[];
+  let table: { schema: string; name: string } | null = null;
+  if (v.relation) {
+    const e = a.relationEntry(v.relation, null);
+    if (a.protectedOf(e).length === 0) return {};
+    const rv = v.relation;
+    const rel = ctx.catalog.resolveRelation(rv.schemaname ? { schema: rv.schemaname, name: rv.relname } : { name: rv.relname }, ctx.searchPath);
+    if (!rel) return {};
+    table = { schema: rel.schema, name: rel.name };
+    const generated = new Set(rel.generated ?? []);
+    names = v.attlist ? v.attlist.map((n: AstNode) => n.String.sval as string) : rel.columns.filter((c) => !generated.has(c));
+    columns = names.map((n) => e.columns?.get(n) ?? null);
+  } else {
+    const outs = a.query(v.query, null);
+    names = outs.map((o) => o.name);
+    columns = outs.map((o) => o.prot);
+  }
+  const first = columns.find((c) => c !== null) ?? null;
+  if (!first) return {};
+  const { opts, onError } = copyOptions(v.options);
+  const dir = from ? 'FROM' : 'TO';
+  if (v.filename !== undefined || v.is_program === true) {
+    throw new Refusal('0A000', `COPY ${dir} a server-side file or program is not supported on protected column "${qualified(first)}" (it would bypass mamori); use COPY ${dir} ${from ? 'STDIN' : 'STDOUT'}`);
+  }
+  if (opts.format === 'binary') throw notSupported(first, 'binary COPY');
+  if (onError !== null && onError !== 'stop') throw notSupported(first, `COPY ON_ERROR ${onError}`);
+  if (opts.encoding !== undefined && !/^(utf-?8|unicode)$/i.test(opts.encoding)) {
+    throw new Refusal('0A000', `COPY ENCODING '${opts.encoding}' is not supported on protected tables (UTF8 only)`);
+  }
+  if (from && v.whereClause) throw notSupported(first, 'COPY FROM … WHERE');
+  for (const c of columns) {
+    if (!c) continue;
+    if (from) {
+      st.use(c, 'write');
+      continue;
+    }
+    st.use(c, 'read');
+    if (ctx.role.read(c) === 'plaintext' && ctx.role.canExport?.(c) !== true) {
+      throw new Refusal('42501', `permission denied to export column "${qualified(c)}": COPY TO of plaintext needs the export grant`);
+    }
+  }
+  return { copy: { direction: from ? 'from' : 'to', table, columnNames: names, columns, options: opts } };
 }
 
 // True when the text names a protected relation (or the mamori schema) in any spelling.
@@ -1382,6 +1480,7 @@ function analyseInner(sql: Buffer, ctx: AnalysisContext): Analysis {
     plans.push(plan);
   }
   if (!anyProtected) return { kind: 'unprotected', settings, roleChange };
+  if (plans.length > 1 && plans.some((p) => p.copy)) throw new Refusal('0A000', 'COPY of a protected table must be the only statement in its query string');
   if (roleChange) throw new Refusal('42501', 'role changes are not allowed in a query string that reaches protected columns');
   if (ctx.standardConformingStrings === false)
     throw new Refusal('0A000', 'protected columns cannot be used while standard_conforming_strings is off');

@@ -23,6 +23,7 @@ export interface ResolvedRelation {
   name: string;
   kind: RelationKind;
   columns: string[]; // in attnum order, dropped columns left out
+  generated?: readonly string[]; // generated columns (COPY without a column list skips them)
 }
 
 // A view column that is a plain reference to a protected column (the closure the catalog computes).
@@ -49,6 +50,8 @@ export interface RolePolicy {
   canSearch(col: ProtectedColumn): boolean;
   canWrite(col: ProtectedColumn): boolean;
   read(col: ProtectedColumn): ReadDecision;
+  // Plaintext COPY TO needs the export grant (absent: no export).
+  canExport?(col: ProtectedColumn): boolean;
 }
 
 export interface AnalysisContext {
@@ -100,6 +103,30 @@ export interface StatementPlan {
   prepare?: { name: string; typeSpans: { index: number; start: number; end: number }[] }; // declared types of protected params to replace by bytea
   execute?: { name: string; args: { start: number; end: number; value: string | null; kind: 'literal' | 'param' | 'other' }[] };
   ddl?: boolean; // DDL on a protected table, allowed because ctx.allowDdl
+  copy?: CopyPlan; // COPY … FROM STDIN / TO STDOUT touching protected columns (docs/copy.md)
+}
+
+// COPY options as written in the statement (PostgreSQL's names; values not yet checked).
+export interface CopyOptions {
+  format: 'text' | 'csv' | 'binary';
+  delimiter?: string;
+  null?: string;
+  quote?: string;
+  escape?: string;
+  header?: boolean | 'match';
+  forceQuote?: readonly string[] | '*';
+  forceNotNull?: readonly string[] | '*';
+  forceNull?: readonly string[] | '*';
+  default?: string;
+  encoding?: string;
+}
+
+export interface CopyPlan {
+  direction: 'from' | 'to';
+  table: { schema: string; name: string } | null; // null for COPY (query) TO
+  columnNames: string[]; // in COPY column order
+  columns: (ProtectedColumn | null)[]; // the protected column at each position, else null
+  options: CopyOptions;
 }
 
 export type Analysis =
