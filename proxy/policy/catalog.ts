@@ -357,6 +357,7 @@ interface RelRow {
   relname: string;
   relkind: string;
   columns: string[];
+  generated?: string[]; // COPY without a column list skips these
 }
 interface ColRow {
   idx: number;
@@ -386,7 +387,9 @@ interface ViewRow {
 const RELATIONS_SQL = `
 SELECT c.oid::int AS oid, n.nspname::text AS nspname, c.relname::text AS relname, c.relkind::text AS relkind,
        COALESCE((SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
-                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}') AS columns
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}') AS columns,
+       COALESCE((SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''), '{}') AS generated
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND n.nspname <> 'pg_toast'`;
 
@@ -632,7 +635,7 @@ function buildCatalog(input: {
   // Name resolution as the server does it.
   const byName = new Map<string, ResolvedRelation>();
   for (const r of rels) {
-    byName.set(`${r.nspname}\0${r.relname}`, { schema: r.nspname, name: r.relname, kind: KIND[r.relkind] ?? 'other', columns: r.columns });
+    byName.set(`${r.nspname}\0${r.relname}`, { schema: r.nspname, name: r.relname, kind: KIND[r.relkind] ?? 'other', columns: r.columns, ...(r.generated?.length ? { generated: r.generated } : {}) });
   }
   const resolveRelation = (name: { schema?: string; name: string }, searchPath: readonly string[]): ResolvedRelation | null => {
     if (name.schema !== undefined) {
