@@ -1,6 +1,7 @@
 // `mamori protect schema.table.column -d DB` and `mamori unprotect … --yes-decrypt-to-plaintext`.
 // Exit codes: 0 done (or nothing to do), 1 refused, declined, failed or left incomplete, 2 usage.
 import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -9,6 +10,7 @@ import type { ColumnPolicy, MamoriConfig } from '../../config/schema.js';
 import { canonicalName, parseQualifiedName } from '../../config/identifiers.js';
 import { Keyring, keyringConfigFrom, type KeyringOptions } from '../../keyring/index.js';
 import type { LogicalTypeSpec } from '../../keyring/logical-types.js';
+import { auditConfigSchema } from '../audit/config.js';
 import { AuditTrail } from '../audit/trail.js';
 import { approvalsMacKey, approvalsPath, Approvals, grantView } from '../policy/approvals.js';
 import { readDecision } from '../policy/decide.js';
@@ -235,6 +237,21 @@ async function identityOf(pool: pg.Pool): Promise<Identity> {
   return { login, roles: inheritedRoles(graph, login), superuser: r?.superuser ?? false, bypassRls: r?.bypassRls ?? false, clientCert: false };
 }
 
+/**
+ * The CLI's own audit instance, as `policy approve` opens it: file sinks get a `-cli` sibling file (the proxy may be
+ * appending to the main one), closed fail mode (an unrecorded unprotect must not happen), no timers.
+ */
+async function openCliTrail(config: MamoriConfig): Promise<AuditTrail> {
+  const cfg = auditConfigSchema.parse(config.audit);
+  const stem = (p: string): string => (p.split('/').pop() ?? p).replace(/\.jsonl$/, '');
+  const sinks = cfg.sinks.filter((s) => s.type === 'file').map((s) => ({ ...s, path: join(dirname(s.path), `${stem(s.path)}-cli.jsonl`) }));
+  if (sinks.length === 0) throw new Error('no audit file sink to record the unprotect in');
+  return AuditTrail.open(
+    { ...cfg, sinks, checkpointSink: null, failMode: 'closed', heartbeatSeconds: 0, checkpointEverySeconds: 0 },
+    { program: 'cli', version: version() },
+  );
+}
+
 function version(): string {
   try {
     return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -261,7 +278,7 @@ export function runUnprotectCommand(args: string[], io: CliIo = { stdout: proces
     }
     const decision = readDecision(col, id, grantView(approvals, config.approval.passwords, id), config.approval.members === 'required');
     const database = (await pool.query<{ d: string }>('SELECT current_database()::text AS d')).rows[0]!.d;
-    const trail = await AuditTrail.open(config.audit, { program: 'mamori-cli', version: version() });
+    const trail = await openCliTrail(config);
     try {
       if (decision !== 'plaintext') {
         await trail.append({ kind: 'refusal', reason: `unprotect ${key}: ${id.login} has no plaintext read (${decision})`, user: id.login, database });
