@@ -8,14 +8,15 @@ import type { MamoriConfig } from '../../config/schema.js';
 import type { Keyring } from '../../keyring/index.js';
 import { AnalysisCache, buildNameIndex, loadParser, type ProtectedNameIndex } from '../sql/index.js';
 import type { ProtectedColumn } from '../sql/types.js';
-import { EPOCH_CHANNEL, loadCatalog, readEpoch, tempSchemaOf, type DatabaseCatalog } from './catalog.js';
+import { EPOCH_CHANNEL, TEMP_CHANNEL, loadCatalog, readEpoch, type DatabaseCatalog } from './catalog.js';
 import { MembershipCache } from './membership.js';
-import { Approvals, approvalsMacKey, approvalsPath } from './approvals.js';
+import { Approvals, approvalsMacKey, approvalsPath, watchApprovals } from './approvals.js';
 import { EngineKeys } from './keys.js';
 import type { SessionHooks } from '../session/session.js';
 import { SessionPolicy } from './session-policy.js';
 import type { AuditTrail, SubjectKeySource } from '../audit/trail.js';
 import { membershipRecords } from '../audit/policy-records.js';
+import { redactServerError } from '../results/errors.js';
 
 export type ColumnsConfig = MamoriConfig['columns'];
 export type ColumnConfig = ColumnsConfig[string];
@@ -51,10 +52,14 @@ export class PolicyEngine {
   approvals: Approvals | null = null;
   private readonly catalogs = new Map<string, CatalogEntry>();
   private readonly pool: pg.Pool;
-  private listener: pg.Client | null = null;
+  private readonly listeners = new Map<string, pg.Client>();
+  private readonly listening = new Set<string>();
+  private readonly tempSchemas = new Map<number, string>();
   private closed = false;
   /** The keystore generation whose versions the engine's key cache has loaded (-1: load on next use). */
   private keysGeneration = -1;
+  private refresher: NodeJS.Timeout | null = null;
+  private stopApprovals: (() => void) | null = null;
 
   private constructor(readonly opts: EngineOptions) {
     this.keys = new EngineKeys(opts.keyring);
@@ -78,19 +83,30 @@ export class PolicyEngine {
       await engine.keys.ensureDomain(col.keyDomain, col.mode);
       await engine.keys.load(col.keyDomain);
     }
+    const macKey = await approvalsMacKey(opts.keyring);
+    const path = approvalsPath(opts.config);
     try {
-      engine.approvals = await Approvals.load(approvalsPath(opts.config), await approvalsMacKey(opts.keyring));
+      engine.approvals = Approvals.load(path, macKey);
     } catch (err) {
       // Fail closed: without verifiable approvals, nothing that needs approval is granted.
       opts.log.error({ err: (err as Error).message }, 'approvals could not be loaded; grants that need approval are withheld');
       engine.approvals = null;
     }
+    // `mamori policy approve` writes the file; a running proxy picks it up (a refused file withholds all).
+    engine.stopApprovals = watchApprovals(path, macKey, (a, err) => {
+      if (err) opts.log.error({ err: err.message }, 'approvals file refused; grants that need approval are withheld');
+      else opts.log.info('approvals reloaded');
+      engine.approvals = a;
+      engine.analysisCache.clear(); // cached decisions were made under the old approvals
+    }, 500);
     opts.keyring.onPurge(() => engine.keys.forget());
     // `mamori keys rotate` / `reencrypt` in another process: the keystore is re-read on change (new writes
     // use the new version, rotation flags freeze or release writes). Keyring.close() stops the watch.
     await opts.keyring.watch();
     engine.keysGeneration = opts.keyring.generation;
-    await engine.listen();
+    // Membership and password changes are diffed (and recorded) even for logins that stay connected.
+    engine.refresher = setInterval(() => void engine.membership.refreshAll().catch(() => undefined), 10_000);
+    engine.refresher.unref();
     return engine;
   }
 
@@ -147,7 +163,20 @@ export class PolicyEngine {
         }
         return st.clientMessage(frame);
       },
+      serverNotice: (session, frame) => this.redact(session.database, frame),
     };
+  }
+
+  /**
+   * Server errors and notices: fields that can echo row values (DETAIL, WHERE, internal query, positions)
+   * are dropped when the text names a protected table or view, and cells printed as hex are cut out.
+   */
+  private redact(database: string, frame: { type: number; body: Buffer; raw: Buffer }): Buffer | null {
+    const entry = this.catalogs.get(database);
+    const tables = entry?.catalog ? entry.catalog.names : [];
+    // No catalog yet: redact unconditionally (an empty list means "always" to redactErrorFields).
+    const out = redactServerError(frame.type, frame.body, tables.length > 0 ? tables : undefined);
+    return out.equals(frame.raw) ? null : out;
   }
 
   /** The database's catalog, loading it on first use and again after DDL moved the epoch. */
@@ -162,6 +191,7 @@ export class PolicyEngine {
       const client = new pg.Client({ ...this.opts.control, database });
       await client.connect();
       try {
+        await this.listen(database); // before loading, so no DDL between load and LISTEN goes unheard
         const catalog = await loadCatalog(client, this.opts.config.columns, database);
         for (const p of catalog.problems) this.opts.log.warn({ database, column: p.column, problem: p.problem }, 'catalog problem');
         this.catalogs.set(database, { catalog, names: buildNameIndex(catalog.names), stale: false, loading: null });
@@ -184,48 +214,62 @@ export class PolicyEngine {
   /** The catalog when loaded and fresh: the synchronous fast path; null means "take the slow path". */
   catalogSync(database: string): { catalog: DatabaseCatalog; names: ProtectedNameIndex } | null {
     const e = this.catalogs.get(database);
-    return e && !e.stale && this.listener !== null ? e : null;
+    return e && !e.stale && this.listeners.has(database) ? e : null;
   }
 
-  /** The temp schema (pg_temp_N) of a backend, or null when it has none yet. */
-  async tempSchema(database: string, backendPid: number): Promise<string | null> {
-    if (!backendPid) return null;
+  /**
+   * The temp schema (pg_temp_N) of a backend, as the DDL event trigger announced it when the backend made
+   * its first temp object (exact on every version, unlike backend-id arithmetic on PostgreSQL 15); null
+   * when it has none.
+   */
+  tempSchema(backendPid: number): string | null {
+    return this.tempSchemas.get(backendPid) ?? null;
+  }
+
+  /** Waits (bounded) for a backend's temp-schema announcement after it created a temp object. */
+  async waitTempSchema(backendPid: number, ms: number): Promise<string | null> {
+    const deadline = Date.now() + ms;
+    while (!this.tempSchemas.has(backendPid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return this.tempSchema(backendPid);
+  }
+
+  /**
+   * LISTEN in each database served (NOTIFY does not cross databases) for the DDL epoch and temp-schema
+   * announcements of mamori setup-db's event trigger. Until a listener is up, catalogs are loaded on every
+   * use (slow, but never stale).
+   */
+  private async listen(database: string): Promise<void> {
+    if (this.listeners.has(database) || this.listening.has(database) || this.closed) return;
+    this.listening.add(database);
     const client = new pg.Client({ ...this.opts.control, database });
-    await client.connect();
-    try {
-      return await tempSchemaOf(client, backendPid);
-    } finally {
-      await client.end().catch(() => undefined);
-    }
-  }
-
-  /** LISTEN for the DDL epoch (mamori setup-db's event trigger) on the control database. */
-  private async listen(): Promise<void> {
-    const client = new pg.Client(this.opts.control);
-    client.on('error', (err) => this.opts.log.warn({ err: err.message }, 'catalog listener error'));
-    client.on('notification', () => {
-      // DDL anywhere: every catalog is stale until reloaded (refused meanwhile, loaded on next use).
-      for (const e of this.catalogs.values()) e.stale = true;
-      this.analysisCache.clear?.();
+    client.on('error', (err) => this.opts.log.warn({ database, err: err.message }, 'catalog listener error'));
+    client.on('notification', (n) => {
+      if (n.channel === TEMP_CHANNEL && n.payload) {
+        if (this.tempSchemas.size > 100_000) this.tempSchemas.clear();
+        this.tempSchemas.set(n.processId, n.payload);
+        return; // the epoch notification of the same DDL marks the catalog stale
+      }
+      // DDL: this database's catalog is stale until reloaded (loaded again on next use).
+      const e = this.catalogs.get(database);
+      if (e) e.stale = true;
+      this.analysisCache.clear();
     });
     client.on('end', () => {
-      this.listener = null;
-      for (const e of this.catalogs.values()) e.stale = true; // cannot hear DDL: reload before each use
-      if (!this.closed) setTimeout(() => void this.listen().catch(() => undefined), 1000).unref();
+      this.listeners.delete(database);
+      const e = this.catalogs.get(database);
+      if (e) e.stale = true; // cannot hear DDL: reload before each use until listening again
+      if (!this.closed) setTimeout(() => void this.listen(database).catch(() => undefined), 1000).unref();
     });
     try {
       await client.connect();
-      await client.query(`LISTEN ${EPOCH_CHANNEL}`);
-      this.listener = client;
+      await client.query(`LISTEN ${EPOCH_CHANNEL}; LISTEN ${TEMP_CHANNEL}`);
+      this.listeners.set(database, client);
     } catch (err) {
-      this.opts.log.warn({ err: (err as Error).message }, 'cannot LISTEN for catalog changes; catalogs reload on every use');
+      this.opts.log.warn({ database, err: (err as Error).message }, 'cannot LISTEN for catalog changes; catalogs reload on every use');
       await client.end().catch(() => undefined);
+    } finally {
+      this.listening.delete(database);
     }
-  }
-
-  /** True when no DDL notification can be heard: catalogs must then be re-checked by epoch on each use. */
-  get listening(): boolean {
-    return this.listener !== null;
   }
 
   async epochOf(database: string): Promise<number> {
@@ -244,7 +288,9 @@ export class PolicyEngine {
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.listener?.end().catch(() => undefined);
+    if (this.refresher) clearInterval(this.refresher);
+    this.stopApprovals?.();
+    for (const l of this.listeners.values()) await l.end().catch(() => undefined);
     await this.pool.end().catch(() => undefined);
   }
 }

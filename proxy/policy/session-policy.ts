@@ -42,6 +42,8 @@ interface StatementPlanInfo {
   search?: ProtectedColumn | null;
 }
 
+const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
+
 const NO_PLAN_PORTAL = { plan: null, formats: [] as readonly number[] };
 
 const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
@@ -77,6 +79,8 @@ export class SessionPolicy {
    */
   private readonly portals = new Map<string, { plan: StatementPlanInfo | null; formats: readonly number[]; subjects?: Subjects }>();
   private tempSchema: string | null | undefined;
+  /** The session ran CREATE TEMP …: its temp schema is announced asynchronously. */
+  private tempPending = false;
   private audit: SessionAudit | null = null;
   private readonly searchLimit: SearchLimiter;
 
@@ -174,9 +178,12 @@ export class SessionPolicy {
 
   private async searchPathFor(catalog: DatabaseCatalog): Promise<string[] | null> {
     if (this.searchPath === null) return null;
-    if (this.tempSchema === undefined || this.tempSchema === null) {
-      // The session's temp schema exists once it created a temp table; look it up (cheap, cached once found).
-      this.tempSchema = await this.engine.tempSchema(this.session.database, this.session.backendPid);
+    if (!this.tempSchema) {
+      // Right after this session created its first temp object the announcement may still be on its way.
+      this.tempSchema = this.tempPending
+        ? await this.engine.waitTempSchema(this.session.backendPid, 2000)
+        : this.engine.tempSchema(this.session.backendPid);
+      this.tempPending = false;
     }
     const path = this.searchPath.flatMap((s) => (s === '$user' ? [this.session.user] : s === 'pg_temp' ? [] : [s]));
     const explicitTemp = this.searchPath.includes('pg_temp');
@@ -210,7 +217,7 @@ export class SessionPolicy {
       allowDdl: this.engine.config.adminRoles.some((r) => identity.roles.has(r)),
     };
     const analysis = this.engine.analysisCache.getOrAnalyse(sql, {
-      searchPath: path, catalogEpoch: catalog.epoch + ':' + catalog.loadedAt, roleSet: [...identity.roles].sort().join(',') + (identity.clientCert ? '+cert' : ''),
+      searchPath: path, catalogEpoch: catalog.epoch + ':' + catalog.loadedAt, roleSet: [...identity.roles].sort().join(',') + (identity.clientCert ? '+cert' : '') + (identity.superuser ? '+su' : '') + (identity.bypassRls ? '+bypassrls' : '') + '#' + (identity.verifierHash ?? ''),
       standardConformingStrings: ctx.standardConformingStrings, clientEncoding: ctx.clientEncoding,
       maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
     }, ctx, analyse);
@@ -246,6 +253,7 @@ export class SessionPolicy {
   }
 
   private async sqlSlow(sql: Buffer): Promise<Decision> {
+    if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
     const r = await this.analyse(sql);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
     const { analysis, catalog, role } = r;
@@ -254,7 +262,12 @@ export class SessionPolicy {
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes (SET ROLE, SET SESSION AUTHORIZATION, set_config(\'role\')) are not allowed in a session that touches protected columns; identity stays the session user');
     }
-    if (analysis.kind === 'unprotected') return FORWARD;
+    if (analysis.kind === 'unprotected') {
+      // FETCH from a cursor, EXECUTE of a prepared statement, a function returning rows: nothing in the text
+      // names a protected column, but the rows can still come from one. Once the session has touched
+      // protected data, such results are mapped by their origin like any other.
+      return this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null, null) } : FORWARD;
+    }
     if (this.roleChangedAtStartup) {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     }
@@ -369,6 +382,9 @@ export class SessionPolicy {
       const decision: ReadDecision = role.read(pf.column);
       if (decision === 'deny') throw new MamoriError('insufficient_privilege', `permission denied to read column "${qualified(pf.column)}"`);
       const cc = this.engine.config.columns[pf.policyKey];
+      if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
+        throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
+      }
       plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain) });
     });
     return plans;

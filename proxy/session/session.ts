@@ -43,6 +43,11 @@ export const FORWARD: Decision = { action: 'forward' };
  */
 export interface SessionHooks {
   clientMessage?(session: Session, frame: Frame): Decision | Promise<Decision>;
+  /**
+   * Every ErrorResponse / NoticeResponse on its way to the client (rare, off the hot path): returns the
+   * bytes to send instead (e.g. with fields that could echo protected values removed), or null.
+   */
+  serverNotice?(session: Session, frame: Frame): Buffer | null;
 }
 
 export interface SessionLimits {
@@ -414,7 +419,11 @@ export class Session {
     switch (route.to) {
       case 'client': {
         const transform = this.pipeline.last?.transform;
-        this.toClient(transform ? transform.message(f) ?? f.raw : f.raw);
+        let out = transform ? transform.message(f) ?? f.raw : f.raw;
+        if ((f.type === BE.ErrorResponse || f.type === BE.NoticeResponse) && this.env.hooks.serverNotice) {
+          out = this.env.hooks.serverNotice(this, { type: f.type, body: out.subarray(5), raw: out }) ?? out;
+        }
+        this.toClient(out);
         if (this.env.events?.statementDone && (f.type === BE.CommandComplete || f.type === BE.ErrorResponse)) {
           this.env.events.statementDone(this, {
             tag: f.type === BE.CommandComplete ? f.body.toString('latin1', 0, f.body.length - 1) : null,
