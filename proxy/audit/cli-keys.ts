@@ -13,7 +13,7 @@ export async function subjectHasherFor(args: readonly string[]): Promise<{ hashS
   if (args[0] !== 'search') return null;
   let values: { config?: string; subject?: string };
   try {
-    ({ values } = parseArgs({ args: args.slice(1), allowPositionals: true, strict: false }) as { values: { config?: string; subject?: string } });
+    ({ values } = parseArgs({ args: args.slice(1), allowPositionals: true, strict: false, options: { config: { type: 'string' }, subject: { type: 'string' } } }) as { values: { config?: string; subject?: string } });
   } catch {
     return null;
   }
