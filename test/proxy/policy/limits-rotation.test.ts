@@ -27,7 +27,7 @@ before(async () => {
         read: { plaintext: [ROLES.clerk] }, write: [ROLES.clerk], others: 'deny',
       },
     },
-    config: { search: { ratePerSecond: 1, burst: 3, maxInListItems: 3 } },
+    config: { search: { ratePerSecond: 1, burst: 3, maxInListItems: 3 }, metrics: { enabled: false } },
   });
   await s.cluster.query('CREATE TABLE public.notes (id int PRIMARY KEY, body mamori.text)');
   await s.cluster.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON public.notes TO ${ROLES.clerk}`);
@@ -175,6 +175,8 @@ describe('key rotation with a running proxy', () => {
       // Reads by primary key still decrypt (the old version stays loaded).
       assert.deepEqual((await c.query('SELECT my_number FROM employees WHERE id = 200')).rows, [{ my_number: '000000000019' }]);
       assert.deepEqual((await c.query('SELECT my_number FROM employees WHERE id = $1', [200])).rows, [{ my_number: '000000000019' }]);
+      // An equality search encrypts its value too: refused the same way while the domain rotates.
+      await assert.rejects(c.query('SELECT id FROM employees WHERE my_number = $1', ['000000000019']), { code: '55000' });
       // Writes that store no value (NULL) are not frozen: nothing is encrypted.
       await c.query("INSERT INTO employees VALUES (202, 'NoNumber', NULL)");
       await kr.finishRotation(DET);
