@@ -25,8 +25,11 @@ commands:
                                  install mamori's lookup function, guard domains and DDL epoch in a database (superuser via PGHOST/PGUSER/...)
   config check --config FILE     validate a configuration file
   policy check -d DB [--config FILE]
-  policy pending|approve --config FILE -d DB [--role R --member M | --login L | --all-pending] [--yes]
                                  report unprotected columns, missing guards, plaintext rows, risky roles and logging
+  policy pending|approve --config FILE -d DB [--role R --member M | --login L | --all-pending] [--yes]
+                                 separation of duties: list / approve new members of plaintext, search, write grants
+  policy lint FILE --config FILE [-d DB] [--json]
+                                 run a file of statements through the analyser and print each decision
   protect schema.table.column -d DB [--config FILE] [--yes] [--batch N] [--throttle-ms N]
                                  encrypt a live plaintext column online (docs/protect.md)
   unprotect schema.table.column -d DB --yes-decrypt-to-plaintext [--config FILE]
@@ -87,6 +90,7 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
     case 'policy':
       if (rest[0] === 'check') return (await import('./policy/check.js')).runPolicyCheck(rest.slice(1), io);
       if (rest[0] === 'approve' || rest[0] === 'pending') return (await import('./policy/cli.js')).runPolicyCommand(rest, io);
+      if (rest[0] === 'lint') return (await import('./policy/lint.js')).runPolicyLint(rest.slice(1), io);
       io.stderr.write(USAGE);
       return 2;
     case 'config': {
