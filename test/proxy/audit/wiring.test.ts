@@ -225,6 +225,20 @@ describe('audit wiring (real PostgreSQL)', () => {
     assert.ok(metricValue(m1, 'mamori_bytes_total', 'side="client"') > 0);
     assert.ok(metricValue(m1, 'mamori_audit_records_written_total') > 0);
   });
+
+  test('a GRANT of a policy role to a login gives a membership_change record (refresh or next identity read)', async () => {
+    await stack.cluster.query(`GRANT ${ROLES.viewer} TO ${ROLES.outsider}`);
+    const deadline = Date.now() + 15_000;
+    // identities are re-read after a 5 s TTL (and by the 10 s refresher): a protected statement asks for one
+    while (!records(auditDir).some((r) => r.kind === 'membership_change') && Date.now() < deadline) {
+      const c = await stack.connect(ROLES.outsider);
+      await c.query('SELECT my_number FROM employees').catch(() => undefined);
+      await c.end();
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    const m = records(auditDir).filter((r) => r.kind === 'membership_change') as (AuditRecord & { role: string; member: string; action: string })[];
+    assert.deepEqual(m.map((r) => [r.role, r.member, r.action]), [[ROLES.viewer, ROLES.outsider, 'grant']]);
+  });
 });
 
 describe('an unwritable audit trail (real PostgreSQL)', () => {
@@ -256,6 +270,42 @@ describe('an unwritable audit trail (real PostgreSQL)', () => {
       const r = await http(stack.mamori.metricsPort!, '/readyz');
       assert.equal(r.status, 503);
       assert.equal((JSON.parse(r.body) as { checks: Record<string, boolean> }).checks.audit, false);
+    } finally {
+      await stack.stop();
+    }
+  });
+});
+
+describe('statements: all (real PostgreSQL)', () => {
+  test('every statement gets a fingerprinted record without values; protected ones keep their intent/completion pair', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mamori-audit-all-'));
+    const stack = await startProtectedStack({
+      config: {
+        audit: {
+          statements: 'all', fsync: 'none',
+          sinks: [{ type: 'file', path: join(dir, 'mamori.jsonl') }],
+          checkpointSink: 'none',
+          signingKeyFile: join(dir, 'no-signing.key'),
+        },
+      },
+    });
+    try {
+      const c = await stack.connect(ROLES.clerk, { application_name: 'all' });
+      await c.query(`SELECT 'secret-literal-1' AS a, 4242424242 AS b`);
+      await c.query({ text: 'SELECT $1::text AS p', values: ['secret-param-2'] });
+      await c.query(`INSERT INTO employees VALUES (7, 'x', '${WRITTEN}')`);
+      await c.query('SELECT my_number FROM employees WHERE id = 7');
+      await c.end();
+      await waitFor(() => records(dir).some((r) => r.kind === 'disconnect'));
+      const rs = records(dir).filter((r) => r.kind === 'statement_intent') as (AuditRecord & { mode: string })[];
+      const all = rs.filter((r) => r.mode === 'all').map((r) => r.fingerprint);
+      assert.ok(all.includes("select ? as a, ? as b"), JSON.stringify(all));
+      assert.ok(all.includes('select $1::text as p'), JSON.stringify(all));
+      const prot = rs.filter((r) => r.mode === 'protected').map((r) => r.command);
+      assert.deepEqual(prot, ['INSERT', 'SELECT']);
+      assert.ok(!all.some((f) => /employees/.test(f ?? '')), 'protected statements are not recorded twice');
+      const raw = rawTrail(dir);
+      for (const v of ['secret-literal-1', '4242424242', 'secret-param-2', WRITTEN]) assert.ok(!raw.includes(v), `${v.slice(0, 6)}… reached the trail`);
     } finally {
       await stack.stop();
     }
