@@ -13,6 +13,7 @@ import {
 import { decodeDataRow, decodeNoticeFields } from '../../../proxy/wire/backend.js';
 import { encodeStartupMessage } from '../../../proxy/wire/startup.js';
 import { BE, FE, STARTUP } from '../../../proxy/wire/types.js';
+import type { Frame } from '../../../proxy/wire/framer.js';
 import { startStack, type Stack } from '../../harness/mamori.js';
 import { RawClient } from '../../harness/raw-client.js';
 import { Probe } from '../../harness/startup-probe.js';
@@ -31,8 +32,16 @@ let pinging: Promise<void> = Promise.resolve();
 
 async function selectOne(c: RawClient): Promise<string[]> {
   c.send(encodeQuery('select 1'));
-  const frames = await c.until(BE.ReadyForQuery, 5000);
-  assert.ok(!frames.some((f) => f.type === BE.ErrorResponse), 'no error');
+  const frames: Frame[] = [];
+  for (;;) {
+    const f = await c.next(5000).catch((err: Error) => {
+      const e = frames.find((x) => x.type === BE.ErrorResponse);
+      throw new Error(`healthy session: ${err.message}${e ? ` after ${JSON.stringify(decodeNoticeFields(e.body))}` : ''}`);
+    });
+    frames.push(f);
+    if (f.type === BE.ErrorResponse) throw new Error(`healthy session: ${JSON.stringify(decodeNoticeFields(f.body))}`);
+    if (f.type === BE.ReadyForQuery) break;
+  }
   return frames.filter((f) => f.type === BE.DataRow).map((f) => String(decodeDataRow(f.body).fields[0]));
 }
 
