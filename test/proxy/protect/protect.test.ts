@@ -168,6 +168,22 @@ describe('protect a live column', () => {
               return true;
             });
             await assert.rejects(admin.query(`UPDATE employees SET my_number = '${myNumber(100002)}' WHERE id = 400`), { code: '55000' });
+            // Through mamori the column is refused while in transition (no wrong NULLs, no cells into the old
+            // column); the rest of the table is served as usual.
+            const c = await connect(CLERK);
+            try {
+              for (const q of ['SELECT my_number FROM employees WHERE id = 1', `INSERT INTO employees VALUES (100004, 'x', '${myNumber(100004)}')`]) {
+                await assert.rejects(c.query(q), (e: pg.DatabaseError) => {
+                  assert.equal(e.code, '55000');
+                  assert.match(e.message, /public\.employees\.my_number is stored as text, not encrypted yet or being converted by `mamori protect`/);
+                  return true;
+                });
+              }
+              await assert.rejects(c.query('SELECT my_number FROM employees WHERE id = $1', [1]), { code: '55000' });
+              assert.deepEqual((await c.query('SELECT id FROM employees WHERE id = 2')).rows, [{ id: 2 }]);
+            } finally {
+              await c.end();
+            }
             // A row without a value is fine.
             await admin.query(`INSERT INTO employees VALUES (100003, 'no number', NULL)`);
           }
