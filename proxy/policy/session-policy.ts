@@ -17,7 +17,9 @@ import { canonicalFromText } from '../../keyring/logical-types.js';
 import { toLogicalType } from '../results/logical.js';
 import { RowRewriter, rewriteRowDescription, rewriteParameterDescription, type FieldPlan, type FieldAction } from '../results/rows.js';
 import { encryptBindParams, rewriteParseTypes, ParamError, type ParamPlan } from '../results/params.js';
-import { readDecision, canSearch, canWrite, type ReadDecision } from './decide.js';
+import { readDecision, canSearch, canWrite, canExport, type ReadDecision } from './decide.js';
+import { copyTransform, type CopyInStream } from './copy-stream.js';
+import type { CopyPlan } from '../sql/types.js';
 import { grantView } from './approvals.js';
 import { effectivePath, type DatabaseCatalog } from './catalog.js';
 import type { Identity } from './membership.js';
@@ -26,6 +28,7 @@ import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
 import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
 import { SearchLimiter, searchedColumn } from './search-limit.js';
+import { plaintextStorageRefusal } from '../protect/transition.js';
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
 interface StatementPlanInfo {
@@ -40,6 +43,8 @@ interface StatementPlanInfo {
   extras: StatementExtras;
   /** The protected column it searches (each Bind takes a search-rate token), or null. */
   search?: ProtectedColumn | null;
+  /** A COPY of a protected table (its data is rewritten by proxy/policy/copy-stream.ts). */
+  copy?: CopyPlan;
 }
 
 const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
@@ -82,6 +87,8 @@ export class SessionPolicy {
   /** The session ran CREATE TEMP …: its temp schema is announced asynchronously. */
   private tempPending = false;
   private audit: SessionAudit | null = null;
+  /** The COPY FROM STDIN in progress whose client data mamori rewrites. */
+  private copyIn: CopyInStream | null = null;
   private readonly searchLimit: SearchLimiter;
 
   constructor(
@@ -124,6 +131,10 @@ export class SessionPolicy {
       case FE.Close: {
         return FORWARD;
       }
+      case FE.CopyData:
+      case FE.CopyDone:
+      case FE.CopyFail:
+        return this.copyIn?.active ? this.copyIn.clientMessage(frame) : FORWARD;
       case FE.FunctionCall:
         if (this.touched) {
           return refusal('0A000', 'FunctionCall messages are not allowed in a session that has touched protected columns');
@@ -164,6 +175,10 @@ export class SessionPolicy {
         const cc = colOf(c);
         // A rotating (write-frozen) domain is refused at encryption time with 55000, not here: analyses are cached.
         return cc ? canWrite(cc, id, grants, required) : false;
+      },
+      canExport: (c) => {
+        const cc = colOf(c);
+        return cc ? canExport(cc, id, grants, required) : false;
       },
     };
   }
@@ -271,6 +286,8 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     }
+    const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog.storage, (c) => this.columnConfig(c, catalog)?.enforce !== false);
+    if (notEncrypted) return refusal('55000', notEncrypted);
     this.touched = true;
     const limited = this.searchLimit.admit(searchedColumn(analysis.statements));
     if (limited) return { action: 'refuse', error: limited };
@@ -311,6 +328,11 @@ export class SessionPolicy {
     const columns = this.columnDecisions(analysis.statements, role);
     const handle = await this.intent(sql, analysis.statements, columns, hashValues(this.engine.subjects, toEncrypt));
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
+    const copy = analysis.statements[0]?.copy;
+    if (copy) {
+      const t = this.copyTransform(copy, catalog, role, handle);
+      return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
+    }
     const transform = new QueryResults(this, catalog, role, handle, null);
     transform.decision = decisionLabel(columns);
     return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
@@ -390,6 +412,30 @@ export class SessionPolicy {
     return plans;
   }
 
+  /** COPY FROM / TO of a protected table: the stream rewriters (proxy/policy/copy-stream.ts). */
+  private copyTransform(copy: CopyPlan, catalog: DatabaseCatalog, role: RolePolicy, handle: StatementHandle | null): ResultTransform | MamoriError {
+    return copyTransform(copy, {
+      read: (c) => role.read(c),
+      canExport: (c) => role.canExport?.(c) === true,
+      keyDomain: (c) => this.columnConfig(c, catalog)?.keyDomain,
+      domainId: (d) => this.engine.keys.domainId(d),
+      keys: this.engine.keys,
+      encryptAll: (items) => this.engine.keys.encryptAll(items),
+      byteaOutput: this.byteaOutput,
+      handle,
+      onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
+      startIn: (stream) => {
+        this.copyIn = stream;
+        this.session.inspectCopyIn = true;
+      },
+      endIn: (stream) => {
+        if (this.copyIn !== stream) return;
+        this.copyIn = null;
+        this.session.inspectCopyIn = false;
+      },
+    });
+  }
+
   rewriter(plans: FieldPlan[], formats: readonly number[], subjects: SubjectCollector | null = null): RowRewriter {
     return new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
@@ -436,6 +482,8 @@ export class SessionPolicy {
     }
     if (analysis.kind === 'unprotected') return this.trackParse(name, null);
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
+    const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog.storage, (c) => this.columnConfig(c, catalog)?.enforce !== false);
+    if (notEncrypted) return refusal('55000', notEncrypted);
     this.touched = true;
     const params: ParamPlan[] = [];
     const edits = [];
@@ -484,6 +532,7 @@ export class SessionPolicy {
       command: analysis.statements.map((s) => s.command).join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
       extras: statementExtras(analysis.statements),
       search: searchedColumn(analysis.statements),
+      ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
     };
     const decision = this.trackParse(name, plan);
     let body = encodeParseBody(name, newSql, paramTypes);
@@ -622,6 +671,12 @@ export class SessionPolicy {
     const identity = await this.ensureIdentity();
     const role = this.rolePolicy(identity, entry.catalog);
     const plan = bound?.plan ?? null;
+    if (plan?.copy) {
+      const h = await this.intentFor(plan, bound?.subjects);
+      if (h instanceof MamoriError) return { action: 'refuse', error: h };
+      const t = this.copyTransform(plan.copy, entry.catalog, role, h);
+      return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
+    }
     // The rows' shape: from the client's own Describe of this portal, else mamori asks the server first.
     let shape = this.portalShapes.get(portalName) ?? null;
     if (!shape) shape = await this.describeFirst(portalName);
