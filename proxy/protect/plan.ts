@@ -17,6 +17,9 @@ export const tableSql = (t: TableRef): string => `${qi(t.schema)}.${qi(t.table)}
 /** Shadow column names; PostgreSQL truncates identifiers at 63 bytes, so refuse names that would be cut. */
 export const SHADOW_SUFFIX = '__mamori';
 export const PLAIN_OLD_SUFFIX = '__mamori_plain_old';
+/** unprotect's shadow (plaintext of the original type) and the name the cell column gets before its drop. */
+export const PLAIN_SHADOW_SUFFIX = '__mamori_plain';
+export const CELLS_OLD_SUFFIX = '__mamori_cells_old';
 export const GUARD_TRIGGER = 'mamori_protect_guard';
 export const NOT_NULL_CHECK = 'mamori_protect_not_null';
 export const NOT_NULL_SHADOW_CHECK = 'mamori_protect_shadow_not_null';

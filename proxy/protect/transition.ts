@@ -2,19 +2,26 @@
 // while it runs (the values are then split between the old column and the shadow, so no read of either alone is
 // right). Statements that touch such a column are refused with a clear error instead of being served wrong:
 // values would be read as NULL (moved rows) or fail to decrypt (rows not yet moved), and writes would put cells
-// into a plaintext column. Columns with `enforce: false` are exempt (they are meant to stay plaintext).
+// into a plaintext column. The same while `mamori unprotect` runs (the table then has the plaintext shadow
+// `<col>__mamori_plain`). Columns with `enforce: false` are exempt (they are meant to stay plaintext).
 import type { ColumnStorage } from '../policy/catalog.js';
-import type { ProtectedColumn, StatementPlan } from '../sql/types.js';
+import type { CatalogSnapshot, ProtectedColumn, StatementPlan } from '../sql/types.js';
+import { PLAIN_SHADOW_SUFFIX } from './plan.js';
 
 export function plaintextStorageRefusal(
   statements: readonly StatementPlan[],
-  storage: ReadonlyMap<string, ColumnStorage>,
+  catalog: Pick<CatalogSnapshot, 'resolveRelation'> & { storage: ReadonlyMap<string, ColumnStorage> },
   enforced: (c: ProtectedColumn) => boolean,
 ): string | null {
   for (const st of statements) {
     for (const { column: c } of st.touched) {
-      const s = storage.get(`${c.tableOid}:${c.attnum}`);
-      if (s?.kind !== 'plaintext' || !enforced(c)) continue;
+      const s = catalog.storage.get(`${c.tableOid}:${c.attnum}`);
+      if (!enforced(c)) continue;
+      const rel = catalog.resolveRelation({ schema: c.schema, name: c.table }, []);
+      if (rel?.columns.includes(c.column + PLAIN_SHADOW_SUFFIX)) {
+        return `protected column ${c.schema}.${c.table}.${c.column} is being decrypted by \`mamori unprotect\`: statements that touch it are refused until that has finished (docs/protect.md)`;
+      }
+      if (s?.kind !== 'plaintext') continue;
       return (
         `protected column ${c.schema}.${c.table}.${c.column} is stored as ${s.type}, not encrypted yet or being converted by ` +
         '`mamori protect`: statements that touch it are refused until protect has finished (docs/protect.md)'

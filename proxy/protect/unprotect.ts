@@ -5,12 +5,9 @@ import type pg from 'pg';
 import type { Keyring } from '../../keyring/index.js';
 import { textFromCanonical, type LogicalTypeSpec } from '../../keyring/logical-types.js';
 import { backfill, buildShadowIndexes, countRemaining, prepare, swap, vacuum, type MigrationSpec } from './migrate.js';
-import { formatPlan, inspectColumn, suffixed } from './plan.js';
+import { CELLS_OLD_SUFFIX, formatPlan, inspectColumn, PLAIN_SHADOW_SUFFIX, suffixed } from './plan.js';
 import type { MigrateOptions, MigrateResult, ProtectTarget } from './protect.js';
 import { deleteState, ensureStateTable, readState, writeState } from './state.js';
-
-export const PLAIN_SHADOW_SUFFIX = '__mamori_plain';
-export const CELLS_OLD_SUFFIX = '__mamori_cells_old';
 
 /** The plaintext type a logical type is restored to when no original type was recorded. */
 export function plaintextTypeOf(t: LogicalTypeSpec): string {

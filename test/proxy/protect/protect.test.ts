@@ -13,6 +13,7 @@ import { defaultConfig } from '../../../config/load.js';
 import type { MamoriConfigInput } from '../../../config/schema.js';
 import { installCatalogSetup } from '../../../proxy/policy/catalog.js';
 import { protectColumn, type ProtectTarget } from '../../../proxy/protect/protect.js';
+import { unprotectColumn } from '../../../proxy/protect/unprotect.js';
 import { CONTROL_USER, startStack, type Stack } from '../../harness/mamori.js';
 import { startCluster, type Cluster } from '../../harness/cluster.js';
 import { runMamori } from '../../harness/child-mamori.js';
@@ -336,5 +337,36 @@ describe('the CLI', () => {
       ['unwrap', 'public.resume_t.my_number', cluster.superuser, 'unprotect public.resume_t.my_number: started, decrypting the column to plaintext'],
       ['unwrap', 'public.resume_t.my_number', cluster.superuser, 'unprotect public.resume_t.my_number: done, 3000 row(s) decrypted'],
     ]);
+  });
+
+  test('while unprotect runs, mamori refuses the column (values are split between two columns); afterwards it is plaintext text again', async () => {
+    const clerk = await connect(CLERK);
+    let checked = false;
+    try {
+      const r = await unprotectColumn(admin, kr, target('employees'), {
+        batchSize: 100,
+        beforeBatchUpdate: async () => {
+          if (checked) return;
+          checked = true;
+          await assert.rejects(clerk.query('SELECT my_number FROM employees WHERE id = 1'), (e: pg.DatabaseError) => {
+            assert.equal(e.code, '55000');
+            assert.match(e.message, /public\.employees\.my_number is being decrypted by `mamori unprotect`/);
+            return true;
+          });
+          // Cells written directly (or by a mamori that has not seen the change yet) are refused by the guard.
+          await assert.rejects(admin.query(`UPDATE employees SET my_number = my_number WHERE id = 1`).then(() => admin.query(`UPDATE employees SET my_number = (SELECT my_number FROM employees WHERE id = 2) WHERE id = 3`)), { code: '55000' });
+        },
+      });
+      assert.equal(r.status, 'done', JSON.stringify(r));
+    } finally {
+      await clerk.end();
+    }
+    assert.ok(checked);
+    const rows = await admin.query<{ id: number; my_number: string }>(`SELECT id, my_number FROM employees WHERE id <= ${EMP_ROWS} ORDER BY id`);
+    rows.rows.forEach((row) => assert.equal(row.my_number, myNumber(row.id)));
+    const con = await admin.query(`SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'employees'::regclass AND contype = 'u'`);
+    assert.deepEqual(con.rows, [{ conname: 'employees_my_number_key', def: 'UNIQUE (my_number)' }]);
+    const col = await admin.query(`SELECT format_type(atttypid, atttypmod) AS t FROM pg_attribute WHERE attrelid = 'employees'::regclass AND attname = 'my_number'`);
+    assert.equal(col.rows[0].t, 'text');
   });
 });
