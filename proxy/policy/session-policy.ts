@@ -28,6 +28,7 @@ import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
 import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
 import { SearchLimiter, searchedColumn } from './search-limit.js';
+import { sqlPrepareRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
@@ -286,10 +287,10 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     }
-    const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog.storage, (c) => this.columnConfig(c, catalog)?.enforce !== false);
+    const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
     this.touched = true;
-    const limited = this.searchLimit.admit(searchedColumn(analysis.statements));
+    const limited = sqlPrepareRefusal(analysis.statements) ?? this.searchLimit.admit(searchedColumn(analysis.statements));
     if (limited) return { action: 'refuse', error: limited };
     // Literals bound for protected columns are validated, normalized and encrypted, then spliced in.
     const edits = [];
@@ -482,9 +483,11 @@ export class SessionPolicy {
     }
     if (analysis.kind === 'unprotected') return this.trackParse(name, null);
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
-    const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog.storage, (c) => this.columnConfig(c, catalog)?.enforce !== false);
+    const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
     this.touched = true;
+    const unsupported = sqlPrepareRefusal(analysis.statements);
+    if (unsupported) return { action: 'refuse', error: unsupported };
     const params: ParamPlan[] = [];
     const edits = [];
     const literalEncrypt: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
