@@ -118,6 +118,8 @@ export class Session {
   tlsSubject: string | null = null;
   /** The upstream backend's process id (from BackendKeyData). */
   backendPid = 0;
+  /** Set by policy code while a COPY FROM's data must reach clientMessage whole (protected COPY): no streaming. */
+  inspectCopyIn = false;
   log: Logger;
   private upstream: UpstreamSocket | null = null;
   private closed = false;
@@ -355,7 +357,7 @@ export class Session {
       {
         maxBufferedBytes: limits.maxRewriteMessageBytes,
         maxMessageBytes: limits.maxMessageBytes,
-        streamable: (t) => t === FE.CopyData && this.pipeline.copyIn,
+        streamable: (t) => t === FE.CopyData && this.pipeline.copyIn && !this.inspectCopyIn,
       },
     );
     upstream.on('data', (chunk: Buffer) => this.feed(this.serverFramer!, chunk, 'server'));

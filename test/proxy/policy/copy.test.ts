@@ -1,0 +1,194 @@
+// COPY on a protected table end to end, through mamori to a real PostgreSQL: bulk loads in text and CSV
+// with the options PostgreSQL 15 accepts, odd chunking, a bad row in the middle (nothing stored), COPY TO
+// per role and the export grant, refusals, the extended protocol, and 1 M-scale loads with mamori's own
+// memory measured (mamori as a child process, VmRSS from /proc).
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+import { isCell } from '../../../keyring/cells/index.js';
+import { encodeBind, encodeCopyData, encodeCopyDone, encodeExecute, encodeFlush, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
+import { BE } from '../../../proxy/wire/types.js';
+import { startProtectedStack, ROLES, PASSWORD, type ProtectedStack } from '../../harness/protected.js';
+import { RawClient } from '../../harness/raw-client.js';
+
+const EXPORTER = 'hr_exporter';
+const COLUMNS = {
+  'public.employees.my_number': {
+    type: 'mynumber', mode: 'deterministic',
+    read: { plaintext: [ROLES.clerk, EXPORTER], mask: [ROLES.viewer] },
+    search: [ROLES.clerk, EXPORTER], write: [ROLES.clerk, EXPORTER], export: [EXPORTER], others: 'deny',
+  },
+} as const;
+
+/** A valid My Number from an 11-digit base (check digit per MYNUMBER.md). */
+function mn(base: number): string {
+  const d = String(base).padStart(11, '0');
+  let sum = 0;
+  for (let n = 1; n <= 11; n++) sum += Number(d[11 - n]) * (n <= 6 ? n + 1 : n - 5);
+  const r = sum % 11;
+  return d + String(r <= 1 ? 0 : 11 - r);
+}
+
+let s: ProtectedStack;
+let clerk: pg.Client;
+let exporter: pg.Client;
+let viewer: pg.Client;
+let outsider: pg.Client;
+
+before(async () => {
+  s = await startProtectedStack({ columns: COLUMNS as never });
+  await s.cluster.query(`CREATE ROLE ${EXPORTER} LOGIN PASSWORD '${PASSWORD}'; GRANT SELECT, INSERT, UPDATE, DELETE ON public.employees TO ${EXPORTER}`);
+  clerk = await s.connect(ROLES.clerk);
+  exporter = await s.connect(EXPORTER);
+  viewer = await s.connect(ROLES.viewer);
+  outsider = await s.connect(ROLES.outsider);
+});
+
+after(async () => {
+  for (const c of [clerk, exporter, viewer, outsider]) await c?.end().catch(() => undefined);
+  await s?.stop();
+});
+
+/** COPY FROM STDIN with each buffer sent as its own CopyData message. */
+async function copyIn(c: pg.Client, sql: string, chunks: Buffer[]): Promise<number> {
+  const stream = c.query(copyFrom(sql));
+  await pipeline(Readable.from(chunks, { objectMode: false }), stream);
+  return stream.rowCount ?? -1;
+}
+
+async function copyOut(c: pg.Client, sql: string): Promise<string> {
+  const stream = c.query(copyTo(sql));
+  const parts: Buffer[] = [];
+  for await (const chunk of stream) parts.push(chunk as Buffer);
+  return Buffer.concat(parts).toString('utf8');
+}
+
+const bytes = (text: string): Buffer[] => [...Buffer.from(text, 'utf8')].map((b) => Buffer.from([b]));
+
+async function reset(): Promise<void> {
+  await s.cluster.query('TRUNCATE public.employees');
+}
+
+async function stored(): Promise<Array<{ id: number; my_number: Buffer | null }>> {
+  const r = await s.cluster.query('SELECT id, my_number::bytea AS my_number FROM public.employees ORDER BY id');
+  return r.rows as Array<{ id: number; my_number: Buffer | null }>;
+}
+
+describe('COPY FROM STDIN', () => {
+  test('text format, one byte per CopyData: values normalized and stored as cells only', async () => {
+    await reset();
+    const data = `1\tSato\t1234-5678-9018\n2\tSuzuki\\tJr.\t\\N\n3\tTa\\nnaka\t ${mn(1)} \n`;
+    assert.equal(await copyIn(clerk, 'COPY employees (id, name, my_number) FROM STDIN', bytes(data)), 3);
+    const r = await clerk.query('SELECT id, name, my_number FROM employees ORDER BY id');
+    assert.deepEqual(r.rows, [
+      { id: 1, name: 'Sato', my_number: '123456789018' },
+      { id: 2, name: 'Suzuki\tJr.', my_number: null },
+      { id: 3, name: 'Ta\nnaka', my_number: mn(1) },
+    ]);
+    for (const row of await stored()) {
+      if (row.my_number === null) continue;
+      assert.ok(isCell(row.my_number), 'a mamori cell');
+      assert.ok(!row.my_number.toString('latin1').includes('123456789018'));
+    }
+    // searchable by the deterministic cell
+    assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', ['123456789018'])).rows, [{ id: 1 }]);
+  });
+
+  test('CSV with HEADER MATCH, DELIMITER, NULL, QUOTE, ESCAPE, FORCE_NOT_NULL, FORCE_NULL, ENCODING; quoted newlines; no column list', async () => {
+    await reset();
+    const sql = "COPY employees FROM STDIN WITH (FORMAT csv, HEADER match, DELIMITER ';', NULL 'NIL', QUOTE '''', ESCAPE '\\', FORCE_NOT_NULL (name), FORCE_NULL (my_number), ENCODING 'UTF8')";
+    const data = [
+      'id;name;my_number',
+      `10;'O\\'Brien; "x"\r\nsecond line';'${mn(10)}'`,
+      `11;NIL;NIL`,
+      `12;'a';'NIL'`,
+      `13;b;${mn(13)}`,
+    ].join('\r\n') + '\r\n';
+    for (const chunks of [[Buffer.from(data)], bytes(data)]) {
+      await reset();
+      assert.equal(await copyIn(clerk, sql, chunks), 4);
+      const r = await clerk.query('SELECT id, name, my_number FROM employees ORDER BY id');
+      assert.deepEqual(r.rows, [
+        { id: 10, name: 'O\'Brien; "x"\r\nsecond line', my_number: mn(10) },
+        { id: 11, name: 'NIL', my_number: null },
+        { id: 12, name: 'a', my_number: null },
+        { id: 13, name: 'b', my_number: mn(13) },
+      ]);
+    }
+    // HEADER MATCH is still checked by the server
+    await assert.rejects(copyIn(clerk, sql, [Buffer.from('id;nom;my_number\n')]), /column name mismatch/);
+  });
+
+  test('a bad My Number in the middle: CopyFail upstream, nothing stored, the error names line and column only', async () => {
+    await reset();
+    const data = `id,name,my_number\n1,a,${mn(1)}\n2,b,${mn(2)}\n3,c,123456789012\n4,d,${mn(4)}\n`;
+    for (const chunks of [[Buffer.from(data)], bytes(data)]) {
+      await assert.rejects(copyIn(clerk, 'COPY employees FROM STDIN (FORMAT csv, HEADER true)', chunks), (e: pg.DatabaseError) => {
+        assert.equal(e.code, '22P02');
+        assert.match(e.message, /COPY line 4, column my_number: invalid value for protected column public\.employees\.my_number/);
+        assert.doesNotMatch(e.message, /123456789012/);
+        return true;
+      });
+      assert.deepEqual(await stored(), []);
+      assert.deepEqual((await clerk.query('SELECT 1 AS ok')).rows, [{ ok: 1 }]);
+    }
+  });
+
+  test('refused: binary, a server file, PROGRAM, no write grant', async () => {
+    await assert.rejects(copyIn(clerk, 'COPY employees FROM STDIN (FORMAT binary)', []), (e: pg.DatabaseError) => e.code === '0A000' && /binary COPY/.test(e.message));
+    await assert.rejects(clerk.query("COPY employees FROM '/etc/hostname'"), (e: pg.DatabaseError) => e.code === '0A000' && /server-side file or program/.test(e.message));
+    await assert.rejects(clerk.query("COPY employees TO PROGRAM 'cat'"), (e: pg.DatabaseError) => e.code === '0A000' || e.code === '42501');
+    await assert.rejects(copyIn(viewer, 'COPY employees FROM STDIN', [Buffer.from('1\ta\t\\N\n')]), (e: pg.DatabaseError) => e.code === '42501' && /permission denied to write/.test(e.message));
+  });
+});
+
+describe('COPY TO STDOUT per role', () => {
+  before(async () => {
+    await reset();
+    await copyIn(clerk, 'COPY employees (id, name, my_number) FROM STDIN', [Buffer.from(`1\tSato\t${mn(1)}\n2\tSu,zuki\t\\N\n3\t"Q"\t${mn(3)}\n`)]);
+  });
+
+  test('with the export grant: plaintext, text and CSV (FORCE QUOTE, HEADER), table and query', async () => {
+    assert.equal(await copyOut(exporter, 'COPY employees TO STDOUT'), `1\tSato\t${mn(1)}\n2\tSu,zuki\t\\N\n3\t"Q"\t${mn(3)}\n`);
+    assert.equal(
+      await copyOut(exporter, 'COPY employees (my_number, name) TO STDOUT WITH (FORMAT csv, HEADER, FORCE_QUOTE (my_number))'),
+      `my_number,name\n"${mn(1)}",Sato\n,"Su,zuki"\n"${mn(3)}","""Q"""\n`,
+    );
+    assert.equal(await copyOut(exporter, 'COPY (SELECT id, my_number FROM employees WHERE id <> 2 ORDER BY id DESC) TO STDOUT (DELIMITER \'|\')'), `3|${mn(3)}\n1|${mn(1)}\n`);
+  });
+
+  test('plaintext readers without export are refused (42501, export named); viewers get masks; outsiders are refused', async () => {
+    await assert.rejects(copyOut(clerk, 'COPY employees TO STDOUT'), (e: pg.DatabaseError) => e.code === '42501' && /export/.test(e.message) && /public\.employees\.my_number/.test(e.message));
+    assert.equal(await copyOut(clerk, 'COPY employees (id, name) TO STDOUT'), '1\tSato\n2\tSu,zuki\n3\t"Q"\n');
+    assert.equal(await copyOut(viewer, 'COPY employees TO STDOUT (FORMAT csv)'), `1,Sato,********${mn(1).slice(8)}\n2,"Su,zuki",\n3,"""Q""",********${mn(3).slice(8)}\n`);
+    assert.equal(await copyOut(viewer, 'COPY (SELECT my_number FROM employees WHERE id = 1) TO STDOUT'), `********${mn(1).slice(8)}\n`);
+    await assert.rejects(copyOut(outsider, 'COPY employees TO STDOUT'), (e: pg.DatabaseError) => e.code === '42501');
+    await assert.rejects(copyOut(exporter, 'COPY employees TO STDOUT (FORMAT binary)'), (e: pg.DatabaseError) => e.code === '0A000');
+  });
+});
+
+describe('COPY through the extended protocol', () => {
+  test('Parse/Bind/Execute of COPY FROM STDIN and COPY TO STDOUT', async () => {
+    await reset();
+    const raw = await RawClient.connect('127.0.0.1', s.mamori.port, { user: EXPORTER, password: PASSWORD, tls: { ca: s.cluster.ca.cert, servername: 'localhost' } });
+    try {
+      // The server ignores a Sync sent during copy-in, so the client's Sync follows CopyDone.
+      raw.send(encodeParse({ name: '', sql: 'COPY employees (id, name, my_number) FROM STDIN', paramTypes: [] }), encodeBind({ portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }), encodeFlush());
+      await raw.until(BE.CopyInResponse);
+      raw.send(...bytes(`7\tx\t${mn(7)}\n8\ty\t\\N\n`).map((b) => encodeCopyData(b)), encodeCopyDone(), encodeSync());
+      const done = await raw.until(BE.ReadyForQuery);
+      const cc = done.find((f) => f.type === BE.CommandComplete);
+      assert.equal(cc?.body.toString('latin1', 0, cc.body.length - 1), 'COPY 2');
+      raw.send(encodeParse({ name: 's1', sql: 'COPY employees TO STDOUT', paramTypes: [] }), encodeBind({ portal: '', statement: 's1', paramFormats: [], params: [], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }), encodeSync());
+      const out = await raw.until(BE.ReadyForQuery);
+      const text = Buffer.concat(out.filter((f) => f.type === BE.CopyData).map((f) => f.body)).toString();
+      assert.equal(text, `7\tx\t${mn(7)}\n8\ty\t\\N\n`);
+    } finally {
+      raw.close();
+    }
+    assert.equal((await stored()).length, 2);
+  });
+});
