@@ -501,7 +501,8 @@ export class Session {
       ).finally(() => {
         this.deciding = false;
         while (!this.deciding && this.held.length > 0) this.process(this.held.shift()!);
-        if (!this.deciding && !this.closed) this.client.resume();
+        // A congested upstream keeps the client paused: its 'drain' resumes it (else decided CopyData piles up).
+        if (!this.deciding && !this.closed && this.upstream?.writableNeedDrain !== true) this.client.resume();
         this.flushOut();
       });
       return;
