@@ -5,6 +5,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
+import { connect as netConnect } from 'node:net';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
@@ -13,6 +18,10 @@ import { encodeBind, encodeCopyData, encodeCopyDone, encodeExecute, encodeFlush,
 import { BE } from '../../../proxy/wire/types.js';
 import { startProtectedStack, ROLES, PASSWORD, type ProtectedStack } from '../../harness/protected.js';
 import { RawClient } from '../../harness/raw-client.js';
+import { freePort } from '../../harness/cluster.js';
+import { CONTROL_PASSWORD, CONTROL_USER } from '../../harness/mamori.js';
+import { rssOf } from '../../harness/mamori-process.js';
+import { exitWithin, runMamori, type ChildMamori } from '../../harness/child-mamori.js';
 
 const EXPORTER = 'hr_exporter';
 const COLUMNS = {
@@ -53,7 +62,7 @@ after(async () => {
 });
 
 /** COPY FROM STDIN with each buffer sent as its own CopyData message. */
-async function copyIn(c: pg.Client, sql: string, chunks: Buffer[]): Promise<number> {
+async function copyIn(c: pg.Client, sql: string, chunks: Iterable<Buffer>): Promise<number> {
   const stream = c.query(copyFrom(sql));
   await pipeline(Readable.from(chunks, { objectMode: false }), stream);
   return stream.rowCount ?? -1;
@@ -192,3 +201,92 @@ describe('COPY through the extended protocol', () => {
     assert.equal((await stored()).length, 2);
   });
 });
+
+describe('a large COPY through mamori as its own process: bounded memory', () => {
+  const N = Number(process.env.MAMORI_COPY_ROWS ?? 1_000_000);
+  let child: ChildMamori | null = null;
+  let port = 0;
+
+  before(async () => {
+    port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), 'mamori-copy-'));
+    const config = {
+      listen: { host: '127.0.0.1', port },
+      upstream: { host: s.cluster.host, port: s.cluster.port, tls: { mode: 'verify-full', ca: s.cluster.caCertPath, servername: 'localhost' } },
+      control: { user: CONTROL_USER, passwordEnv: 'MAMORI_TEST_CONTROL_PASSWORD' },
+      keyring: { keyFile: join(s.dir, 'root.key'), store: { type: 'file', path: join(s.dir, 'keystore.json') } },
+      columns: COLUMNS,
+      approval: { members: 'none' },
+      audit: { statements: 'none' },
+      metrics: { enabled: false },
+      log: { level: 'warn' },
+    };
+    const file = join(dir, 'mamori.yaml');
+    writeFileSync(file, stringify(config));
+    child = runMamori(['start', '--config', file], { env: { ...process.env, MAMORI_TEST_CONTROL_PASSWORD: CONTROL_PASSWORD } });
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const sock = netConnect({ host: '127.0.0.1', port }, () => {
+          sock.destroy();
+          resolve(true);
+        });
+        sock.once('error', () => resolve(false));
+      });
+      if (ok) break;
+      if (Date.now() > deadline) throw new Error(`mamori did not start: ${child.stderr()}${child.stdout()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  after(async () => {
+    if (child) {
+      child.kill('SIGTERM');
+      await exitWithin(child, 5000);
+    }
+  });
+
+  test(`${N.toLocaleString('en')} rows, 64 KiB CopyData: all stored as cells, mamori RSS grows by < 60 MiB`, async () => {
+    await reset();
+    const c = new pg.Client({ host: '127.0.0.1', port, user: ROLES.clerk, password: PASSWORD, database: 'postgres' });
+    await c.connect();
+    try {
+      // warm-up: the first COPY loads keys and the catalog
+      await copyIn(c, 'COPY employees (id, name, my_number) FROM STDIN', [Buffer.from(`0\tw\t${mn(99_999_999_999)}\n`)]);
+      const base = rssOf(child!.pid);
+      let peak = base;
+      const sampler = setInterval(() => {
+        peak = Math.max(peak, rssOf(child!.pid));
+      }, 50);
+      function* rows(): Generator<Buffer> {
+        let buf = '';
+        for (let i = 1; i <= N; i++) {
+          buf += `${i}\temployee ${i}\t${mn(i)}\n`;
+          if (buf.length >= 65_000) {
+            yield Buffer.from(buf);
+            buf = '';
+          }
+        }
+        if (buf) yield Buffer.from(buf);
+      }
+      const t0 = performance.now();
+      const n = await copyIn(c, 'COPY employees (id, name, my_number) FROM STDIN', rowsLazy(rows));
+      const secs = (performance.now() - t0) / 1000;
+      clearInterval(sampler);
+      peak = Math.max(peak, rssOf(child!.pid));
+      const growth = (peak - base) / 1024 / 1024;
+      console.log(`COPY FROM ${N} rows through mamori: ${secs.toFixed(1)} s (${Math.round(N / secs)} rows/s); mamori RSS ${(base / 1048576).toFixed(0)} → peak ${(peak / 1048576).toFixed(0)} MiB (+${growth.toFixed(1)} MiB)`);
+      assert.equal(n, N);
+      assert.ok(growth < 60, `RSS grew by ${growth.toFixed(1)} MiB`);
+      const r = await s.cluster.query("SELECT count(*)::int AS n, count(*) FILTER (WHERE substr(my_number::bytea, 1, 3) = '\\xff6d01'::bytea)::int AS cells FROM public.employees WHERE id > 0");
+      assert.deepEqual(r.rows[0], { n: N, cells: N });
+    } finally {
+      await c.end();
+    }
+  });
+});
+
+/** The generator itself (pipeline pulls lazily, so only a chunk at a time exists in the test process). */
+function rowsLazy(gen: () => Generator<Buffer>): Iterable<Buffer> {
+  return { [Symbol.iterator]: gen };
+}
