@@ -193,6 +193,47 @@ export async function backfill(pool: pg.Pool, s: MigrationSpec, opts: BackfillOp
   return progress;
 }
 
+/**
+ * Reads every value still in the old column (keyset order, no locks beyond a plain SELECT) and checks it
+ * with `check`, before anything is changed: invalid values are found while the operator can still fix them
+ * (once the guard trigger is in place, writing a value to the column is refused). Keeps the first `keep`.
+ */
+export async function scanInvalid(
+  db: Pick<pg.Pool, 'query'>,
+  s: Pick<MigrationSpec, 'table' | 'column' | 'pk' | 'readAs'>,
+  check: (old: Buffer | string) => string | null,
+  opts: { batchSize?: number; keep?: number } = {},
+): Promise<{ count: number; first: { key: string; reason: string }[] }> {
+  const t = tableSql(s.table);
+  const col = qi(s.column);
+  const batch = opts.batchSize ?? 5000;
+  const keep = opts.keep ?? 20;
+  const pkList = s.pk.map((p) => qi(p.name)).join(', ');
+  const pkText = s.pk.map((p, i) => `${qi(p.name)}::text AS k${i}`).join(', ');
+  const out = { count: 0, first: [] as { key: string; reason: string }[] };
+  let last: string[] | null = null;
+  for (;;) {
+    const params: unknown[] = [];
+    let after = '';
+    if (last) {
+      after = ` AND (${pkList}) > (${last.map((v, i) => (params.push(v), `$${i + 1}::${s.pk[i]!.type}`)).join(', ')})`;
+    }
+    params.push(batch);
+    const rows = await db.query<Record<string, string | Buffer>>(
+      `SELECT ${pkText}, ${col}::${s.readAs} AS old FROM ${t} WHERE ${col} IS NOT NULL${after} ORDER BY ${pkList} LIMIT $${params.length}`,
+      params,
+    );
+    if (rows.rows.length === 0) return out;
+    for (const row of rows.rows) {
+      last = s.pk.map((_, i) => row[`k${i}`] as string);
+      const why = check(row.old!);
+      if (why === null) continue;
+      out.count += 1;
+      if (out.first.length < keep) out.first.push({ key: last.join(','), reason: why });
+    }
+  }
+}
+
 export interface SwapResult {
   swapped: boolean;
   /** Rows still holding a value in the old column (the swap is not done while there are any). */

@@ -5,7 +5,7 @@ import type pg from 'pg';
 import type { Keyring } from '../../keyring/index.js';
 import { canonicalFromText, type LogicalTypeSpec } from '../../keyring/logical-types.js';
 import type { CellMode } from '../../keyring/cells/index.js';
-import { backfill, buildShadowIndexes, countRemaining, prepare, swap, vacuum, type BackfillOptions, type BackfillProgress, type MigrationSpec } from './migrate.js';
+import { backfill, buildShadowIndexes, countRemaining, scanInvalid, prepare, swap, vacuum, type BackfillOptions, type BackfillProgress, type MigrationSpec } from './migrate.js';
 import { inspectColumn, formatPlan, PLAIN_OLD_SUFFIX, SHADOW_SUFFIX, suffixed, type ColumnInspection, type TableRef } from './plan.js';
 import { ensureStateTable, readState, writeState, type ProtectedColumnRow } from './state.js';
 
@@ -95,6 +95,22 @@ export async function protectColumn(pool: pg.Pool, kr: Keyring, target: ProtectT
       return { ok: true, value: cell };
     },
   };
+  const bad = await scanInvalid(pool, spec, (old) => {
+    const c = canonicalFromText(target.type, typeof old === 'string' ? old : old.toString('utf8'));
+    if (!c.ok) return c.reason;
+    c.value.fill(0);
+    return null;
+  });
+  if (bad.count > 0) {
+    return {
+      status: 'refused',
+      reasons: [
+        `${bad.count} row(s) hold a value that is not a valid ${target.type.type}; nothing was changed. Fix them and run again (primary key: reason):`,
+        ...bad.first.map((b) => `  ${b.key}: ${b.reason}`),
+        ...(bad.count > bad.first.length ? [`  … and ${bad.count - bad.first.length} more`] : []),
+      ],
+    };
+  }
   const rows = await countRemaining(pool, spec);
   const plan = formatPlan({ verb: 'protect', column: target.path, inspection: { ...ins, notNull }, shadow, shadowType: guardType, rows });
   if (opts.confirm && !(await opts.confirm(plan))) return { status: 'declined', plan };

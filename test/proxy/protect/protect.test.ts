@@ -254,6 +254,34 @@ describe('protect a live column', () => {
     }
   });
 
+  test('refused before any change when a value is invalid: lists the primary key and reason, never the value', async () => {
+    await admin.query(`CREATE TABLE bad_t (id int PRIMARY KEY, my_number text)`);
+    const bad = myNumber(2).slice(0, 11) + String((Number(myNumber(2)[11]) + 1) % 10); // wrong check digit
+    await admin.query(`INSERT INTO bad_t VALUES (1, $1), (2, $2), (3, NULL)`, [myNumber(1), bad]);
+    const r = await protectColumn(admin, kr, target('bad_t'));
+    assert.equal(r.status, 'refused');
+    if (r.status === 'refused') {
+      assert.match(r.reasons[0]!, /^1 row\(s\) hold a value that is not a valid mynumber; nothing was changed/);
+      assert.match(r.reasons[1]!, /^ {2}2: .*check digit/);
+      assert.ok(!r.reasons.join('\n').includes(bad));
+    }
+    const cols = await admin.query(`SELECT count(*)::int AS n FROM pg_attribute WHERE attrelid = 'bad_t'::regclass AND attname LIKE '%mamori%'`);
+    assert.equal(cols.rows[0].n, 0);
+    // Fixed, it goes through.
+    await admin.query(`UPDATE bad_t SET my_number = $1 WHERE id = 2`, [myNumber(2)]);
+    const ok = await protectColumn(admin, kr, target('bad_t'));
+    assert.equal(ok.status, 'done');
+    const cells = await admin.query<{ id: number; c: Buffer | null }>(`SELECT id, my_number::bytea AS c FROM bad_t ORDER BY id`);
+    assert.deepEqual(await Promise.all(cells.rows.map(async (x) => x.c && (await kr.decrypt(x.c, 'public.bad_t.my_number'))?.toString('latin1'))), [myNumber(1), myNumber(2), null]);
+  });
+
+  test('a UNIQUE on a randomized column is refused (equal values encrypt differently)', async () => {
+    await admin.query(`CREATE TABLE rnd_t (id int PRIMARY KEY, my_number text UNIQUE)`);
+    const r = await protectColumn(admin, kr, { ...target('rnd_t'), mode: 'randomized' });
+    assert.equal(r.status, 'refused');
+    if (r.status === 'refused') assert.deepEqual(r.reasons, ['UNIQUE rnd_t_my_number_key on public.rnd_t depends on the column: a UNIQUE cannot hold on randomized cells (use mode deterministic)']);
+  });
+
   test('refused with a dependent view, naming it; nothing changes', async () => {
     const r = await protectColumn(admin, kr, target('viewed'));
     assert.equal(r.status, 'refused');
