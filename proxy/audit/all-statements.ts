@@ -47,8 +47,8 @@ export function recordAllStatements(inner: SessionHooks, trail: AuditTrail, onEr
       .catch(onError);
   };
   const after = (session: Session, sql: Buffer | null, d: Decision): Decision => {
-    // a transform means the policy took the statement as protected (its own records); a refusal is recorded by the session
-    if (sql && d.action !== 'refuse' && !d.transform) record(session, sql);
+    // statements with their own intent/completion records are skipped; a refusal is recorded by the session
+    if (sql && d.action !== 'refuse' && (d.transform as { recorded?: boolean } | undefined)?.recorded !== true) record(session, sql);
     return d;
   };
   return {

@@ -55,17 +55,19 @@ export function statementExtras(statements: readonly StatementPlan[]): Statement
 /** A handle whose completion also writes the deletion records, with the statement's row count. */
 export function withDeletions(handle: StatementHandle, audit: SessionAudit, deletions: readonly Deletion[], fingerprint: string, command: string): StatementHandle {
   if (deletions.length === 0) return handle;
+  let completed = false; // deletion records once, for the first (deciding) completion
   return {
     id: handle.id,
     async complete(outcome) {
       const done = handle.complete(outcome);
-      if (outcome.sqlstate === null) {
+      if (outcome.sqlstate === null && !completed) {
         for (const d of deletions) {
           void audit
             .record({ kind: 'deletion', table: d.table, how: d.how, rows: outcome.rows, fingerprint, command, columns: [], statement: handle.id } as never)
             .catch(() => undefined);
         }
       }
+      completed = true;
       await done;
     },
   };

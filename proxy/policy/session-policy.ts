@@ -750,7 +750,12 @@ class QueryResults implements ResultTransform {
     _unused: null,
   ) {
     this.subjects = handle ? policy.subjectCollector() : null;
+    this.recorded = handle !== null;
   }
+
+  /** True when this statement has its own intent/completion records (`statements: all` skips it). */
+  readonly recorded: boolean;
+  private failed = false;
 
   message(f: Frame): Buffer | null {
     switch (f.type) {
@@ -774,10 +779,12 @@ class QueryResults implements ResultTransform {
         return null;
       }
       case BE.ReadyForQuery:
-        void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
+        // once per Query: an ErrorResponse already completed it (the ReadyForQuery after it must not again)
+        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        this.failed = true;
         return null;
       default:
         return null;
@@ -794,7 +801,12 @@ class ExecuteResults implements ResultTransform {
     private readonly rewriter: RowRewriter | null,
     private readonly handle: StatementHandle | null,
     private readonly subjects: SubjectCollector | null = null,
-  ) {}
+  ) {
+    this.recorded = handle !== null;
+  }
+
+  /** True when this statement has its own intent/completion records (`statements: all` skips it). */
+  readonly recorded: boolean;
 
   message(f: Frame): Buffer | null {
     switch (f.type) {

@@ -295,17 +295,19 @@ describe('statements: all (real PostgreSQL)', () => {
       await c.query({ text: 'SELECT $1::text AS p', values: ['secret-param-2'] });
       await c.query(`INSERT INTO employees VALUES (7, 'x', '${WRITTEN}')`);
       await c.query('SELECT my_number FROM employees WHERE id = 7');
+      await c.query(`SELECT 'after-protected' AS later`); // a session that touched protected data: still recorded
       await c.end();
       await waitFor(() => records(dir).some((r) => r.kind === 'disconnect'));
       const rs = records(dir).filter((r) => r.kind === 'statement_intent') as (AuditRecord & { mode: string })[];
       const all = rs.filter((r) => r.mode === 'all').map((r) => r.fingerprint);
       assert.ok(all.includes("select ? as a, ? as b"), JSON.stringify(all));
       assert.ok(all.includes('select $1::text as p'), JSON.stringify(all));
+      assert.ok(all.includes('select ? as later'), JSON.stringify(all));
       const prot = rs.filter((r) => r.mode === 'protected').map((r) => r.command);
       assert.deepEqual(prot, ['INSERT', 'SELECT']);
       assert.ok(!all.some((f) => /employees/.test(f ?? '')), 'protected statements are not recorded twice');
       const raw = rawTrail(dir);
-      for (const v of ['secret-literal-1', '4242424242', 'secret-param-2', WRITTEN]) assert.ok(!raw.includes(v), `${v.slice(0, 6)}… reached the trail`);
+      for (const v of ['secret-literal-1', '4242424242', 'secret-param-2', 'after-protected', WRITTEN]) assert.ok(!raw.includes(v), `${v.slice(0, 6)}… reached the trail`);
     } finally {
       await stack.stop();
     }
