@@ -62,7 +62,6 @@ export async function protectColumn(pool: pg.Pool, kr: Keyring, target: ProtectT
   );
   if (!guard.rows[0]?.ok) return { status: 'refused', reasons: [`the guard domain ${guardType} is not installed in this database: run mamori setup-db first`] };
   const ins = await inspectColumn(pool, target.table, target.column, shadow, target.mode === 'deterministic');
-  await ensureStateTable(pool);
   const state = await readState(pool, ins.tableOid, target.column);
   if (ins.isGuard) {
     if (ins.shadowAttnum === null) return { status: 'nothing-to-do', message: `${target.path} is already stored as ${ins.type}` };
@@ -120,6 +119,7 @@ export async function protectColumn(pool: pg.Pool, kr: Keyring, target: ProtectT
   if (d.mode !== target.mode) return { status: 'refused', plan, reasons: [`key domain ${target.domain} is ${d.mode} but the column is configured ${target.mode}`] };
 
   const lockTimeoutMs = opts.lockTimeoutMs ?? 5000;
+  await ensureStateTable(pool); // only now: a declined or refused run changes nothing
   await prepare(pool, spec, lockTimeoutMs, (c) => writeState(c, stateRow(target, ins, notNull, 'protecting', state?.attnum ?? ins.attnum)));
   await buildShadowIndexes(pool, spec);
   const progress = await backfill(pool, spec, opts);

@@ -33,7 +33,6 @@ export function plaintextTypeOf(t: LogicalTypeSpec): string {
 export async function unprotectColumn(pool: pg.Pool, kr: Keyring, target: ProtectTarget, opts: MigrateOptions = {}): Promise<MigrateResult> {
   const shadow = suffixed(target.column, PLAIN_SHADOW_SUFFIX);
   const ins = await inspectColumn(pool, target.table, target.column, shadow, true);
-  await ensureStateTable(pool);
   const state = await readState(pool, ins.tableOid, target.column);
   if (!ins.isGuard) return { status: 'nothing-to-do', message: `${target.path} is stored as ${ins.type}, not in a guard domain: nothing to decrypt` };
   if (ins.blockers.length > 0) return { status: 'refused', reasons: ins.blockers };
@@ -84,6 +83,7 @@ export async function unprotectColumn(pool: pg.Pool, kr: Keyring, target: Protec
     keyDomain: target.domain,
     state: 'unprotecting' as const,
   };
+  await ensureStateTable(pool); // only now: a declined or refused run changes nothing
   await prepare(pool, spec, lockTimeoutMs, (c) => writeState(c, row));
   await buildShadowIndexes(pool, spec);
   const progress = await backfill(pool, spec, opts);
