@@ -18,9 +18,10 @@ export interface CliIo {
 const USAGE = `usage: mamori <command> [options]
 
 commands:
-  start [--config FILE] [--port N]
+  start [--config FILE] [--port N] [--metrics-port N]
                                  run the proxy (no --config: the embedded default, for trying it out);
-                                 --port overrides listen.port (0: any free port, printed at start)
+                                 --port overrides listen.port (0: any free port, printed at start);
+                                 --metrics-port overrides metrics.port (0: any free port)
   setup-db [--config FILE] [-d DB]
                                  install mamori's lookup function, guard domains and DDL epoch in a database (superuser via PGHOST/PGUSER/...)
   config check --config FILE     validate a configuration file
@@ -43,7 +44,7 @@ commands:
 export function parseArgs(args: string[]): { positional: string[]; options: Map<string, string | true> } {
   const positional: string[] = [];
   const options = new Map<string, string | true>();
-  const valued = new Set(['config', 'c', 'database', 'd', 'port']);
+  const valued = new Set(['config', 'c', 'database', 'd', 'port', 'metrics-port']);
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a.startsWith('--') && a.includes('=')) {
@@ -154,6 +155,11 @@ async function start(args: string[], io: CliIo): Promise<number> {
     io.stderr.write(`mamori: --port must be a port number (0-65535), got "${portText ?? ''}"\n`);
     return 2;
   }
+  const metricsText = opt(options, 'metrics-port');
+  if (options.get('metrics-port') === true || (metricsText !== undefined && !(/^\d{1,5}$/.test(metricsText) && Number(metricsText) <= 65535))) {
+    io.stderr.write(`mamori: --metrics-port must be a port number (0-65535), got "${metricsText ?? ''}"\n`);
+    return 2;
+  }
   let config: MamoriConfig;
   let secrets: ConfigSecrets;
   let embedded: Awaited<ReturnType<typeof import('./embedded.js')['startEmbedded']>> | null = null;
@@ -177,6 +183,7 @@ async function start(args: string[], io: CliIo): Promise<number> {
   }
   // --port wins over the file's listen.port (and the embedded default's 6432): tests and side-by-side runs.
   if (portOverride !== undefined) config = { ...config, listen: { ...config.listen, port: portOverride } };
+  if (metricsText !== undefined) config = { ...config, metrics: { ...config.metrics, port: Number(metricsText) } };
   let server: MamoriServer;
   try {
     server = await startMamori({ config, secrets, log });
@@ -208,6 +215,7 @@ async function start(args: string[], io: CliIo): Promise<number> {
       `    ${url('postgres')}`,
       '',
       `The audit trail is in ${dir}/audit; verify it with: mamori audit verify ${dir}/audit`,
+      ...(server.metricsPort !== null ? [`Metrics and health: http://${config.metrics.host}:${server.metricsPort}/metrics, /healthz, /readyz`] : []),
       '',
       'Stop with Ctrl-C.',
       '',

@@ -221,7 +221,7 @@ describe('the embedded default', () => {
     const cwd = mkdtempSync(join(tmpdir(), 'mamori-embedded-'));
     chmodSync(cwd, 0o755); // as root the embedded server runs as another OS user, which must reach ./.mamori
     try {
-      const m = runMamori(['start', '--port', '0'], { cwd, env: { ...process.env } });
+      const m = runMamori(['start', '--port', '0', '--metrics-port', '0'], { cwd, env: { ...process.env } });
       children.push(m);
       const line = await m.waitFor(/mamori is listening on ([\d.]+):(\d+)/, 150_000);
       const port = Number(line[2]);
