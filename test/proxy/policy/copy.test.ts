@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { connect as netConnect } from 'node:net';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -246,7 +246,7 @@ describe('a large COPY through mamori as its own process: bounded memory', () =>
     }
   });
 
-  test(`${N.toLocaleString('en')} rows, 64 KiB CopyData: all stored as cells, mamori RSS grows by < 60 MiB`, async () => {
+  test(`${N.toLocaleString('en')} rows, 64 KiB CopyData: all stored as cells, mamori RSS stays bounded (< 150 MiB growth)`, async () => {
     await reset();
     const c = new pg.Client({ host: '127.0.0.1', port, user: ROLES.clerk, password: PASSWORD, database: 'postgres' });
     await c.connect();
@@ -270,14 +270,18 @@ describe('a large COPY through mamori as its own process: bounded memory', () =>
         if (buf) yield Buffer.from(buf);
       }
       const t0 = performance.now();
+      const cpu0 = cpuSecondsOf(child!.pid);
       const n = await copyIn(c, 'COPY employees (id, name, my_number) FROM STDIN', rowsLazy(rows));
       const secs = (performance.now() - t0) / 1000;
+      const cpu = cpuSecondsOf(child!.pid) - cpu0;
       clearInterval(sampler);
       peak = Math.max(peak, rssOf(child!.pid));
       const growth = (peak - base) / 1024 / 1024;
-      console.log(`COPY FROM ${N} rows through mamori: ${secs.toFixed(1)} s (${Math.round(N / secs)} rows/s); mamori RSS ${(base / 1048576).toFixed(0)} → peak ${(peak / 1048576).toFixed(0)} MiB (+${growth.toFixed(1)} MiB)`);
+      console.log(`COPY FROM ${N} rows through mamori: ${secs.toFixed(1)} s (${Math.round(N / secs)} rows/s), mamori CPU ${cpu.toFixed(1)} s (${Math.round(N / cpu)} rows per CPU-second); mamori RSS ${(base / 1048576).toFixed(0)} → peak ${(peak / 1048576).toFixed(0)} MiB (+${growth.toFixed(1)} MiB)`);
       assert.equal(n, N);
-      assert.ok(growth < 60, `RSS grew by ${growth.toFixed(1)} MiB`);
+      // V8 lets garbage pile up under this allocation rate before a major GC: measured +25…121 MiB at 1 M rows,
+      // +61 at 300 k, +29 at 2 M (no growth with N); without upstream backpressure it was +232 MiB at 1 M.
+      assert.ok(growth < 150, `RSS grew by ${growth.toFixed(1)} MiB`);
       const r = await s.cluster.query("SELECT count(*)::int AS n, count(*) FILTER (WHERE substr(my_number::bytea, 1, 3) = '\\xff6d01'::bytea)::int AS cells FROM public.employees WHERE id > 0");
       assert.deepEqual(r.rows[0], { n: N, cells: N });
     } finally {
@@ -285,6 +289,12 @@ describe('a large COPY through mamori as its own process: bounded memory', () =>
     }
   });
 });
+
+/** utime + stime of a process, from /proc (clock ticks of 10 ms). */
+function cpuSecondsOf(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
 
 /** The generator itself (pipeline pulls lazily, so only a chunk at a time exists in the test process). */
 function rowsLazy(gen: () => Generator<Buffer>): Iterable<Buffer> {
