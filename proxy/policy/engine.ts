@@ -34,9 +34,45 @@ export interface EngineOptions {
 
 interface CatalogEntry {
   catalog: DatabaseCatalog;
+  /**
+   * The catalog without shadow-mode columns (`enforce: false` and still stored as plaintext): what the
+   * decisions that are enforced are made against. Equal to `catalog` when there are none.
+   */
+  enforced: DatabaseCatalog;
+  /** Shadow-mode columns exist: statements are also analysed against the full catalog, and that decision logged. */
+  hasShadow: boolean;
   names: ProtectedNameIndex;
   stale: boolean;
   loading: Promise<void> | null;
+}
+
+/** The catalog less shadow-mode columns (`enforce: false` and not yet stored as cells). */
+function enforcedCatalog(catalog: DatabaseCatalog, columns: ColumnsConfig): { enforced: DatabaseCatalog; hasShadow: boolean } {
+  const shadow = (c: ProtectedColumn): boolean => {
+    if (c.tableOid === undefined || c.attnum === undefined) return false;
+    const key = catalog.byOrigin(c.tableOid, c.attnum)?.policyKey;
+    const storage = catalog.storage.get(`${c.tableOid}:${c.attnum}`);
+    return key !== undefined && columns[key]?.enforce === false && storage?.kind === 'plaintext';
+  };
+  const protectedColumns = catalog.protectedColumns.filter((c) => !shadow(c));
+  if (protectedColumns.length === catalog.protectedColumns.length) return { enforced: catalog, hasShadow: false };
+  return {
+    enforced: {
+      ...catalog,
+      protectedColumns,
+      protectedViews: (catalog.protectedViews ?? []).filter((v) => !shadow(v.source)),
+      derivedViewColumns: catalog.derivedViewColumns.filter((v) => !shadow(v.source)),
+      byOrigin: (oid, attnum) => {
+        const f = catalog.byOrigin(oid, attnum);
+        return f && !shadow(f.column) ? f : undefined;
+      },
+      derivedByOrigin: (oid, attnum) => {
+        const f = catalog.derivedByOrigin(oid, attnum);
+        return f && !shadow(f.column) ? f : undefined;
+      },
+    },
+    hasShadow: true,
+  };
 }
 
 /** Protected columns of the configuration, by their config key and by key-domain id. */
@@ -194,13 +230,14 @@ export class PolicyEngine {
         await this.listen(database); // before loading, so no DDL between load and LISTEN goes unheard
         const catalog = await loadCatalog(client, this.opts.config.columns, database);
         for (const p of catalog.problems) this.opts.log.warn({ database, column: p.column, problem: p.problem }, 'catalog problem');
-        this.catalogs.set(database, { catalog, names: buildNameIndex(catalog.names), stale: false, loading: null });
+        const { enforced, hasShadow } = enforcedCatalog(catalog, this.opts.config.columns);
+        this.catalogs.set(database, { catalog, enforced, hasShadow, names: buildNameIndex(catalog.names), stale: false, loading: null });
       } finally {
         await client.end().catch(() => undefined);
       }
     })();
     if (entry) entry.loading = load;
-    else this.catalogs.set(database, { catalog: null as never, names: null as never, stale: true, loading: load });
+    else this.catalogs.set(database, { catalog: null as never, enforced: null as never, hasShadow: false, names: null as never, stale: true, loading: load });
     try {
       await load;
     } catch (err) {

@@ -214,7 +214,9 @@ export class SessionPolicy {
    */
   private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity } | MamoriError> {
     const entry = await this.engine.catalog(this.session.database);
-    const catalog = entry.catalog;
+    // Enforced decisions leave out shadow-mode columns (enforce: false, still plaintext): their decision is
+    // computed against the full catalog below and logged, never enforced.
+    const catalog = entry.enforced;
     const identity = await this.ensureIdentity();
     const role = this.rolePolicy(identity, catalog);
     const path = await this.searchPathFor(catalog);
@@ -237,7 +239,25 @@ export class SessionPolicy {
       standardConformingStrings: ctx.standardConformingStrings, clientEncoding: ctx.clientEncoding,
       maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
     }, ctx, analyse);
+    if (entry.hasShadow) this.shadowDecision(sql, { ...ctx, catalog: entry.catalog, role: this.rolePolicy(identity, entry.catalog) }, analysis);
     return { analysis, catalog, role, identity };
+  }
+
+  /**
+   * Shadow mode: what the full policy would decide for columns with `enforce: false`, logged (never values)
+   * when it differs from what is enforced, so an application's statements can be checked before `protect`.
+   */
+  private shadowDecision(sql: Buffer, ctx: AnalysisContext, enforced: Analysis): void {
+    const full = analyse(sql, ctx);
+    const columns = full.kind === 'protected'
+      ? full.statements.flatMap((st) => st.touched.map((t) => `${qualified(t.column)}:${t.uses.includes('read') || t.uses.includes('returning') ? ctx.role.read(t.column) : t.uses.join('+')}`))
+      : [];
+    if (full.kind === enforced.kind && columns.length === 0) return;
+    this.engine.log.info({
+      session: this.session.id, user: this.session.user, fingerprint: fingerprint(sql), shadow: true,
+      decision: full.kind === 'refuse' ? 'would refuse' : 'would allow',
+      ...(full.kind === 'refuse' ? { sqlstate: full.sqlstate, reason: full.message } : { columns }),
+    }, 'shadow-mode decision');
   }
 
   private mayTouch(sql: Buffer): boolean | null {
@@ -597,7 +617,7 @@ export class SessionPolicy {
     try {
       const entry = await this.engine.catalog(this.session.database);
       for (const c of collected) {
-        const cc = this.columnConfig(c.col, entry.catalog);
+        const cc = this.columnConfig(c.col, entry.enforced);
         if (!cc) return refusal('0A000', `column ${qualified(c.col)} has no policy`);
         c.domain = cc.keyDomain;
       }
@@ -628,14 +648,14 @@ export class SessionPolicy {
     if (!plan) return FORWARD;
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
-    const role = this.rolePolicy(identity, entry.catalog);
+    const role = this.rolePolicy(identity, entry.enforced);
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type === BE.ParameterDescription && plan.params.length > 0) {
           return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
         }
         if (f.type === BE.RowDescription) {
-          const plans = this.fieldPlans(f.body, entry.catalog, role);
+          const plans = this.fieldPlans(f.body, entry.enforced, role);
           return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
         }
         return null;
@@ -648,12 +668,12 @@ export class SessionPolicy {
     void formats;
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
-    const role = this.rolePolicy(identity, entry.catalog);
+    const role = this.rolePolicy(identity, entry.enforced);
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type !== BE.RowDescription) return null;
         this.portalShapes.set(name, Buffer.from(f.body));
-        const plans = this.fieldPlans(f.body, entry.catalog, role);
+        const plans = this.fieldPlans(f.body, entry.enforced, role);
         return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
       },
     };
@@ -672,12 +692,12 @@ export class SessionPolicy {
     await this.engine.refreshKeys(); // versions added by another process (mamori keys rotate) since the Parse
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
-    const role = this.rolePolicy(identity, entry.catalog);
+    const role = this.rolePolicy(identity, entry.enforced);
     const plan = bound?.plan ?? null;
     if (plan?.copy) {
       const h = await this.intentFor(plan, bound?.subjects);
       if (h instanceof MamoriError) return { action: 'refuse', error: h };
-      const t = this.copyTransform(plan.copy, entry.catalog, role, h);
+      const t = this.copyTransform(plan.copy, entry.enforced, role, h);
       return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
     }
     // The rows' shape: from the client's own Describe of this portal, else mamori asks the server first.
@@ -688,7 +708,7 @@ export class SessionPolicy {
     let rewriterPlans: FieldPlan[] = [];
     if (shape) {
       try {
-        rewriterPlans = this.fieldPlans(shape, entry.catalog, role);
+        rewriterPlans = this.fieldPlans(shape, entry.enforced, role);
       } catch (err) {
         if (err instanceof MamoriError) return { action: 'refuse', error: err };
         throw err;
