@@ -41,6 +41,7 @@ export interface CopyInOptions {
 /** One COPY FROM STDIN in progress: the client's CopyData/CopyDone/CopyFail and the server's answer. */
 export class CopyInStream implements ResultTransform {
   private failure: MamoriError | null = null;
+  private failSent = false;
   private finished = false;
   private ended = false;
 
@@ -54,6 +55,7 @@ export class CopyInStream implements ResultTransform {
   clientMessage(f: Frame): Decision | Promise<Decision> {
     // After mamori's CopyFail (or the client's own CopyDone/CopyFail) the rest of the client's copy
     // messages are dropped: the server has left copy mode.
+    if (this.failure && !this.failSent) return this.fail(this.failure);
     if (this.failure || this.finished) return DROP;
     switch (f.type) {
       case 0x64: // CopyData
@@ -90,6 +92,7 @@ export class CopyInStream implements ResultTransform {
 
   private fail(err: MamoriError): Decision {
     this.failure = err;
+    this.failSent = true;
     return { action: 'replace', raw: encodeCopyFail(err.message) };
   }
 
