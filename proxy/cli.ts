@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { formatConfigIssues, loadConfig } from '../config/load.js';
+import { watchConfig } from '../config/reload.js';
 import type { MamoriConfig } from '../config/schema.js';
 import type { ConfigSecrets } from '../config/load.js';
 import { createLogger, type Logger } from './log.js';
@@ -232,9 +233,27 @@ async function start(args: string[], io: CliIo): Promise<number> {
         resolve(0);
       });
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => void server.reload());
+    // The policy (columns, approvals, admin roles, search limits) reloads on SIGHUP and when the file changes:
+    // validated against the schema and the catalog first; a bad file is refused and the old policy stays.
+    const watcher = file && server.engine ? watchConfig(file, {
+      initial: { config, secrets },
+      logger: log,
+      validate: (next) => server.engine!.validatePolicy(next),
+      onChange: (next) => server.engine!.applyPolicy(next),
+      onError: () => undefined, // logged by the watcher with the reasons
+    }) : null;
+    process.on('SIGTERM', () => {
+      watcher?.close();
+      stop('SIGTERM');
+    });
+    process.on('SIGINT', () => {
+      watcher?.close();
+      stop('SIGINT');
+    });
+    process.on('SIGHUP', () => {
+      void server.reload();
+      void watcher?.reload();
+    });
   });
 }
 

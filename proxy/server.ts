@@ -34,6 +34,8 @@ export interface MamoriServer {
   readonly metricsPort: number | null;
   /** Re-reads the client-leg certificate and key (SIGHUP). */
   reloadTls(): void;
+  /** The column-policy engine, when columns are configured (config reloads go through it). */
+  readonly engine: PolicyEngine | null;
   /** SIGHUP: the certificate (reloadTls) and the keystore (new key versions, rotation flags). */
   reload(): Promise<void>;
   /** Stops accepting, lets sessions finish up to the grace period, then ends the rest. */
@@ -268,6 +270,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
     get connections() {
       return sessions.size + pendingStartups;
     },
+    engine: policy?.engine ?? null,
     reloadTls() {
       if (!config.tls) return;
       try {

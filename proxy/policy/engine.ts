@@ -2,6 +2,7 @@
 // each database (refreshed when the DDL epoch moves), role membership, the security officer's approvals, the
 // unwrapped keys — and gives the listener the SessionHooks that apply the column policies to each session
 // (proxy/policy/session-policy.ts).
+import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { MamoriConfig } from '../../config/schema.js';
@@ -148,6 +149,43 @@ export class PolicyEngine {
 
   get config(): MamoriConfig {
     return this.opts.config;
+  }
+
+  /**
+   * Checks a new policy against the catalog of every database served so far: each configured column must
+   * exist. Returns the problems (empty: acceptable).
+   */
+  async validatePolicy(config: MamoriConfig): Promise<{ path: string; message: string }[]> {
+    const issues: { path: string; message: string }[] = [];
+    for (const database of this.catalogs.keys()) {
+      const client = new pg.Client({ ...this.opts.control, database });
+      await client.connect();
+      try {
+        const catalog = await loadCatalog(client, config.columns, database);
+        for (const p of catalog.problems) {
+          if (/does not exist|no such|missing/i.test(p.problem)) issues.push({ path: `columns["${p.column}"]`, message: `${p.problem} (database ${database})` });
+        }
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    }
+    return issues;
+  }
+
+  /**
+   * Applies a new policy (columns, approvals, admin roles, search limits) to every session from its next
+   * statement: new key domains are created, catalogs reloaded, cached decisions dropped.
+   */
+  async applyPolicy(config: MamoriConfig): Promise<void> {
+    for (const col of Object.values(config.columns)) {
+      await this.keys.ensureDomain(col.keyDomain, col.mode);
+      await this.keys.load(col.keyDomain);
+    }
+    (this.opts as { config: MamoriConfig }).config = config;
+    for (const e of this.catalogs.values()) e.stale = true;
+    this.analysisCache.clear();
+    void this.opts.audit?.append({ kind: 'policy_reload', ok: true, digest: policyDigest(config) } as never).catch(() => undefined);
+    this.opts.log.info({ columns: Object.keys(config.columns).length }, 'policy reloaded');
   }
 
   get log(): Logger {
@@ -330,6 +368,12 @@ export class PolicyEngine {
     for (const l of this.listeners.values()) await l.end().catch(() => undefined);
     await this.pool.end().catch(() => undefined);
   }
+}
+
+/** A short digest of the policy parts of a configuration, for the audit record of a reload. */
+function policyDigest(config: MamoriConfig): string {
+  const body = JSON.stringify({ columns: config.columns, approval: config.approval, adminRoles: config.adminRoles, search: config.search });
+  return createHash('sha256').update(body).digest('hex').slice(0, 16);
 }
 
 function findByRef(columns: ColumnsConfig, col: ProtectedColumn): ColumnConfig | undefined {
