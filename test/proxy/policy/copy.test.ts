@@ -127,6 +127,10 @@ describe('COPY FROM STDIN', () => {
         { id: 13, name: 'b', my_number: mn(13) },
       ]);
     }
+    // a delimiter that occurs in hex: the cell is quoted, and the server reads it back as the same cell
+    await reset();
+    assert.equal(await copyIn(clerk, "COPY employees (id, my_number, name) FROM STDIN (FORMAT csv, DELIMITER 'a')", bytes(`20a${mn(20)}abob\n`)), 1);
+    assert.deepEqual((await clerk.query('SELECT id, name, my_number FROM employees')).rows, [{ id: 20, name: 'bob', my_number: mn(20) }]);
     // HEADER MATCH is still checked by the server
     await assert.rejects(copyIn(clerk, sql, [Buffer.from('id;nom;my_number\n')]), /column name mismatch/);
   });
