@@ -473,8 +473,9 @@ export class SessionPolicy {
     const sql = Buffer.from(p.sql, 'utf8');
     const may = this.mayTouch(sql);
     if (may === false && !this.roleChangedAtStartup) {
-      this.trackParse(p.name, null);
-      return FORWARD;
+      // The outcome must settle the pending entry: a Bind after a Sync (libpq's PQprepare, then
+      // PQexecPrepared) waits for it in statementPlan(); dropping onOutcome made it wait forever.
+      return this.trackParse(p.name, null);
     }
     return this.parseSlow(frame, p.name, sql, p.paramTypes);
   }
@@ -785,8 +786,9 @@ class QueryResults implements ResultTransform {
           this.rewriter = null;
           return null;
         }
-        const n = decodeRowDescription(f.body).fields.length;
-        this.rewriter = this.policy.rewriter(plans, new Array<number>(n).fill(0), this.subjects);
+        // A simple Query's RowDescription carries the real formats (binary for a BINARY cursor's FETCH).
+        const formats = decodeRowDescription(f.body).fields.map((x) => x.format);
+        this.rewriter = this.policy.rewriter(plans, formats, this.subjects);
         return rewriteRowDescription(f.body, plans);
       }
       case BE.DataRow:
