@@ -137,3 +137,17 @@ test('a unique violation on the protected column is reported without the DETAIL 
     await c.end();
   }
 });
+
+test('a session that changes its role at startup (-c role=…) gets no protected data; identity stays the login', async () => {
+  const c = await s.connect(ROLES.clerk, { options: `-c role=${ROLES.clerk}` });
+  try {
+    await assert.rejects(c.query('SELECT my_number FROM employees WHERE id = 1'), (e: pg.DatabaseError) => {
+      assert.equal(e.code, '42501');
+      assert.match(e.message, /role at startup/);
+      return true;
+    });
+    assert.equal((await c.query('SELECT name FROM employees WHERE id = 1')).rows[0].name, 'Sato');
+  } finally {
+    await c.end();
+  }
+});
