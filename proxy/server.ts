@@ -13,6 +13,7 @@ import type { ConfigSecrets } from '../config/load.js';
 import { errorResponse, MamoriError, PG_ERRORS } from './errors.js';
 import { fetchVerifier } from './session/auth-lookup.js';
 import { readStartup } from './session/startup.js';
+import { parseCaBundle, verifyClientCertificate } from './session/client-cert.js';
 import { Session, type SessionHooks } from './session/session.js';
 import { openUpstream, tlsOptionsFor, type UpstreamTarget } from './session/upstream.js';
 import type { ScramVerifier } from './session/scram.js';
@@ -139,6 +140,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
     ? recordAllStatements(baseHooks, trail, () => undefined) // failures are counted by the trail (lost/refused metrics)
     : baseHooks;
   let tls: TlsState | null = config.tls ? loadTls(config.tls) : null;
+  let clientCas = config.tls?.clientCa ? parseCaBundle(readFileSync(config.tls.clientCa)) : [];
   const pool = new pg.Pool({ ...controlClientConfig(config, secrets, target), max: 4, idleTimeoutMillis: 30_000 });
   pool.on('error', (err) => log.warn({ err: err.message }, 'control connection error'));
   const fn = config.auth.lookupFunction;
@@ -212,7 +214,8 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
         const t = sock as TLSSocket;
         const peer = t.getPeerCertificate();
         if (peer && Object.keys(peer).length > 0) {
-          if (!t.authorized) {
+          if (!verifyClientCertificate(t, clientCas)) {
+            log.warn({ client: clientAddress }, 'client certificate refused: it does not chain to tls.clientCa');
             ops.observer.rejected('cert_required', clientAddress);
             return refuse(errorResponse(new MamoriError('invalid_authorization_specification',
               'the client certificate is not trusted', { severity: 'FATAL' })));
@@ -275,6 +278,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
       if (!config.tls) return;
       try {
         tls = loadTls(config.tls);
+        clientCas = config.tls.clientCa ? parseCaBundle(readFileSync(config.tls.clientCa)) : [];
         log.info('TLS certificate reloaded');
       } catch (err) {
         log.error({ err: (err as Error).message }, 'TLS certificate reload failed; keeping the old certificate');
