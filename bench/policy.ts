@@ -149,7 +149,9 @@ async function startStack(o: Options): Promise<Stack> {
   await cluster.query('CREATE TABLE public.enc (id int PRIMARY KEY, name text NOT NULL, my_number mamori.mynumber UNIQUE)');
   await cluster.query('CREATE TABLE public.plain (id int PRIMARY KEY, name text NOT NULL, my_number text UNIQUE)');
   await cluster.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON public.enc, public.plain TO ${BENCH_USER}`);
-  const child = spawn(process.execPath, [cli, 'start', '--config', configPath], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // BENCH_MAMORI_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the mamori child (written on exit).
+  const nodeArgs = (process.env.BENCH_MAMORI_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, cli, 'start', '--config', configPath], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let tail = '';
   child.stdout.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-3000)));
   child.stderr.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-3000)));
