@@ -13,6 +13,9 @@ export async function startAnotherMamori(stack: Stack, overrides: MamoriConfigIn
     listen: { host: '127.0.0.1', port: 0 },
     ...(base.tls ? { tls: { cert: base.tls.cert, key: base.tls.key } } : {}),
     upstream: base.upstream,
+    // Like the stack: no audit trail in the cwd, no metrics listener on the fixed default port.
+    audit: { statements: 'none' },
+    metrics: { enabled: false },
     ...overrides,
   } as MamoriConfigInput);
   const log = pino({ level: 'debug' }, { write: (s: string) => { logLines.push(s); } });
