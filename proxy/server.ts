@@ -250,18 +250,28 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
     void handle(sock);
   });
   server.maxConnections = limits.maxConnections * 2 + 16; // hard backstop; the limit proper is PostgreSQL-worded
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
-      resolve();
+  let metricsPort: number | null;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.listen.port, config.listen.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
-  const metricsPort = await ops.startHttp({
-    upstream: () => tcpReachable(target.host, target.port),
-    ...(policy ? { keyring: () => policy.keyringReady(), catalog: () => policy.engine.catalogFresh() } : {}),
-    ...(trail ? { audit: () => trail.writable() } : {}),
-  });
+    metricsPort = await ops.startHttp({
+      upstream: () => tcpReachable(target.host, target.port),
+      ...(policy ? { keyring: () => policy.keyringReady(), catalog: () => policy.engine.catalogFresh() } : {}),
+      ...(trail ? { audit: () => trail.writable() } : {}),
+    });
+  } catch (err) {
+    // A port in use (say): release everything already opened so the process can report it and exit.
+    server.close();
+    await pool.end().catch(() => undefined);
+    await policy?.close().catch(() => undefined);
+    await ownTrail?.close().catch(() => undefined);
+    throw err;
+  }
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.listen.port;
   log.info({ host: config.listen.host, port, upstream: `${target.host}:${target.port}`, tls: Boolean(tls) }, 'mamori listening');
