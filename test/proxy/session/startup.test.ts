@@ -57,7 +57,7 @@ before(async () => {
   ].join('\n'));
   await stack.cluster.query('select pg_reload_conf()');
   const config = defaultConfig({
-    listen: { host, port: 0 },
+    listen: { host, port: 0 }, metrics: { enabled: false }, audit: { statements: 'none' },
     upstream: { host: stack.cluster.host, port: stack.cluster.port, tls: { mode: 'verify-full', ca: stack.cluster.caCertPath, servername: 'localhost' } },
   } as MamoriConfigInput);
   plainMamori = await startMamori({
