@@ -35,10 +35,10 @@ const TARGETS: Record<Workload, Record<Mode, number | null>> = {
   insert: { prepared: 0.7, simple: 0.7 },
 };
 
-interface Options { rounds: number; seconds: number; clients: number; jobs: number; rows: number; out: string | null; workloads: Workload[] }
+interface Options { rounds: number; seconds: number; clients: number; jobs: number; rows: number; out: string | null; workloads: Workload[]; modes: Mode[]; tables: Table[] }
 
 function options(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 6, clients: 8, jobs: 2, rows: 10_000, out: null, workloads: WORKLOADS };
+  const o: Options = { rounds: 3, seconds: 6, clients: 8, jobs: 2, rows: 10_000, out: null, workloads: WORKLOADS, modes: MODES, tables: ['enc', 'plain'] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const next = (): number => {
@@ -53,8 +53,10 @@ function options(argv: string[]): Options {
     else if (a === '--jobs') o.jobs = next();
     else if (a === '--rows') o.rows = next();
     else if (a === '--out') o.out = argv[++i] ?? null;
+    else if (a === '--modes') o.modes = (argv[++i] ?? '').split(',').filter((x): x is Mode => (MODES as string[]).includes(x));
+    else if (a === '--tables') o.tables = (argv[++i] ?? '').split(',').filter((x): x is Table => x === 'enc' || x === 'plain');
     else if (a === '--workloads') o.workloads = (argv[++i] ?? '').split(',').filter((x): x is Workload => (WORKLOADS as string[]).includes(x));
-    else throw new Error(`usage: npm run bench:policy -- [--quick] [--rounds N] [--seconds N] [--clients N] [--jobs N] [--rows N] [--workloads pk,number,insert] [--out FILE]`);
+    else throw new Error(`usage: npm run bench:policy -- [--quick] [--rounds N] [--seconds N] [--clients N] [--jobs N] [--rows N] [--workloads pk,number,insert] [--modes prepared,simple] [--tables enc,plain] [--out FILE]`);
   }
   return o;
 }
@@ -236,9 +238,9 @@ async function main(): Promise<void> {
   try {
     for (let round = 1; round <= o.rounds; round++) {
       for (const w of o.workloads) {
-        for (const mode of MODES) {
+        for (const mode of o.modes) {
           const order: Table[] = round % 2 === 1 ? ['enc', 'plain'] : ['plain', 'enc'];
-          for (const table of order) {
+          for (const table of order.filter((x) => o.tables.includes(x))) {
             const r = await runOnce(s, o, round, w, mode, table);
             records.push(r);
             console.log(`  round ${round} ${w.padEnd(6)} ${mode.padEnd(8)} ${table.padEnd(5)} tps ${fmt(r.tps).padStart(6)}  mamori CPU µs/stmt ${fmt(r.mamoriCpuUsPerStatement).padStart(4)}  load ${r.load1.toFixed(1)}${r.error ? `  ERROR ${r.error}` : ''}`);
