@@ -50,6 +50,8 @@ interface StatementPlanInfo {
 
 const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
 
+const TEXT_TYPES = new Set(['text', 'varchar', 'char']);
+
 const NO_PLAN_PORTAL = { plan: null, formats: [] as readonly number[] };
 
 const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
@@ -427,6 +429,13 @@ export class SessionPolicy {
       const cc = this.engine.config.columns[pf.policyKey];
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
+      }
+      // Plaintext is rendered as UTF-8: text columns (which may hold any characters) are refused to a session
+      // whose client_encoding differs rather than sent in the wrong encoding. My Numbers, integers and dates
+      // are ASCII and need no conversion.
+      const enc = (this.session.params.get('client_encoding') ?? 'UTF8').toUpperCase();
+      if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
+        throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is rendered only with client_encoding UTF8 (the session uses ${enc})`);
       }
       plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain) });
     });
