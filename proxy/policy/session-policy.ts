@@ -46,6 +46,12 @@ interface StatementPlanInfo {
   search?: ProtectedColumn | null;
   /** A COPY of a protected table (its data is rewritten by proxy/policy/copy-stream.ts). */
   copy?: CopyPlan;
+  /**
+   * The statement's result shape (RowDescription) as last described, with the catalog it was mapped under:
+   * later Executes of its portals reuse it instead of a Describe round trip (origins do not change while
+   * the catalog epoch stays; a DDL moves it).
+   */
+  shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
 }
 
 const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
@@ -710,9 +716,17 @@ export class SessionPolicy {
       const t = this.copyTransform(plan.copy, entry.enforced, role, h);
       return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
     }
-    // The rows' shape: from the client's own Describe of this portal, else mamori asks the server first.
+    // The rows' shape: from the client's own Describe of this portal, else the statement's cached shape,
+    // else mamori asks the server first (and caches it with the statement).
     let shape = this.portalShapes.get(portalName) ?? null;
-    if (!shape) shape = await this.describeFirst(portalName);
+    // (PostgreSQL re-analyses a prepared statement when search_path changes, so that is part of the key.)
+    const pathKey = (this.searchPath ?? []).join(',');
+    if (!shape && plan?.shape && plan.shape.catalogLoadedAt === entry.catalog.loadedAt && plan.shape.searchPath === pathKey) {
+      shape = plan.shape.rowDescription;
+    } else if (!shape) {
+      shape = await this.describeFirst(portalName);
+      if (plan) plan.shape = { rowDescription: shape, catalogLoadedAt: entry.catalog.loadedAt, searchPath: pathKey };
+    }
     const nfields = shape ? decodeRowDescription(shape).fields.length : 0;
     const formats = expandFormats(bound?.formats ?? [], nfields);
     let rewriterPlans: FieldPlan[] = [];

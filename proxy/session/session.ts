@@ -381,6 +381,19 @@ export class Session {
     if (side === 'client') this.bytesIn += chunk.length;
     else this.bytesOut += chunk.length;
     this.env.events?.bytes?.(side === 'client' ? 'client' : 'upstream', chunk.length);
+    // The messages of one client read go upstream in one write (libpq and drivers send Parse/Bind/
+    // Describe/Execute/Sync together), instead of one syscall each.
+    const up = side === 'client' ? this.upstream : null;
+    up?.cork();
+    try {
+      this.pushFrames(framer, chunk, side);
+    } finally {
+      up?.uncork();
+    }
+    this.flushOut();
+  }
+
+  private pushFrames(framer: Framer, chunk: Buffer, side: 'client' | 'server'): void {
     try {
       framer.push(chunk);
     } catch (err) {
@@ -407,7 +420,6 @@ export class Session {
       this.out = [];
       this.fatal(errorResponse(new MamoriError(me.code, me.message, { severity: 'FATAL' })), 'session error');
     }
-    this.flushOut();
   }
 
   // Server → client ------------------------------------------------------------------------------
@@ -500,7 +512,10 @@ export class Session {
         (err: unknown) => this.apply(frame, { action: 'refuse', error: toMamoriError(err) }),
       ).finally(() => {
         this.deciding = false;
+        const upstream = this.upstream;
+        upstream?.cork();
         while (!this.deciding && this.held.length > 0) this.process(this.held.shift()!);
+        upstream?.uncork();
         // A congested upstream keeps the client paused: its 'drain' resumes it (else decided CopyData piles up).
         if (!this.deciding && !this.closed && this.upstream?.writableNeedDrain !== true) this.client.resume();
         this.flushOut();
