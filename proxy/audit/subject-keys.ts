@@ -24,6 +24,8 @@ async function keyFor(keyring: Keyring, domain: string, version: number): Promis
 /** The current subject key, kept unwrapped for the synchronous hash path and reloaded when the domain changes. */
 export class KeyringSubjectKeys implements SubjectKeySource {
   private current: { id: string; key: KeyObject } | null = null;
+  private version = 0;
+  private checkedAt = 0;
   private readonly onKey = (ev: KeyEvent): void => {
     if (ev.domain === this.domain && ev.type !== 'unwrap') void this.load().catch(() => undefined);
   };
@@ -46,9 +48,21 @@ export class KeyringSubjectKeys implements SubjectKeySource {
     const info = this.keyring.domain(this.domain);
     const key = await keyFor(this.keyring, this.domain, info.current);
     this.current = key ? { id: keyIdOf(this.domain, info.current), key } : null;
+    this.version = info.current;
   }
 
   subjectKey(): { id: string; key: KeyObject } {
+    // `mamori keys rotate mamori.subjects` in another process reaches this one through the keyring's reload,
+    // which emits no event here: look at the current version at most once a second and move to it
+    const now = Date.now();
+    if (now - this.checkedAt > 1000) {
+      this.checkedAt = now;
+      try {
+        if (this.keyring.domain(this.domain).current !== this.version) void this.load().catch(() => undefined);
+      } catch {
+        // keyring closed or domain gone: keep the key held until a load succeeds
+      }
+    }
     if (!this.current) throw new Error('no usable subject key');
     return this.current;
   }
