@@ -321,36 +321,13 @@ export class SessionPolicy {
     const limited = sqlPrepareRefusal(analysis.statements) ?? this.searchLimit.admit(searchedColumn(analysis.statements));
     if (limited) return { action: 'refuse', error: limited };
     // Literals bound for protected columns are validated, normalized and encrypted, then spliced in.
-    const edits = [];
-    const toEncrypt: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
-    const sites: { start: number; end: number }[] = [];
-    for (const st of analysis.statements) {
-      for (const lit of st.literals) {
-        if (lit.value === null) continue;
-        const cc = this.columnConfig(lit.column, catalog);
-        if (!cc) return refusal('0A000', `column ${qualified(lit.column)} has no policy`);
-        const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
-        if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
-        toEncrypt.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
-        sites.push({ start: lit.start, end: lit.end });
-      }
-    }
+    const lits = await this.encryptLiterals(analysis.statements, catalog);
+    if ('action' in lits) return lits;
+    const toEncrypt = lits.values;
     let raw: Buffer | null = null;
-    if (toEncrypt.length > 0) {
-      let cells: Buffer[];
-      try {
-        cells = await this.engine.keys.encryptAll(toEncrypt);
-      } catch (err) {
-        return refusal('55000', `protected column ${qualified(toEncrypt[0]!.col)} cannot be written now: ${(err as Error).message}`);
-      }
-      for (let i = 0; i < sites.length; i++) edits.push(byteaEdit(sites[i]!, cells[i]!));
-      let rewritten: Buffer;
-      try {
-        rewritten = rewrite(sql, edits);
-      } catch (err) {
-        this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
-        return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
-      }
+    if (lits.edits.length > 0) {
+      const rewritten = this.spliced(sql, lits.edits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
       raw = encodeQueryRaw(rewritten);
     }
     await this.loadKeysFor(analysis.statements, catalog);
@@ -365,6 +342,45 @@ export class SessionPolicy {
     const transform = new QueryResults(this, catalog, role, handle, null);
     transform.decision = decisionLabel(columns);
     return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
+  }
+
+  /**
+   * Literals bound for protected columns: validated and normalized per logical type, encrypted (counted,
+   * refused while the domain rotates), and turned into splice edits. A refusal Decision when one is invalid.
+   */
+  private async encryptLiterals(statements: readonly StatementPlan[], catalog: DatabaseCatalog): Promise<
+    { edits: ReturnType<typeof byteaEdit>[]; values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] } | Decision> {
+    const values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
+    const sites: { start: number; end: number }[] = [];
+    for (const st of statements) {
+      for (const lit of st.literals) {
+        if (lit.value === null) continue;
+        const cc = this.columnConfig(lit.column, catalog);
+        if (!cc) return refusal('0A000', `column ${qualified(lit.column)} has no policy`);
+        const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
+        if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
+        values.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
+        sites.push({ start: lit.start, end: lit.end });
+      }
+    }
+    if (values.length === 0) return { edits: [], values };
+    let cells: Buffer[];
+    try {
+      cells = await this.engine.keys.encryptAll(values);
+    } catch (err) {
+      return refusal('55000', `protected column ${qualified(values[0]!.col)} cannot be written now: ${(err as Error).message}`);
+    }
+    return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values };
+  }
+
+  /** Splices and verifies by re-parse; a refusal when verification fails (never a half-rewritten statement). */
+  private spliced(sql: Buffer, edits: Parameters<typeof rewrite>[1]): Buffer | Decision {
+    try {
+      return rewrite(sql, edits);
+    } catch (err) {
+      this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
+      return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
+    }
   }
 
   private refused(sqlstate: string, message: string, sql: Buffer): Decision {
@@ -526,8 +542,6 @@ export class SessionPolicy {
     if (unsupported) return { action: 'refuse', error: unsupported };
     const params: ParamPlan[] = [];
     const edits = [];
-    const literalEncrypt: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
-    const literalSites: { start: number; end: number }[] = [];
     for (const st of analysis.statements) {
       for (const ps of st.params) {
         const prev = params.find((x) => x.index === ps.index);
@@ -537,32 +551,15 @@ export class SessionPolicy {
         if (!prev) params.push({ index: ps.index, column: ps.column, purpose: ps.purpose, ...(ps.array ? { array: true } : {}) });
         if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
       }
-      for (const lit of st.literals) {
-        if (lit.value === null) continue;
-        const cc = this.columnConfig(lit.column, catalog);
-        if (!cc) return refusal('0A000', `column ${qualified(lit.column)} has no policy`);
-        const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
-        if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
-        literalEncrypt.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
-        literalSites.push({ start: lit.start, end: lit.end });
-      }
     }
-    if (literalEncrypt.length > 0) {
-      try {
-        const cells = await this.engine.keys.encryptAll(literalEncrypt);
-        literalSites.forEach((site, i) => edits.push(byteaEdit(site, cells[i]!)));
-      } catch (err) {
-        return refusal('55000', `protected column ${qualified(literalEncrypt[0]!.col)} cannot be written now: ${(err as Error).message}`);
-      }
-    }
+    const lits = await this.encryptLiterals(analysis.statements, catalog);
+    if ('action' in lits) return lits;
+    edits.push(...lits.edits);
     let newSql = sql;
     if (edits.length > 0) {
-      try {
-        newSql = rewrite(sql, edits);
-      } catch (err) {
-        this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
-        return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
-      }
+      const rewritten = this.spliced(sql, edits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
+      newSql = rewritten;
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')));
