@@ -25,9 +25,12 @@ if (files.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.MAMORI_TEST_CONCURRENCY ?? '2';
+// A test that waits forever fails after this long instead of holding up the whole run (the slowest test, the
+// embedded default's first start, takes well under it).
+const timeout = process.env.MAMORI_TEST_TIMEOUT_MS ?? '240000';
 const r = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
+  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, `--test-timeout=${timeout}`, '--test-reporter=spec', ...files],
   { stdio: 'inherit' },
 );
 process.exit(r.status ?? 1);
