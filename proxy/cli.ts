@@ -240,7 +240,7 @@ async function start(args: string[], io: CliIo): Promise<number> {
       logger: log,
       validate: (next) => server.engine!.validatePolicy(next),
       onChange: (next) => server.engine!.applyPolicy(next),
-      onError: () => undefined, // logged by the watcher with the reasons
+      onError: () => server.engine?.reloadRefused(), // the watcher logs the reasons
     }) : null;
     process.on('SIGTERM', () => {
       watcher?.close();

@@ -102,7 +102,7 @@ async function startPolicy(config: MamoriConfig, secrets: ConfigSecrets, target:
   const subjects = await KeyringSubjectKeys.open(keyring);
   const audit = await openAuditTrail(config, secrets, log, { keyring: subjects, metrics });
   keyEvents.attach(audit);
-  const engine = await PolicyEngine.start({ config, keyring, control: controlClientConfig(config, secrets, target), log, audit, subjects });
+  const engine = await PolicyEngine.start({ config, keyring, control: controlClientConfig(config, secrets, target), log, audit, subjects, metrics });
   return {
     engine,
     audit,

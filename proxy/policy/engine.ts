@@ -18,6 +18,7 @@ import { SessionPolicy } from './session-policy.js';
 import type { AuditTrail, SubjectKeySource } from '../audit/trail.js';
 import { membershipRecords } from '../audit/policy-records.js';
 import { redactServerError } from '../results/errors.js';
+import type { Metrics } from '../metrics.js';
 
 export type ColumnsConfig = MamoriConfig['columns'];
 export type ColumnConfig = ColumnsConfig[string];
@@ -31,6 +32,8 @@ export interface EngineOptions {
   audit?: AuditTrail | null;
   /** The current subject key (audit subject hashes of values written, searched or returned in plaintext). */
   subjects?: SubjectKeySource | null;
+  /** Counters the engine and its sessions move (searches, crypto operations, key cache, reloads, membership). */
+  metrics?: Metrics | null;
 }
 
 interface CatalogEntry {
@@ -107,6 +110,11 @@ export class PolicyEngine {
       lookupFunction: opts.config.auth.lookupFunction,
       onChange: (change) => {
         opts.log.warn({ change }, change.kind === 'membership' ? 'role membership changed' : 'role password changed');
+        if (change.kind === 'password') opts.metrics?.membershipChange('password_change');
+        else {
+          for (let i = 0; i < change.added.length; i++) opts.metrics?.membershipChange('grant');
+          for (let i = 0; i < change.removed.length; i++) opts.metrics?.membershipChange('revoke');
+        }
         for (const r of membershipRecords(change)) void opts.audit?.append(r).catch(() => undefined);
       },
     });
@@ -115,6 +123,7 @@ export class PolicyEngine {
   static async start(opts: EngineOptions): Promise<PolicyEngine> {
     await loadParser();
     const engine = new PolicyEngine(opts);
+    if (opts.metrics) engine.keys.metrics = opts.metrics;
     // Every protected column's key domain exists before the first statement (creates keys on first start).
     for (const [, col] of Object.entries(opts.config.columns)) {
       await engine.keys.ensureDomain(col.keyDomain, col.mode);
@@ -185,11 +194,22 @@ export class PolicyEngine {
     for (const e of this.catalogs.values()) e.stale = true;
     this.analysisCache.clear();
     void this.opts.audit?.append({ kind: 'policy_reload', ok: true, digest: policyDigest(config) } as never).catch(() => undefined);
+    this.opts.metrics?.configReload(true);
     this.opts.log.info({ columns: Object.keys(config.columns).length }, 'policy reloaded');
   }
 
   get log(): Logger {
     return this.opts.log;
+  }
+
+  get metrics(): Metrics | null {
+    return this.opts.metrics ?? null;
+  }
+
+  /** A reload the watcher refused (schema or catalog): counted, the old policy stays. */
+  reloadRefused(): void {
+    this.opts.metrics?.configReload(false);
+    void this.opts.audit?.append({ kind: 'policy_reload', ok: false, error: 'refused' } as never).catch(() => undefined);
   }
 
   get audit(): AuditTrail | null {

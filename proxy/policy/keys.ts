@@ -6,8 +6,15 @@ import type { CellKey, CellMode } from '../../keyring/cells/index.js';
 import { encryptCell } from '../../keyring/cells/index.js';
 import type { CellKeys } from '../results/keys.js';
 
+/** What the keys report to the metrics (mamori_crypto_operations_total, mamori_key_cache_*). */
+export interface KeyMetrics {
+  crypto(mode: 'gcm' | 'siv', op: 'encrypt' | 'decrypt', n?: number): void;
+  keyCache(hit: boolean): void;
+}
+
 export class EngineKeys implements CellKeys {
   private readonly keys = new Map<number, Map<number, CellKey | 'shredded'>>();
+  metrics: KeyMetrics | null = null;
 
   constructor(private readonly keyring: Keyring) {}
 
@@ -24,8 +31,10 @@ export class EngineKeys implements CellKeys {
       this.keys.set(info.id, versions);
     }
     for (const v of info.versions) {
-      if (versions.has(v.version)) continue;
       if (v.status === 'retired') continue;
+      const cached = versions.has(v.version);
+      this.metrics?.keyCache(cached);
+      if (cached) continue;
       versions.set(v.version, await this.keyring.cellKeyFor({ mode: info.mode, domainId: info.id, version: v.version }));
     }
   }
@@ -43,6 +52,7 @@ export class EngineKeys implements CellKeys {
   async encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]> {
     const out: Buffer[] = [];
     for (const it of items) out.push(await this.keyring.encrypt(it.domain, it.canonical));
+    if (this.metrics) for (const it of items) this.metrics.crypto(this.keyring.domain(it.domain).mode === 'deterministic' ? 'siv' : 'gcm', 'encrypt');
     return out;
   }
 

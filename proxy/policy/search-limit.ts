@@ -19,6 +19,8 @@ export interface SearchLimiterOptions {
   now?: () => number;
   /** Called on each refusal (the metric hook); gets the column that was searched, never a value. */
   onRefused?: (column: string) => void;
+  /** Every searching statement: whether the limit refused it (the searches / search-limit metrics). */
+  onSearch?: (limitHit: boolean) => void;
 }
 
 /** A token bucket: starts full (`burst`), refills at `ratePerSecond`, one token per searching statement. */
@@ -84,7 +86,9 @@ export class SearchLimiter {
    */
   admit(column: ProtectedColumn | string | null): MamoriError | null {
     if (column === null) return null;
-    if (this.bucket.take()) return null;
+    const admitted = this.bucket.take();
+    this.opts.onSearch?.(!admitted);
+    if (admitted) return null;
     const name = typeof column === 'string' ? column : qualified(column);
     this.opts.onRefused?.(name);
     return new MamoriError('configuration_limit_exceeded',

@@ -110,6 +110,7 @@ export class SessionPolicy {
     if (bo === 'escape') this.byteaOutput = 'escape';
     this.searchLimit = new SearchLimiter(engine.config.search, {
       onRefused: (column) => engine.log.warn({ session: session.id, column }, 'search rate limit reached'),
+      onSearch: (limitHit) => engine.metrics?.search(limitHit),
     });
     if (session.startupGucs.has('role') || session.startupGucs.has('session_authorization')) this.roleChangedAtStartup = true;
     if (engine.audit) {
@@ -489,11 +490,25 @@ export class SessionPolicy {
   }
 
   rewriter(plans: FieldPlan[], formats: readonly number[], subjects: SubjectCollector | null = null): RowRewriter {
-    return new RowRewriter(plans, formats, this.engine.keys, {
+    const r = new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
     });
+    // mamori_crypto_operations_total: the cells each row decrypts (plaintext and mask fields), by mode.
+    const metrics = this.engine.metrics;
+    const siv = plans.filter((p) => (p.action === 'plaintext' || p.action === 'mask') && p.column.mode === 'deterministic').length;
+    const gcm = plans.filter((p) => (p.action === 'plaintext' || p.action === 'mask') && p.column.mode !== 'deterministic').length;
+    if (metrics && siv + gcm > 0) {
+      const rewrite = r.rewrite.bind(r);
+      r.rewrite = (body: Buffer): Buffer => {
+        const out = rewrite(body);
+        if (siv) metrics.crypto('siv', 'decrypt', siv);
+        if (gcm) metrics.crypto('gcm', 'decrypt', gcm);
+        return out;
+      };
+    }
+    return r;
   }
 
   // ---------------------------------------------------------------------------------------------------
