@@ -369,7 +369,7 @@ export class SessionPolicy {
     try {
       cells = await this.engine.keys.encryptAll(values);
     } catch (err) {
-      return refusal('55000', `protected column ${qualified(values[0]!.col)} cannot be written now: ${(err as Error).message}`);
+      return refusal('55000', `protected column ${qualified(values[0]!.col)} cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
     }
     return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values };
   }
@@ -651,7 +651,7 @@ export class SessionPolicy {
       }
       cells = await this.engine.keys.encryptAll(collected);
     } catch (err) {
-      return refusal('55000', `a protected column cannot be written now: ${(err as Error).message}`);
+      return refusal('55000', `a protected column cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
     }
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
