@@ -9,7 +9,7 @@ import type { MamoriConfig } from '../../config/schema.js';
 import type { Keyring } from '../../keyring/index.js';
 import { AnalysisCache, buildNameIndex, loadParser, type ProtectedNameIndex } from '../sql/index.js';
 import type { ProtectedColumn } from '../sql/types.js';
-import { EPOCH_CHANNEL, TEMP_CHANNEL, loadCatalog, readEpoch, type DatabaseCatalog } from './catalog.js';
+import { EPOCH_CHANNEL, TEMP_CHANNEL, loadCatalog, type DatabaseCatalog } from './catalog.js';
 import { MembershipCache } from './membership.js';
 import { Approvals, approvalsMacKey, approvalsPath, watchApprovals } from './approvals.js';
 import { EngineKeys } from './keys.js';
@@ -79,11 +79,6 @@ function enforcedCatalog(catalog: DatabaseCatalog, columns: ColumnsConfig): { en
   };
 }
 
-/** Protected columns of the configuration, by their config key and by key-domain id. */
-export interface ColumnDirectory {
-  byKey: ReadonlyMap<string, ColumnConfig>;
-  domainOf(col: ProtectedColumn): string;
-}
 
 export class PolicyEngine {
   readonly analysisCache = new AnalysisCache(2048);
@@ -364,16 +359,6 @@ export class PolicyEngine {
       await client.end().catch(() => undefined);
     } finally {
       this.listening.delete(database);
-    }
-  }
-
-  async epochOf(database: string): Promise<number> {
-    const client = new pg.Client({ ...this.opts.control, database });
-    await client.connect();
-    try {
-      return await readEpoch(client);
-    } finally {
-      await client.end().catch(() => undefined);
     }
   }
 

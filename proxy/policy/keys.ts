@@ -3,7 +3,6 @@
 // forwarded, and the transforms look keys up here; a miss fails closed (RowError key_unavailable).
 import type { Keyring } from '../../keyring/index.js';
 import type { CellKey, CellMode } from '../../keyring/cells/index.js';
-import { encryptCell } from '../../keyring/cells/index.js';
 import type { CellKeys } from '../results/keys.js';
 
 /** What the keys report to the metrics (mamori_crypto_operations_total, mamori_key_cache_*). */
@@ -66,4 +65,3 @@ export class EngineKeys implements CellKeys {
   }
 }
 
-export { encryptCell };

@@ -311,7 +311,7 @@ export class SessionPolicy {
       // FETCH from a cursor, EXECUTE of a prepared statement, a function returning rows: nothing in the text
       // names a protected column, but the rows can still come from one. Once the session has touched
       // protected data, such results are mapped by their origin like any other.
-      return this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null, null) } : FORWARD;
+      return this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null) } : FORWARD;
     }
     if (this.roleChangedAtStartup) {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
@@ -340,7 +340,7 @@ export class SessionPolicy {
       const t = this.copyTransform(copy, catalog, role, handle);
       return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
     }
-    const transform = new QueryResults(this, catalog, role, handle, null);
+    const transform = new QueryResults(this, catalog, role, handle);
     transform.decision = decisionLabel(columns);
     return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
   }
@@ -803,7 +803,6 @@ class QueryResults implements ResultTransform {
     private readonly catalog: DatabaseCatalog,
     private readonly role: RolePolicy,
     private readonly handle: StatementHandle | null,
-    _unused: null,
   ) {
     this.subjects = handle ? policy.subjectCollector() : null;
     this.recorded = handle !== null;

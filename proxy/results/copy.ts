@@ -4,13 +4,11 @@
 // arbitrarily, so both directions run a resumable record scanner that holds at most one partial row plus
 // the chunk being read. Field splitting mirrors PostgreSQL's copyfromparse.c, so mamori and the server
 // always agree on where a field starts and ends (the guard domain is the backstop if they ever did not).
-import { decryptCell, isCell, type CellKey } from '../../keyring/cells/index.js';
-import { canonicalFromText, maskCanonical, textFromCanonical, binaryFromCanonical, type LogicalTypeSpec as KeyringTypeSpec } from '../../keyring/logical-types.js';
+import { canonicalFromText, type LogicalTypeSpec as KeyringTypeSpec } from '../../keyring/logical-types.js';
 import type { CopyOptions, ProtectedColumn } from '../sql/types.js';
-import { ByteaSyntaxError, decodeByteaText, encodeByteaEscape, encodeByteaHex } from './bytea.js';
 import type { CellKeys } from './keys.js';
 import { columnName, toLogicalType } from './logical.js';
-import { RowError, type FieldAction } from './rows.js';
+import { RowError, openStoredCell, renderCanonical, type FieldAction } from './rows.js';
 
 export type { CopyOptions };
 
@@ -713,43 +711,7 @@ export class CopyOutRewriter {
 
   /** The stored bytea text → the rendered value (null: send NULL). */
   private value(s: OutSlot, stored: Buffer): Buffer | null {
-    let cell: Buffer;
-    try {
-      cell = decodeByteaText(stored, this.escape);
-    } catch (e) {
-      if (e instanceof ByteaSyntaxError) throw new RowError(s.name, 'not_a_cell');
-      throw e;
-    }
-    if (!isCell(cell)) throw new RowError(s.name, 'not_a_cell');
-    if (cell.readUInt32BE(4) !== s.domainId) throw new RowError(s.name, 'wrong_domain');
-    const key = this.keys.get(s.domainId, cell.readUInt32BE(8));
-    if (key === undefined) throw new RowError(s.name, 'key_unavailable');
-    if (key === 'shredded') {
-      this.opts.onShredded?.(s.column);
-      return null;
-    }
-    const canonical = decrypt(s, cell, key);
-    try {
-      if (s.action === 'mask') {
-        const m = maskCanonical(s.type, canonical);
-        return m === null ? null : Buffer.from(m, 'utf8');
-      }
-      if (s.type.type === 'bytea') return this.escape ? encodeByteaEscape(canonical) : encodeByteaHex(canonical);
-      if (s.type.type === 'int2' || s.type.type === 'int4' || s.type.type === 'int8' || s.type.type === 'date') {
-        return Buffer.from(textFromCanonical(s.type, canonical), 'latin1');
-      }
-      return binaryFromCanonical(s.type, canonical);
-    } catch (e) {
-      if (e instanceof RangeError) throw new RowError(s.name, 'undecryptable');
-      throw e;
-    }
-  }
-}
-
-function decrypt(s: OutSlot, cell: Buffer, key: CellKey): Buffer {
-  try {
-    return decryptCell(cell, key, { domainId: s.domainId });
-  } catch {
-    throw new RowError(s.name, 'undecryptable');
+    const canonical = openStoredCell(s, stored, false, this.escape, this.keys, this.opts.onShredded);
+    return canonical === null ? null : renderCanonical(s, canonical, s.action === 'mask', false, this.escape);
   }
 }

@@ -1,7 +1,7 @@
 // Result transforms for protected columns: RowDescription shows the logical type, DataRow fields holding
 // cells are decrypted and rendered per the read policy. The DataRow path runs for every protected row, so it
 // scans field offsets once, touches only protected fields and writes the output in one allocation.
-import { isCell, decryptCell, type CellKey } from '../../keyring/cells/index.js';
+import { isCell, decryptCell } from '../../keyring/cells/index.js';
 import {
   binaryFromCanonical,
   maskCanonical,
@@ -144,8 +144,6 @@ interface Slot {
   binary: boolean;
   domainId: number;
   type: KeyringTypeSpec;
-  /** Text-like types: the canonical bytes are already the text (and binary) rendering (char(n) is padded). */
-  textIsCanonical: boolean;
   column: ProtectedColumn;
   name: string;
 }
@@ -204,8 +202,6 @@ export class RowRewriter {
         binary: (resultFormats[p.index] ?? 0) === 1,
         domainId: p.domainId,
         type,
-        textIsCanonical:
-          type.type === 'text' || type.type === 'varchar' || type.type === 'char' || type.type === 'mynumber' || type.type === 'corporate_number',
         column: p.column,
         name: columnName(p.column),
       });
@@ -266,46 +262,73 @@ export class RowRewriter {
 
   /** One stored field (bytea in the client's format) → the rendered value, or null for NULL. */
   private render(s: Slot, stored: Buffer): Buffer | null {
-    let cell: Buffer;
-    if (s.binary) cell = stored;
-    else {
-      try {
-        cell = decodeByteaText(stored, this.escape);
-      } catch (e) {
-        if (e instanceof ByteaSyntaxError) throw new RowError(s.name, 'not_a_cell');
-        throw e;
-      }
-    }
-    if (!isCell(cell)) throw new RowError(s.name, 'not_a_cell');
-    if (cell.readUInt32BE(4) !== s.domainId) throw new RowError(s.name, 'wrong_domain');
-    const key = this.keys.get(s.domainId, cell.readUInt32BE(8));
-    if (key === undefined) throw new RowError(s.name, 'key_unavailable');
-    if (key === 'shredded') {
-      this.onShredded?.(s.column);
-      return null;
-    }
-    const canonical = this.decrypt(s, cell, key);
+    const canonical = openStoredCell(s, stored, s.binary, this.escape, this.keys, this.onShredded);
+    if (canonical === null) return null;
+    if (s.action !== A_MASK) this.onPlaintext?.(s.column, canonical);
+    return renderCanonical(s, canonical, s.action === A_MASK, s.binary, this.escape);
+  }
+}
+
+/** What opening and rendering a protected field needs to know about it. */
+export interface CellField {
+  name: string;
+  column: ProtectedColumn;
+  domainId: number;
+  type: KeyringTypeSpec;
+}
+
+/**
+ * A stored protected field (bytea: raw bytes when `binary`, else its text output, hex or escape) → the
+ * canonical plaintext, or null for a shredded cell (after `onShredded`). Throws RowError — naming the column,
+ * never a value — for anything that is not a readable cell of the field's key domain. Shared by result rows
+ * and COPY TO, so both fail closed the same way.
+ */
+export function openStoredCell(s: CellField, stored: Buffer, binary: boolean, escape: boolean, keys: CellKeys,
+  onShredded?: (column: ProtectedColumn) => void): Buffer | null {
+  let cell: Buffer;
+  if (binary) cell = stored;
+  else {
     try {
-      if (s.action === A_MASK) {
-        const m = maskCanonical(s.type, canonical);
-        return m === null ? null : Buffer.from(m, 'utf8');
-      }
-      this.onPlaintext?.(s.column, canonical);
-      if (s.binary || s.textIsCanonical) return binaryFromCanonical(s.type, canonical);
-      if (s.type.type === 'bytea') return this.escape ? encodeByteaEscape(canonical) : encodeByteaHex(canonical);
-      return Buffer.from(textFromCanonical(s.type, canonical), 'latin1');
+      cell = decodeByteaText(stored, escape);
     } catch (e) {
-      // A canonical value of the wrong shape (e.g. an int4 cell of 3 bytes) is corrupt data, not a bug here.
-      if (e instanceof RangeError) throw new RowError(s.name, 'undecryptable');
+      if (e instanceof ByteaSyntaxError) throw new RowError(s.name, 'not_a_cell');
       throw e;
     }
   }
-
-  private decrypt(s: Slot, cell: Buffer, key: CellKey): Buffer {
-    try {
-      return decryptCell(cell, key, { domainId: s.domainId });
-    } catch {
-      throw new RowError(s.name, 'undecryptable');
-    }
+  if (!isCell(cell)) throw new RowError(s.name, 'not_a_cell');
+  if (cell.readUInt32BE(4) !== s.domainId) throw new RowError(s.name, 'wrong_domain');
+  const key = keys.get(s.domainId, cell.readUInt32BE(8));
+  if (key === undefined) throw new RowError(s.name, 'key_unavailable');
+  if (key === 'shredded') {
+    onShredded?.(s.column);
+    return null;
+  }
+  try {
+    return decryptCell(cell, key, { domainId: s.domainId });
+  } catch {
+    throw new RowError(s.name, 'undecryptable');
   }
 }
+
+const TEXT_CANONICAL = new Set(['text', 'varchar', 'char', 'mynumber', 'corporate_number']);
+
+/**
+ * Canonical plaintext → the value as the client asked for it: the mask (null where the type has none), or
+ * the logical type's binary or text rendering (text-like types: the canonical bytes are both).
+ */
+export function renderCanonical(s: CellField, canonical: Buffer, mask: boolean, binary: boolean, escape: boolean): Buffer | null {
+  try {
+    if (mask) {
+      const m = maskCanonical(s.type, canonical);
+      return m === null ? null : Buffer.from(m, 'utf8');
+    }
+    if (binary || TEXT_CANONICAL.has(s.type.type)) return binaryFromCanonical(s.type, canonical);
+    if (s.type.type === 'bytea') return escape ? encodeByteaEscape(canonical) : encodeByteaHex(canonical);
+    return Buffer.from(textFromCanonical(s.type, canonical), 'latin1');
+  } catch (e) {
+    // A canonical value of the wrong shape (e.g. an int4 cell of 3 bytes) is corrupt data, not a bug here.
+    if (e instanceof RangeError) throw new RowError(s.name, 'undecryptable');
+    throw e;
+  }
+}
+
