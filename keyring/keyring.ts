@@ -118,6 +118,8 @@ export interface NewRoot {
 interface CacheEntry {
   expires: number;
   promise: Promise<CellKey>;
+  /** The key once the promise has resolved (encryptNow() uses it without waiting). */
+  key?: CellKey;
 }
 
 const INTEGRITY_DOMAIN = 0;
@@ -452,6 +454,23 @@ export class Keyring {
   }
 
   /**
+   * encrypt() without waiting, for the query path: possible when the domain has encryptions reserved and its
+   * current key is unwrapped and unexpired (the same count and cache encrypt() uses). Null: call encrypt().
+   */
+  encryptNow(name: string, plaintext: Uint8Array): Buffer | null {
+    if (this.isWriteFrozen(name)) {
+      throw new KeyringError('frozen', `key domain ${name} is rotating; writes are refused until the rotation finishes`);
+    }
+    const d = this.requireDomain(name);
+    const a = this.allowance.get(d.id);
+    if (!a || a.version !== d.current || a.left <= 0) return null;
+    const hit = this.cache.get(entryKey(d.id, d.current));
+    if (!hit?.key || hit.expires <= Date.now()) return null;
+    a.left -= 1;
+    return encryptCell({ mode: d.mode, domainId: d.id, version: d.current }, hit.key, plaintext);
+  }
+
+  /**
    * Decrypts a cell; null when its version was shredded. With `expectDomain`, a cell of any other domain
    * is refused (CellDecryptError), so cells cannot be moved between columns.
    */
@@ -524,8 +543,11 @@ export class Keyring {
         raw.fill(0);
       }
     })();
-    this.cache.set(k, { expires: now + this.ttlMs, promise });
-    promise.catch(() => {
+    const entry: CacheEntry = { expires: now + this.ttlMs, promise };
+    this.cache.set(k, entry);
+    promise.then((key) => {
+      entry.key = key;
+    }, () => {
       if (this.cache.get(k)?.promise === promise) this.cache.delete(k);
     });
     return promise;

@@ -36,7 +36,7 @@ export interface EngineOptions {
   metrics?: Metrics | null;
 }
 
-interface CatalogEntry {
+export interface CatalogEntry {
   catalog: DatabaseCatalog;
   /**
    * The catalog without shadow-mode columns (`enforce: false` and still stored as plaintext): what the
@@ -232,6 +232,11 @@ export class PolicyEngine {
     this.keysGeneration = g;
   }
 
+  /** True when refreshKeys() has nothing to load (the query path may skip awaiting it). */
+  keysCurrent(): boolean {
+    return this.opts.keyring.generation === this.keysGeneration;
+  }
+
   /** SIGHUP: re-reads the keystore, forgets every cached key and loads the current versions again. */
   async reload(): Promise<void> {
     await this.opts.keyring.reload();
@@ -302,7 +307,7 @@ export class PolicyEngine {
   }
 
   /** The catalog when loaded and fresh: the synchronous fast path; null means "take the slow path". */
-  catalogSync(database: string): { catalog: DatabaseCatalog; names: ProtectedNameIndex } | null {
+  catalogSync(database: string): CatalogEntry | null {
     const e = this.catalogs.get(database);
     return e && !e.stale && this.listeners.has(database) ? e : null;
   }

@@ -55,6 +55,21 @@ export class EngineKeys implements CellKeys {
     return out;
   }
 
+  /**
+   * encryptAll() without waiting when every value can be encrypted now (see Keyring.encryptNow); null: call
+   * encryptAll(). Throws as encryptAll() does while a domain's writes are frozen.
+   */
+  encryptAllNow(items: readonly { domain: string; canonical: Buffer }[]): Buffer[] | null {
+    const out: Buffer[] = [];
+    for (const it of items) {
+      const cell = this.keyring.encryptNow(it.domain, it.canonical);
+      if (!cell) return null;
+      out.push(cell);
+    }
+    if (this.metrics) for (const it of items) this.metrics.crypto(this.keyring.domain(it.domain).mode === 'deterministic' ? 'siv' : 'gcm', 'encrypt');
+    return out;
+  }
+
   domainId(name: string): number {
     return this.keyring.domainId(name);
   }

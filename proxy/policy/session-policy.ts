@@ -23,7 +23,7 @@ import type { CopyPlan } from '../sql/types.js';
 import { grantView } from './approvals.js';
 import { effectivePath, type DatabaseCatalog } from './catalog.js';
 import type { Identity } from './membership.js';
-import type { PolicyEngine, ColumnConfig } from './engine.js';
+import type { PolicyEngine, ColumnConfig, CatalogEntry } from './engine.js';
 import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
 import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
@@ -52,6 +52,20 @@ interface StatementPlanInfo {
    * the catalog epoch stays; a DDL moves it).
    */
   shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
+  /** fieldPlans() of the last shape seen, with what they were computed under (statementFieldPlans()). */
+  fields?: { shape: Buffer; catalog: DatabaseCatalog; role: RolePolicy; settings: string; plans: FieldPlan[] };
+}
+
+/** A portal as bound through mamori: its statement's plan, the result formats asked for, subjects of its parameters. */
+interface BoundPortal {
+  plan: StatementPlanInfo | null;
+  formats: readonly number[];
+  subjects?: Subjects;
+}
+
+/** Number of fields of a RowDescription body (its first Int16), without decoding the fields. */
+function rowFieldCount(rowDescription: Buffer): number {
+  return rowDescription.readUInt16BE(0);
 }
 
 const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
@@ -91,7 +105,7 @@ export class SessionPolicy {
    * Portals as bound through mamori, before the server confirms them (a failed Bind makes the server skip
    * the Execute that follows it in the batch): the statement's plan and the result formats asked for.
    */
-  private readonly portals = new Map<string, { plan: StatementPlanInfo | null; formats: readonly number[]; subjects?: Subjects }>();
+  private readonly portals = new Map<string, BoundPortal>();
   private tempSchema: string | null | undefined;
   /** The session ran CREATE TEMP …: its temp schema is announced asynchronously. */
   private tempPending = false;
@@ -167,7 +181,40 @@ export class SessionPolicy {
     return this.identity;
   }
 
+  /**
+   * The identity when it was read less than a second ago (ensureIdentity() would return it without a
+   * query); null: await ensureIdentity().
+   */
+  private identityNow(): Identity | null {
+    return this.identity && Date.now() - this.identityAt <= 1000 ? this.identity : null;
+  }
+
+  /**
+   * What an extended-protocol decision reads, when all of it is loaded and current (keys, catalog, identity):
+   * the decision can then be made without awaiting anything. Null: take the asynchronous path.
+   */
+  private readyNow(): { entry: CatalogEntry; role: RolePolicy } | null {
+    if (!this.engine.keysCurrent()) return null;
+    const entry = this.engine.catalogSync(this.session.database);
+    const identity = entry ? this.identityNow() : null;
+    return entry && identity ? { entry, role: this.rolePolicy(identity, entry.enforced) } : null;
+  }
+
   private rolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
+    // The policy's closures read the approvals and config they were built with: reused while those,
+    // the identity and the catalog are the same objects.
+    const cached = this.roleCache;
+    if (cached && cached.id === id && cached.catalog === catalog && cached.approvals === this.engine.approvals && cached.config === this.engine.config) {
+      return cached.role;
+    }
+    const role = this.buildRolePolicy(id, catalog);
+    this.roleCache = { id, catalog, approvals: this.engine.approvals, config: this.engine.config, role };
+    return role;
+  }
+
+  private roleCache: { id: Identity; catalog: DatabaseCatalog; approvals: unknown; config: unknown; role: RolePolicy } | null = null;
+
+  private buildRolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
     const cfg = this.engine.config;
     const required = cfg.approval.members === 'required';
     const grants = grantView(this.engine.approvals, cfg.approval.passwords, id);
@@ -613,15 +660,17 @@ export class SessionPolicy {
     const portal = frame.body.toString('utf8', 0, portalEnd);
     const stmt = frame.body.toString('utf8', portalEnd + 1, stmtEnd);
     this.portalShapes.delete(portal);
-    if (!this.pendingParse.has(stmt) && !this.session.pipeline.statements.get(stmt)?.plan) {
+    if (this.pendingParse.has(stmt)) return this.statementPlan(stmt).then((plan) => this.bindPlan(frame, portal, plan));
+    const plan = this.session.pipeline.statements.get(stmt)?.plan as StatementPlanInfo | undefined;
+    if (!plan) {
       this.portals.set(portal, NO_PLAN_PORTAL);
       return FORWARD;
     }
-    return this.bindSlow(frame, portal, stmt);
+    return this.bindPlan(frame, portal, plan);
   }
 
-  private async bindSlow(frame: Frame, portal: string, stmt: string): Promise<Decision> {
-    const plan = await this.statementPlan(stmt);
+  /** A Bind of a statement with this plan: synchronous unless a parameter must wait for its key. */
+  private bindPlan(frame: Frame, portal: string, plan: StatementPlanInfo | null): Decision | Promise<Decision> {
     const bind = decodeBind(frame.body);
     this.portals.set(portal, { plan, formats: bind.resultFormats });
     if (!plan) return FORWARD;
@@ -641,6 +690,28 @@ export class SessionPolicy {
       if (err instanceof ParamError) return refusal(err.sqlstate, err.message);
       throw err;
     }
+    const now = this.encryptParamsNow(collected);
+    if (now) return Array.isArray(now) ? this.boundWithCells(frame, portal, plan, collected, now) : now;
+    return this.bindEncrypt(frame, portal, plan, collected);
+  }
+
+  /** Cells for a Bind's protected parameters when keys and catalog are at hand; null: await them. */
+  private encryptParamsNow(collected: { domain: string; canonical: Buffer; col: ProtectedColumn }[]): Buffer[] | Decision | null {
+    const entry = this.engine.catalogSync(this.session.database);
+    if (!entry) return null;
+    try {
+      for (const c of collected) {
+        const cc = this.columnConfig(c.col, entry.enforced);
+        if (!cc) return refusal('0A000', `column ${qualified(c.col)} has no policy`);
+        c.domain = cc.keyDomain;
+      }
+      return this.engine.keys.encryptAllNow(collected);
+    } catch (err) {
+      return refusal('55000', `a protected column cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
+    }
+  }
+
+  private async bindEncrypt(frame: Frame, portal: string, plan: StatementPlanInfo, collected: { domain: string; canonical: Buffer; col: ProtectedColumn }[]): Promise<Decision> {
     let cells: Buffer[];
     try {
       const entry = await this.engine.catalog(this.session.database);
@@ -653,6 +724,11 @@ export class SessionPolicy {
     } catch (err) {
       return refusal('55000', `a protected column cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
     }
+    return this.boundWithCells(frame, portal, plan, collected, cells);
+  }
+
+  /** The Bind with its protected parameters replaced by their cells. */
+  private boundWithCells(frame: Frame, portal: string, plan: StatementPlanInfo, collected: { domain: string; canonical: Buffer; col: ProtectedColumn }[], cells: Buffer[]): Decision {
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
@@ -668,22 +744,32 @@ export class SessionPolicy {
     }
     const bound = this.portals.get(d.name);
     if (bound && !bound.plan) return FORWARD;
-    return this.describePortal(d.name, bound?.formats ?? []);
+    return this.describePortal(d.name, bound?.plan ?? null);
   }
 
-  private async describeStatement(name: string): Promise<Decision> {
+  private describeStatement(name: string): Decision | Promise<Decision> {
+    const plan = this.pendingParse.has(name) ? null : this.session.pipeline.statements.get(name)?.plan as StatementPlanInfo | undefined;
+    const ready = plan ? this.readyNow() : null;
+    if (plan && ready) return this.describeStatementWith(plan, ready.entry, ready.role);
+    return this.describeStatementSlow(name);
+  }
+
+  private async describeStatementSlow(name: string): Promise<Decision> {
     const plan = await this.statementPlan(name);
     if (!plan) return FORWARD;
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
-    const role = this.rolePolicy(identity, entry.enforced);
+    return this.describeStatementWith(plan, entry, this.rolePolicy(identity, entry.enforced));
+  }
+
+  private describeStatementWith(plan: StatementPlanInfo, entry: CatalogEntry, role: RolePolicy): Decision {
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type === BE.ParameterDescription && plan.params.length > 0) {
           return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
         }
         if (f.type === BE.RowDescription) {
-          const plans = this.fieldPlans(f.body, entry.enforced, role);
+          const plans = this.statementFieldPlans(f.body, entry.enforced, role, plan);
           return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
         }
         return null;
@@ -692,16 +778,24 @@ export class SessionPolicy {
     return { action: 'forward', transform };
   }
 
-  private async describePortal(name: string, formats: readonly number[]): Promise<Decision> {
-    void formats;
+  private describePortal(name: string, plan: StatementPlanInfo | null): Decision | Promise<Decision> {
+    const ready = this.readyNow();
+    if (ready) return this.describePortalWith(name, plan, ready.entry, ready.role);
+    return this.describePortalSlow(name, plan);
+  }
+
+  private async describePortalSlow(name: string, plan: StatementPlanInfo | null): Promise<Decision> {
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
-    const role = this.rolePolicy(identity, entry.enforced);
+    return this.describePortalWith(name, plan, entry, this.rolePolicy(identity, entry.enforced));
+  }
+
+  private describePortalWith(name: string, plan: StatementPlanInfo | null, entry: CatalogEntry, role: RolePolicy): Decision {
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type !== BE.RowDescription) return null;
         this.portalShapes.set(name, Buffer.from(f.body));
-        const plans = this.fieldPlans(f.body, entry.enforced, role);
+        const plans = this.statementFieldPlans(f.body, entry.enforced, role, plan);
         return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
       },
     };
@@ -713,10 +807,76 @@ export class SessionPolicy {
     const bound = this.portals.get(x.portal);
     if (bound && !bound.plan) return FORWARD;
     // A portal mamori did not bind (a SQL cursor, say) is looked at too: its rows may be protected.
-    return this.executeSlow(x.portal, bound ?? null);
+    return this.executeNow(x.portal, bound) ?? this.executeSlow(x.portal, bound ?? null);
   }
 
-  private async executeSlow(portalName: string, bound: { plan: StatementPlanInfo | null; formats: readonly number[]; subjects?: Subjects } | null): Promise<Decision> {
+  /**
+   * An Execute decided without waiting: its statement's plan and result shape are known, keys, catalog and
+   * identity are current, and no audit intent must be written first. Null: take executeSlow().
+   */
+  private executeNow(portalName: string, bound: BoundPortal | undefined): Decision | null {
+    const plan = bound?.plan;
+    if (!plan || plan.copy || this.audit) return null;
+    const ready = this.readyNow();
+    if (!ready) return null;
+    const shape = this.knownShape(portalName, plan, ready.entry);
+    if (shape === undefined) return null;
+    const fields = this.executeFields(shape, bound, ready.entry.enforced, ready.role);
+    if (fields instanceof MamoriError) return { action: 'refuse', error: fields };
+    return this.executeDecision(plan, fields.plans, fields.formats, null);
+  }
+
+  /**
+   * The rows' shape as already known: from the client's own Describe of this portal, else the statement's
+   * cached shape (keyed by catalog load and search_path: PostgreSQL re-analyses a prepared statement when
+   * search_path changes). Undefined: not known, ask the server.
+   */
+  private knownShape(portalName: string, plan: StatementPlanInfo | null, entry: CatalogEntry): Buffer | null | undefined {
+    const own = this.portalShapes.get(portalName);
+    if (own) return own;
+    const cached = plan?.shape;
+    if (cached && cached.catalogLoadedAt === entry.catalog.loadedAt && cached.searchPath === (this.searchPath ?? []).join(',')) return cached.rowDescription;
+    return undefined;
+  }
+
+  /** Field plans and result formats of an Execute's rows (a refusal when a field may not be read). */
+  private executeFields(shape: Buffer | null, bound: BoundPortal | null | undefined, catalog: DatabaseCatalog, role: RolePolicy): { plans: FieldPlan[]; formats: number[] } | MamoriError {
+    const nfields = shape ? rowFieldCount(shape) : 0;
+    const formats = expandFormats(bound?.formats ?? [], nfields);
+    if (!shape) return { plans: [], formats };
+    try {
+      return { plans: this.statementFieldPlans(shape, catalog, role, bound?.plan ?? null), formats };
+    } catch (err) {
+      if (err instanceof MamoriError) return err;
+      throw err;
+    }
+  }
+
+  /**
+   * fieldPlans() of a prepared statement's result shape, kept with the statement and reused while the shape,
+   * the catalog, the role policy (identity, approvals, config) and the session settings fieldPlans() reads
+   * are the same.
+   */
+  private statementFieldPlans(shape: Buffer, catalog: DatabaseCatalog, role: RolePolicy, plan: StatementPlanInfo | null): FieldPlan[] {
+    if (!plan) return this.fieldPlans(shape, catalog, role);
+    const settings = `${this.session.params.get('DateStyle') ?? ''}\0${this.session.params.get('client_encoding') ?? ''}`;
+    const c = plan.fields;
+    if (c && c.catalog === catalog && c.role === role && c.settings === settings && c.shape.equals(shape)) return c.plans;
+    const plans = this.fieldPlans(shape, catalog, role);
+    plan.fields = { shape: Buffer.from(shape), catalog, role, settings, plans };
+    return plans;
+  }
+
+  private executeDecision(plan: StatementPlanInfo | null, rewriterPlans: FieldPlan[], formats: readonly number[], handle: StatementHandle | null): Decision {
+    if (rewriterPlans.length === 0 && !handle) return FORWARD;
+    const collector = handle ? this.subjectCollector() : null;
+    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, formats, collector) : null;
+    const transform = new ExecuteResults(rewriter, handle, collector);
+    transform.decision = decisionLabel(plan?.columns ?? rewriterPlans.map((p) => ({ column: qualified(p.column), decision: p.action })));
+    return { action: 'forward', transform };
+  }
+
+  private async executeSlow(portalName: string, bound: BoundPortal | null): Promise<Decision> {
     await this.engine.refreshKeys(); // versions added by another process (mamori keys rotate) since the Parse
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
@@ -728,40 +888,24 @@ export class SessionPolicy {
       const t = this.copyTransform(plan.copy, entry.enforced, role, h);
       return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
     }
-    // The rows' shape: from the client's own Describe of this portal, else the statement's cached shape,
-    // else mamori asks the server first (and caches it with the statement).
-    let shape = this.portalShapes.get(portalName) ?? null;
-    // (PostgreSQL re-analyses a prepared statement when search_path changes, so that is part of the key.)
-    const pathKey = (this.searchPath ?? []).join(',');
-    if (!shape && plan?.shape && plan.shape.catalogLoadedAt === entry.catalog.loadedAt && plan.shape.searchPath === pathKey) {
-      shape = plan.shape.rowDescription;
-    } else if (!shape) {
+    // The rows' shape: known (the client's Describe, the statement's cached shape), else mamori asks the
+    // server first (and caches it with the statement).
+    let shape = this.knownShape(portalName, plan, entry);
+    if (shape === undefined) {
+      const pathKey = (this.searchPath ?? []).join(',');
       shape = await this.describeFirst(portalName);
       if (plan) plan.shape = { rowDescription: shape, catalogLoadedAt: entry.catalog.loadedAt, searchPath: pathKey };
     }
-    const nfields = shape ? decodeRowDescription(shape).fields.length : 0;
-    const formats = expandFormats(bound?.formats ?? [], nfields);
-    let rewriterPlans: FieldPlan[] = [];
-    if (shape) {
-      try {
-        rewriterPlans = this.fieldPlans(shape, entry.enforced, role);
-      } catch (err) {
-        if (err instanceof MamoriError) return { action: 'refuse', error: err };
-        throw err;
-      }
-    }
+    const fields = this.executeFields(shape, bound, entry.enforced, role);
+    if (fields instanceof MamoriError) return { action: 'refuse', error: fields };
+    const rewriterPlans = fields.plans;
     let handle: StatementHandle | null = null;
     if (plan || rewriterPlans.length > 0) {
       const h = await this.intentFor(plan, bound?.subjects);
       if (h instanceof MamoriError) return { action: 'refuse', error: h };
       handle = h;
     }
-    if (rewriterPlans.length === 0 && !handle) return FORWARD;
-    const collector = handle ? this.subjectCollector() : null;
-    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, formats, collector) : null;
-    const transform = new ExecuteResults(rewriter, handle, collector);
-    transform.decision = decisionLabel(plan?.columns ?? rewriterPlans.map((p) => ({ column: qualified(p.column), decision: p.action })));
-    return { action: 'forward', transform };
+    return this.executeDecision(plan, rewriterPlans, fields.formats, handle);
   }
 
   private async intentFor(plan: StatementPlanInfo | null, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {

@@ -128,6 +128,9 @@ export class Session {
   /** Client messages waiting behind an undecided one, in order. */
   private held: Frame[] = [];
   private deciding = false;
+  /** holdUpstream() corked the upstream; a release is scheduled. */
+  private upstreamHeld = false;
+  private releaseScheduled = false;
   private out: Buffer[] = [];
   private idleTimer: NodeJS.Timeout | null = null;
   /** For SessionEvents: when authentication succeeded (0 before), bytes read from each side, statement start. */
@@ -383,14 +386,44 @@ export class Session {
     this.env.events?.bytes?.(side === 'client' ? 'client' : 'upstream', chunk.length);
     // The messages of one client read go upstream in one write (libpq and drivers send Parse/Bind/
     // Describe/Execute/Sync together), instead of one syscall each.
-    const up = side === 'client' ? this.upstream : null;
-    up?.cork();
+    const client = side === 'client';
+    if (client) this.holdUpstream();
     try {
       this.pushFrames(framer, chunk, side);
     } finally {
-      up?.uncork();
+      // While a decision is pending the upstream stays corked: the messages it releases join this write.
+      if (client && !this.deciding) this.releaseUpstream();
     }
     this.flushOut();
+  }
+
+  /**
+   * Corks the upstream socket so the messages decided in this turn of the event loop leave in one write.
+   * A release is always scheduled (setImmediate runs once the turn's microtasks are done): a decision that
+   * waits on the server (a Bind waiting for its Parse's outcome, an injected Describe) lets the loop reach
+   * it, so corked bytes never wait behind something that needs them sent.
+   */
+  private holdUpstream(): void {
+    const up = this.upstream;
+    if (!up || this.upstreamHeld) return;
+    this.upstreamHeld = true;
+    up.cork();
+    if (!this.releaseScheduled) {
+      this.releaseScheduled = true;
+      setImmediate(this.scheduledRelease);
+    }
+  }
+
+  private readonly scheduledRelease = (): void => {
+    this.releaseScheduled = false;
+    this.releaseUpstream();
+  };
+
+  /** Sends what holdUpstream() kept back (one write). */
+  private releaseUpstream(): void {
+    if (!this.upstreamHeld) return;
+    this.upstreamHeld = false;
+    this.upstream?.uncork();
   }
 
   private pushFrames(framer: Framer, chunk: Buffer, side: 'client' | 'server'): void {
@@ -505,6 +538,7 @@ export class Session {
     const d = hook ? hook(this, f) : FORWARD;
     if (d instanceof Promise) {
       this.deciding = true;
+      this.holdUpstream();
       this.client.pause();
       const frame = copyFrame(f);
       d.then(
@@ -512,10 +546,9 @@ export class Session {
         (err: unknown) => this.apply(frame, { action: 'refuse', error: toMamoriError(err) }),
       ).finally(() => {
         this.deciding = false;
-        const upstream = this.upstream;
-        upstream?.cork();
+        this.holdUpstream();
         while (!this.deciding && this.held.length > 0) this.process(this.held.shift()!);
-        upstream?.uncork();
+        if (!this.deciding) this.releaseUpstream();
         // A congested upstream keeps the client paused: its 'drain' resumes it (else decided CopyData piles up).
         if (!this.deciding && !this.closed && this.upstream?.writableNeedDrain !== true) this.client.resume();
         this.flushOut();
@@ -596,6 +629,8 @@ export class Session {
     if (ownSync) this.pipeline.expect({ kind: 'sync', owner, ownErrors: true });
     for (const m of messages) this.toUpstream(m);
     this.toUpstream(ownSync ? SYNC : FLUSH);
+    // The caller waits for the answer: send now, with whatever was held before it.
+    this.releaseUpstream();
   }
 
   private expectationFor(f: Frame): Expectation | null {
