@@ -13,6 +13,12 @@ export interface KeyMetrics {
 
 export class EngineKeys implements CellKeys {
   private readonly keys = new Map<number, Map<number, CellKey | 'shredded'>>();
+  /**
+   * Per domain: the keystore generation its versions were last loaded at, and how many were readable. Every
+   * keystore change (a version added, shredded, retired; a reload) moves the generation, so a load at the
+   * same generation finds nothing new and is skipped.
+   */
+  private readonly loadedAt = new Map<string, { generation: number; versions: number }>();
   metrics: KeyMetrics | null = null;
 
   constructor(private readonly keyring: Keyring) {}
@@ -23,6 +29,12 @@ export class EngineKeys implements CellKeys {
 
   /** Loads every readable version of the domain (active ones unwrapped, shredded ones marked). */
   async load(domainName: string): Promise<void> {
+    const generation = this.keyring.generation;
+    const done = this.loadedAt.get(domainName);
+    if (done && done.generation === generation) {
+      for (let i = 0; i < done.versions; i++) this.metrics?.keyCache(true);
+      return;
+    }
     const info = this.keyring.domain(domainName);
     let versions = this.keys.get(info.id);
     if (!versions) {
@@ -36,10 +48,14 @@ export class EngineKeys implements CellKeys {
       if (cached) continue;
       versions.set(v.version, await this.keyring.cellKeyFor({ mode: info.mode, domainId: info.id, version: v.version }));
     }
+    if (this.keys.get(info.id) === versions) {
+      this.loadedAt.set(domainName, { generation, versions: info.versions.filter((v) => v.status !== 'retired').length });
+    }
   }
 
   /** Forgets cached keys (purge on retire/shred, keyring reload): they are loaded again on next use. */
   forget(domainId?: number): void {
+    this.loadedAt.clear();
     if (domainId === undefined) this.keys.clear();
     else this.keys.delete(domainId);
   }

@@ -53,7 +53,7 @@ interface StatementPlanInfo {
    */
   shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
   /** fieldPlans() of the last shape seen, with what they were computed under (statementFieldPlans()). */
-  fields?: { shape: Buffer; catalog: DatabaseCatalog; role: RolePolicy; settings: string; plans: FieldPlan[] };
+  fields?: { shape: Buffer; catalog: DatabaseCatalog; role: RolePolicy; settings: string; plans: FieldPlan[]; rewriter?: { formats: string; r: RowRewriter } };
 }
 
 /** A portal as bound through mamori: its statement's plan, the result formats asked for, subjects of its parameters. */
@@ -257,12 +257,19 @@ export class SessionPolicy {
         : this.engine.tempSchema(this.session.backendPid);
       this.tempPending = false;
     }
+    // The same search_path (applySettings() replaces the array) and temp schema give the same path.
+    const memo = this.pathMemo;
+    if (memo && memo.searchPath === this.searchPath && memo.tempSchema === this.tempSchema) return memo.path;
     const path = this.searchPath.flatMap((s) => (s === '$user' ? [this.session.user] : s === 'pg_temp' ? [] : [s]));
     const explicitTemp = this.searchPath.includes('pg_temp');
     const temp = this.tempSchema ? [this.tempSchema] : [];
     void catalog;
-    return explicitTemp ? effectivePath([...path, ...temp]) : effectivePath([...temp, ...path]);
+    const effective = explicitTemp ? effectivePath([...path, ...temp]) : effectivePath([...temp, ...path]);
+    this.pathMemo = { searchPath: this.searchPath, tempSchema: this.tempSchema, path: effective };
+    return effective;
   }
+
+  private pathMemo: { searchPath: string[]; tempSchema: string | null | undefined; path: string[] } | null = null;
 
   /**
    * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
@@ -534,6 +541,37 @@ export class SessionPolicy {
         this.session.inspectCopyIn = false;
       },
     });
+  }
+
+  /**
+   * A simple Query's result set: field plans, the rewritten RowDescription and a row rewriter (null when no
+   * field is protected). Kept per RowDescription while the catalog, role policy and settings are the same;
+   * the rewriter is shared unless it collects audit subjects (those are per statement).
+   */
+  queryResultFields(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy, subjects: SubjectCollector | null): { rowDescription: Buffer; rewriter: RowRewriter } | null {
+    const key = rowDescription.toString('latin1');
+    const settings = this.resultSettings();
+    let c = this.queryShapes.get(key);
+    if (!c || c.catalog !== catalog || c.role !== role || c.settings !== settings) {
+      const plans = this.fieldPlans(rowDescription, catalog, role);
+      // A simple Query's RowDescription carries the real formats (binary for a BINARY cursor's FETCH).
+      const formats = decodeRowDescription(rowDescription).fields.map((x) => x.format);
+      c = { catalog, role, settings, plans, formats, rowDescription: plans.length > 0 ? rewriteRowDescription(rowDescription, plans) : null, rewriter: null };
+      if (this.queryShapes.size >= 64) this.queryShapes.clear();
+      this.queryShapes.set(key, c);
+    }
+    if (!c.rowDescription) return null;
+    if (subjects) return { rowDescription: c.rowDescription, rewriter: this.rewriter(c.plans, c.formats, subjects) };
+    c.rewriter ??= this.rewriter(c.plans, c.formats, null);
+    return { rowDescription: c.rowDescription, rewriter: c.rewriter };
+  }
+
+  private readonly queryShapes = new Map<string, { catalog: DatabaseCatalog; role: RolePolicy; settings: string; plans: FieldPlan[]; formats: number[]; rowDescription: Buffer | null; rewriter: RowRewriter | null }>();
+
+  /** The session settings field plans and row rewriters depend on. */
+  private resultSettings(): string {
+    const p = this.session.params;
+    return `${p.get('DateStyle') ?? ''}\0${p.get('client_encoding') ?? ''}\0${this.byteaOutput}`;
   }
 
   rewriter(plans: FieldPlan[], formats: readonly number[], subjects: SubjectCollector | null = null): RowRewriter {
@@ -859,7 +897,7 @@ export class SessionPolicy {
    */
   private statementFieldPlans(shape: Buffer, catalog: DatabaseCatalog, role: RolePolicy, plan: StatementPlanInfo | null): FieldPlan[] {
     if (!plan) return this.fieldPlans(shape, catalog, role);
-    const settings = `${this.session.params.get('DateStyle') ?? ''}\0${this.session.params.get('client_encoding') ?? ''}`;
+    const settings = this.resultSettings();
     const c = plan.fields;
     if (c && c.catalog === catalog && c.role === role && c.settings === settings && c.shape.equals(shape)) return c.plans;
     const plans = this.fieldPlans(shape, catalog, role);
@@ -867,10 +905,19 @@ export class SessionPolicy {
     return plans;
   }
 
+  /** The statement's row rewriter, shared by its Executes while plans and formats are the same (not with a subject collector). */
+  private executeRewriter(plan: StatementPlanInfo | null, plans: FieldPlan[], formats: readonly number[], collector: SubjectCollector | null): RowRewriter {
+    const fields = plan?.fields;
+    if (collector || !fields || fields.plans !== plans) return this.rewriter(plans, formats, collector);
+    const key = formats.join(',');
+    if (fields.rewriter?.formats !== key) fields.rewriter = { formats: key, r: this.rewriter(plans, formats, null) };
+    return fields.rewriter.r;
+  }
+
   private executeDecision(plan: StatementPlanInfo | null, rewriterPlans: FieldPlan[], formats: readonly number[], handle: StatementHandle | null): Decision {
     if (rewriterPlans.length === 0 && !handle) return FORWARD;
     const collector = handle ? this.subjectCollector() : null;
-    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, formats, collector) : null;
+    const rewriter = rewriterPlans.length > 0 ? this.executeRewriter(plan, rewriterPlans, formats, collector) : null;
     const transform = new ExecuteResults(rewriter, handle, collector);
     transform.decision = decisionLabel(plan?.columns ?? rewriterPlans.map((p) => ({ column: qualified(p.column), decision: p.action })));
     return { action: 'forward', transform };
@@ -959,15 +1006,9 @@ class QueryResults implements ResultTransform {
   message(f: Frame): Buffer | null {
     switch (f.type) {
       case BE.RowDescription: {
-        const plans = this.policy.fieldPlans(f.body, this.catalog, this.role);
-        if (plans.length === 0) {
-          this.rewriter = null;
-          return null;
-        }
-        // A simple Query's RowDescription carries the real formats (binary for a BINARY cursor's FETCH).
-        const formats = decodeRowDescription(f.body).fields.map((x) => x.format);
-        this.rewriter = this.policy.rewriter(plans, formats, this.subjects);
-        return rewriteRowDescription(f.body, plans);
+        const result = this.policy.queryResultFields(f.body, this.catalog, this.role, this.subjects);
+        this.rewriter = result?.rewriter ?? null;
+        return result?.rowDescription ?? null;
       }
       case BE.DataRow:
         this.rows++;
