@@ -131,6 +131,8 @@ export class Session {
   /** holdUpstream() corked the upstream; a release is scheduled. */
   private upstreamHeld = false;
   private releaseScheduled = false;
+  /** Messages for the upstream held by holdUpstream(), in order. */
+  private upOut: Buffer[] = [];
   private out: Buffer[] = [];
   private idleTimer: NodeJS.Timeout | null = null;
   /** For SessionEvents: when authentication succeeded (0 before), bytes read from each side, statement start. */
@@ -398,16 +400,14 @@ export class Session {
   }
 
   /**
-   * Corks the upstream socket so the messages decided in this turn of the event loop leave in one write.
+   * Holds the messages for the upstream so those decided in this turn of the event loop leave in one write.
    * A release is always scheduled (setImmediate runs once the turn's microtasks are done): a decision that
    * waits on the server (a Bind waiting for its Parse's outcome, an injected Describe) lets the loop reach
-   * it, so corked bytes never wait behind something that needs them sent.
+   * it, so held bytes never wait behind something that needs them sent.
    */
   private holdUpstream(): void {
-    const up = this.upstream;
-    if (!up || this.upstreamHeld) return;
+    if (!this.upstream || this.upstreamHeld) return;
     this.upstreamHeld = true;
-    up.cork();
     if (!this.releaseScheduled) {
       this.releaseScheduled = true;
       setImmediate(this.scheduledRelease);
@@ -419,11 +419,14 @@ export class Session {
     this.releaseUpstream();
   };
 
-  /** Sends what holdUpstream() kept back (one write). */
+  /** Sends what holdUpstream() kept back, in one write. */
   private releaseUpstream(): void {
     if (!this.upstreamHeld) return;
     this.upstreamHeld = false;
-    this.upstream?.uncork();
+    const out = this.upOut;
+    if (out.length === 0 || !this.upstream) return;
+    this.upOut = [];
+    if (!writeAll(this.upstream, out)) this.client.pause();
   }
 
   private pushFrames(framer: Framer, chunk: Buffer, side: 'client' | 'server'): void {
@@ -508,14 +511,7 @@ export class Session {
     if (this.out.length === 0) return;
     const out = this.out;
     this.out = [];
-    let ok = true;
-    if (out.length === 1) ok = this.client.write(out[0]!);
-    else {
-      this.client.cork();
-      for (const b of out) ok = this.client.write(b) && ok;
-      this.client.uncork();
-    }
-    if (!ok) this.upstream?.pause();
+    if (!writeAll(this.client, out)) this.upstream?.pause();
   }
 
   // Client → server ------------------------------------------------------------------------------
@@ -584,11 +580,15 @@ export class Session {
       this.pipeline.expect(e);
     }
     this.toUpstream(d.action === 'replace' ? d.raw : f.raw);
-    if (f.type === FE.Terminate) this.close('client terminated');
+    if (f.type === FE.Terminate) {
+      this.releaseUpstream();
+      this.close('client terminated');
+    }
   }
 
   toUpstream(raw: Buffer): void {
-    if (!this.upstream!.write(raw)) this.client.pause();
+    if (this.upstreamHeld) this.upOut.push(raw);
+    else if (!this.upstream!.write(raw)) this.client.pause();
   }
 
   /**
@@ -699,6 +699,22 @@ export class Session {
     }, secs * 1000);
     this.idleTimer.unref();
   }
+}
+
+/** Below this many bytes, buffers bound for one socket are joined: one copy is cheaper than a writev. */
+const SMALL_WRITE = 16 * 1024;
+
+/** Writes buffers in order with one syscall where possible; false when the socket asks to wait for 'drain'. */
+function writeAll(sock: ClientSocket | UpstreamSocket, bufs: readonly Buffer[]): boolean {
+  if (bufs.length === 1) return sock.write(bufs[0]!);
+  let n = 0;
+  for (const b of bufs) n += b.length;
+  if (n <= SMALL_WRITE) return sock.write(Buffer.concat(bufs, n));
+  let ok = true;
+  sock.cork();
+  for (const b of bufs) ok = sock.write(b) && ok;
+  sock.uncork();
+  return ok;
 }
 
 const SYNC = encodeSync();
