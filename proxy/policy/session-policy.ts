@@ -421,7 +421,7 @@ export class SessionPolicy {
     if (values.length === 0) return { edits: [], values };
     let cells: Buffer[];
     try {
-      cells = await this.engine.keys.encryptAll(values);
+      cells = this.engine.keys.encryptAllNow(values) ?? await this.engine.keys.encryptAll(values);
     } catch (err) {
       return refusal('55000', `protected column ${qualified(values[0]!.col)} cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
     }

@@ -43,12 +43,22 @@ export function decodeSql(sql: Buffer): string {
   }
 }
 
+/**
+ * The last text parsed and its tree: verifying a splice parses the original statement again right after
+ * the analysis parsed it (the same text gives the same tree; the parser takes no settings). The tree is
+ * shared, so it is read-only for every caller (the analysis and the splice verifier only read it).
+ */
+let lastParsed: { text: string; stmts: AstNode[] } | null = null;
+
 export function parseText(text: string): AstNode[] {
   if (!loaded) throw new Error('libpg-query is not loaded: call loadParser() first');
   if (text.trim() === '') return [];
+  if (lastParsed?.text === text) return lastParsed.stmts;
   try {
     const r = parseSync(text) as unknown as { stmts?: AstNode[] };
-    return r.stmts ?? [];
+    const stmts = r.stmts ?? [];
+    lastParsed = { text, stmts };
+    return stmts;
   } catch (e) {
     const details = (e as { sqlDetails?: { cursorPosition?: number } }).sqlDetails;
     throw new SqlSyntaxError((e as Error).message, details?.cursorPosition ?? -1);
