@@ -53,7 +53,7 @@ interface StatementPlanInfo {
    */
   shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
   /** fieldPlans() of the last shape seen, with what they were computed under (statementFieldPlans()). */
-  fields?: { shape: Buffer; catalog: DatabaseCatalog; role: RolePolicy; settings: string; plans: FieldPlan[]; rewriter?: { formats: string; r: RowRewriter } };
+  fields?: { shape: Buffer; catalog: DatabaseCatalog; role: RolePolicy; settings: string; plans: FieldPlan[]; rewriter?: { formats: string; r: RowRewriter }; rowDescription?: Buffer };
 }
 
 /** A portal as bound through mamori: its statement's plan, the result formats asked for, subjects of its parameters. */
@@ -806,10 +806,7 @@ export class SessionPolicy {
         if (f.type === BE.ParameterDescription && plan.params.length > 0) {
           return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
         }
-        if (f.type === BE.RowDescription) {
-          const plans = this.statementFieldPlans(f.body, entry.enforced, role, plan);
-          return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
-        }
+        if (f.type === BE.RowDescription) return this.describedRow(f.body, entry.enforced, role, plan);
         return null;
       },
     };
@@ -832,9 +829,10 @@ export class SessionPolicy {
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type !== BE.RowDescription) return null;
-        this.portalShapes.set(name, Buffer.from(f.body));
-        const plans = this.statementFieldPlans(f.body, entry.enforced, role, plan);
-        return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
+        const out = this.describedRow(f.body, entry.enforced, role, plan);
+        const known = plan?.fields?.shape;
+        this.portalShapes.set(name, known?.equals(f.body) ? known : Buffer.from(f.body));
+        return out;
       },
     };
     return { action: 'forward', transform };
@@ -912,6 +910,16 @@ export class SessionPolicy {
     const key = formats.join(',');
     if (fields.rewriter?.formats !== key) fields.rewriter = { formats: key, r: this.rewriter(plans, formats, null) };
     return fields.rewriter.r;
+  }
+
+  /** A described RowDescription as the client sees it (null: unchanged), kept with the statement's field plans. */
+  private describedRow(body: Buffer, catalog: DatabaseCatalog, role: RolePolicy, plan: StatementPlanInfo | null): Buffer | null {
+    const plans = this.statementFieldPlans(body, catalog, role, plan);
+    if (plans.length === 0) return null;
+    const c = plan?.fields;
+    if (c?.plans !== plans) return rewriteRowDescription(body, plans);
+    c.rowDescription ??= rewriteRowDescription(body, plans);
+    return c.rowDescription;
   }
 
   private executeDecision(plan: StatementPlanInfo | null, rewriterPlans: FieldPlan[], formats: readonly number[], handle: StatementHandle | null): Decision {
