@@ -109,6 +109,58 @@ describe('keyring: cells and caching', () => {
     }
   });
 
+  test('encryptNow: null until a block is reserved and the key unwrapped; then counted like encrypt(), never past a rotation; refused while frozen', async () => {
+    // Blocks of 4 (threshold/100): three of every four encryptions are taken from a reserved block.
+    const t = tmpLocal({ rotateAfterEncryptions: 400 });
+    try {
+      const kr = await Keyring.init(t.cfg, { databaseIdentity: 'prod' });
+      await kr.ensureDomain('r', 'randomized');
+      assert.equal(kr.encryptNow('r', Buffer.from('x')), null, 'nothing reserved or unwrapped yet');
+      const cells: Buffer[] = [];
+      let now = 0;
+      for (let i = 0; i < 900; i++) {
+        const p = Buffer.from(String(i));
+        const cell = kr.encryptNow('r', p);
+        if (cell) now++;
+        cells.push(cell ?? await kr.encrypt('r', p));
+      }
+      assert.equal(now, 900 - 900 / 4, 'three of four encryptions need no wait');
+      // The same versions and counts as with encrypt() alone: 400 per version, rotation at the threshold.
+      const versions = cells.map((c) => parseCellHeader(c)!.version);
+      assert.deepEqual([1, 2, 3].map((v) => versions.filter((x) => x === v).length), [400, 400, 100]);
+      assert.deepEqual(kr.domain('r').versions.map((v) => v.encryptions), [400, 400, 100]);
+      for (let i = 0; i < cells.length; i += 37) assert.equal((await kr.decrypt(cells[i]!))!.toString(), String(i));
+
+      await kr.ensureDomain('d', 'deterministic');
+      const a = await kr.encrypt('d', Buffer.from('123456789018'));
+      assert.deepEqual(kr.encryptNow('d', Buffer.from('123456789018')), a);
+      await kr.rotate('d');
+      assert.throws(() => kr.encryptNow('d', Buffer.from('123456789018')), (e: Error) => e instanceof KeyringError && e.code === 'frozen');
+      await kr.finishRotation('d');
+      assert.equal(kr.encryptNow('d', Buffer.from('123456789018')), null, 'the new version is not reserved or unwrapped yet');
+      await kr.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('encryptNow waits again once the cached key expires', async () => {
+    const t = tmpLocal({ cacheTtlSeconds: 1 });
+    try {
+      const kr = await Keyring.init(t.cfg, { databaseIdentity: 'prod' });
+      await kr.ensureDomain('d', 'deterministic');
+      await kr.encrypt('d', Buffer.from('1'));
+      assert.ok(kr.encryptNow('d', Buffer.from('2')));
+      await new Promise((r) => setTimeout(r, 1100));
+      assert.equal(kr.encryptNow('d', Buffer.from('3')), null);
+      await kr.encrypt('d', Buffer.from('4'));
+      assert.ok(kr.encryptNow('d', Buffer.from('5')));
+      await kr.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
   test('an unknown version is an error; a retired one refuses; the current version cannot be retired', async () => {
     const t = tmpLocal();
     try {
