@@ -27,6 +27,8 @@ export interface DecisionExtras {
   transform?: ResultTransform;
   plan?: unknown;
   onOutcome?: (ok: boolean) => void;
+  /** A simple Query's SQL PREPAREs: their plans in statement order, kept with each statement the server confirms. */
+  preparePlans?: readonly unknown[];
 }
 
 export type Decision =
@@ -544,6 +546,7 @@ export class Session {
     if (e) {
       if (d.transform) e.transform = d.transform;
       if (d.onOutcome) e.onOutcome = d.onOutcome;
+      if (d.preparePlans) e.preparePlans = d.preparePlans;
       if (d.plan !== undefined) {
         if (e.statement) e.statement.plan = d.plan;
         if (e.portal) e.portal.plan = d.plan;
