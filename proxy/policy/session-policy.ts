@@ -11,7 +11,7 @@ import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
 import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type StatementPlan } from '../sql/index.js';
-import type { AnalysisContext, ExecuteArg, LiteralSite, ProtectedColumn, RolePolicy } from '../sql/types.js';
+import type { AnalysisContext, LiteralSite, ProtectedColumn, RolePolicy } from '../sql/types.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
 import { toLogicalType } from '../results/logical.js';
@@ -67,8 +67,6 @@ interface SqlPrepared {
   edits: ExpectedEdit[];
   /** Constants EXECUTE passes for protected parameters. */
   sites: LiteralSite[];
-  /** `$n` of the enclosing statement EXECUTE passes for protected parameters (Parse only). */
-  params: { arg: ExecuteArg & { kind: 'param'; index: number }; plan: ParamPlan }[];
   /** Plans of the statements the EXECUTEs run. */
   targets: StatementPlanInfo[];
   /** Each statement's command, with EXECUTE as the command of what it runs. */
@@ -389,7 +387,7 @@ export class SessionPolicy {
    * bytea), and what each EXECUTE passes for the protected parameters of the statement it runs.
    */
   private async sqlPrepared(statements: readonly StatementPlan[], role: RolePolicy, sql: Buffer): Promise<SqlPrepared | MamoriError> {
-    const out: SqlPrepared = { preparePlans: [], edits: [], sites: [], params: [], targets: [], commands: [], executes: [] };
+    const out: SqlPrepared = { preparePlans: [], edits: [], sites: [], targets: [], commands: [], executes: [] };
     const local = new Map<string, StatementPlanInfo | null>(); // prepared earlier in this string
     for (const st of statements) {
       let command = st.command;
@@ -418,8 +416,7 @@ export class SessionPolicy {
         } else if (target.plan) {
           const b = executeBinding(name, args, target.plan.params);
           if (b instanceof MamoriError) return b;
-          out.sites.push(...b.literals);
-          out.params.push(...b.params);
+          out.sites.push(...b.sites);
           out.targets.push(target.plan);
           command = target.plan.command;
         }
@@ -666,15 +663,6 @@ export class SessionPolicy {
         if (!prev) params.push({ index: ps.index, column: ps.column, purpose: ps.purpose, ...(ps.array ? { array: true } : {}) });
         if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
       }
-    }
-    // EXECUTE s($n): the Bind value of $n is encrypted for the protected parameter of s it is passed to.
-    for (const { arg, plan: tp } of sp.params) {
-      const uses = analysis.statements.flatMap((st) => st.execute?.args ?? []).filter((a) => a.kind === 'param' && a.index === arg.index).length;
-      if (uses > 1 || params.some((x) => x.index === arg.index)) {
-        return refusal('0A000', `parameter $${arg.index} is passed by EXECUTE for protected column ${qualified(tp.column)} and used in another position`);
-      }
-      params.push({ index: arg.index, column: tp.column, purpose: tp.purpose });
-      if (arg.cast) edits.push(paramCastEdit(arg, arg.index, false));
     }
     const lits = await this.encryptLiterals(analysis.statements, catalog, sp.sites);
     if ('action' in lits) return lits;

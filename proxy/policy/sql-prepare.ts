@@ -49,20 +49,13 @@ export function preparedParams(st: StatementPlan & { prepare: NonNullable<Statem
   return { params, edits };
 }
 
-/** What one EXECUTE passes for the protected parameters of its statement. */
-export interface ExecuteBinding {
-  /** Constants to validate, encrypt and splice in (value null: NULL, left as it is). */
-  literals: LiteralSite[];
-  /** `$n` of the enclosing statement (Parse "EXECUTE s($1)") bound for a protected parameter. */
-  params: { arg: ExecuteArg & { kind: 'param'; index: number }; plan: ParamPlan }[];
-}
-
 /**
- * Maps the arguments of `EXECUTE name(args)` onto the protected parameters of its statement. Only constants
- * (optionally cast) and, through Parse, parameters can be encrypted; any other expression is refused.
+ * Maps the arguments of `EXECUTE name(args)` onto the protected parameters of its statement: the constants
+ * (optionally cast; value null for NULL, left as it is) to validate, encrypt and splice in. Anything else
+ * bound for a protected parameter is refused; so is a `$n` of a Parse (PostgreSQL takes none there either).
  */
-export function executeBinding(name: string, args: readonly ExecuteArg[], params: readonly ParamPlan[]): ExecuteBinding | MamoriError {
-  const out: ExecuteBinding = { literals: [], params: [] };
+export function executeBinding(name: string, args: readonly ExecuteArg[], params: readonly ParamPlan[]): { sites: LiteralSite[] } | MamoriError {
+  const sites: LiteralSite[] = [];
   for (const p of params) {
     const arg = args[p.index - 1];
     if (!arg) continue; // too few arguments: the server refuses the EXECUTE
@@ -72,15 +65,14 @@ export function executeBinding(name: string, args: readonly ExecuteArg[], params
         `EXECUTE ${name}: argument ${p.index} is an array of values for protected column ${col} (= ANY), which EXECUTE cannot encrypt; use the driver's prepared statements`);
     }
     if (arg.kind === 'literal') {
-      out.literals.push({ start: arg.start, end: arg.end, column: p.column, purpose: p.purpose, value: arg.value });
-    } else if (arg.kind === 'param' && arg.index !== undefined) {
-      out.params.push({ arg: { ...arg, kind: 'param', index: arg.index }, plan: p });
-    } else {
-      return new MamoriError('feature_not_supported',
-        `EXECUTE ${name}: argument ${p.index} is bound for protected column ${col} and is an expression; only constants (optionally cast) can be encrypted for it`);
+      sites.push({ start: arg.start, end: arg.end, column: p.column, purpose: p.purpose, value: arg.value });
+      continue;
     }
+    const what = arg.kind === 'param' ? `a parameter ($${arg.index ?? '?'}); PostgreSQL does not accept parameters in EXECUTE arguments` : 'an expression';
+    return new MamoriError('feature_not_supported',
+      `EXECUTE ${name}: argument ${p.index} is bound for protected column ${col} and is ${what}; only constants (optionally cast) can be encrypted for it`);
   }
-  return out;
+  return { sites };
 }
 
 /** EXECUTE with arguments of a statement mamori has not seen prepared: its arguments could be protected values. */

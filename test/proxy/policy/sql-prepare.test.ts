@@ -145,19 +145,20 @@ describe('pg, simple protocol', () => {
 });
 
 describe('pg, extended protocol', () => {
-  test('EXECUTE s($1) with a Bind value encrypts the value', async () => {
-    assert.deepEqual((await clerk.query('EXECUTE find($1)', ['3456-7890-1234'])).rows, [{ id: 10, my_number: N.b }]);
-    assert.deepEqual((await clerk.query('EXECUTE find($1::text)', [N.b])).rows, [{ id: 10, my_number: N.b }]);
-    await clerk.query(INS);
-    await clerk.query('EXECUTE ins($1, $2, $3)', [16, 'Bound', N.a]);
+  test('EXECUTE sent through Parse: constants are encrypted; a Bind parameter for a protected argument is refused', async () => {
+    await clerk.query('PREPARE find(text) AS SELECT id, my_number FROM employees WHERE my_number = $1');
+    const extended = (text: string, values: unknown[] = []): pg.QueryConfig => ({ text, values, queryMode: 'extended' } as pg.QueryConfig);
+    assert.deepEqual((await clerk.query(extended(`EXECUTE find('3456-7890-1234')`))).rows, [{ id: 10, my_number: N.b }]);
+    await clerk.query(extended(`EXECUTE ins(16, 'Parsed', '${N.a}')`));
     assertCell(await stored(16), N.a);
-    await assert.rejects(clerk.query('EXECUTE ins($1, $2, $3)', [17, 'Bad', '123456789012']), code('22P02', /check digit/));
+    await assert.rejects(clerk.query(extended(`EXECUTE ins(17, 'Bad', '123456789012')`)), code('22P02', /check digit/));
+    await assert.rejects(clerk.query(extended('EXECUTE find($1)', [N.b])), code('0A000', /EXECUTE find: argument 1 is bound for protected column public\.employees\.my_number and is a parameter \(\$1\)/));
     assert.equal(await stored(17), undefined);
     await clerk.query('DELETE FROM employees WHERE id = 16');
   });
 
   test('a PREPARE with protected parameters sent through Parse is refused clearly', async () => {
-    await assert.rejects(clerk.query({ text: 'PREPARE viaparse(text) AS SELECT id FROM employees WHERE my_number = $1', values: [] } as pg.QueryConfig),
+    await assert.rejects(clerk.query({ text: 'PREPARE viaparse(text) AS SELECT id FROM employees WHERE my_number = $1', values: [], queryMode: 'extended' } as pg.QueryConfig),
       code('0A000', /PREPARE viaparse: .*public\.employees\.my_number.*only as a simple query/));
   });
 });
