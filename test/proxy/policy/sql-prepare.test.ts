@@ -5,11 +5,17 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { startProtectedStack, ROLES, PASSWORD, type ProtectedStack } from '../../harness/protected.js';
 import { systemBindir } from '../../harness/cluster.js';
+import { RawClient } from '../../harness/raw-client.js';
+import { encodeBind, encodeExecute, encodeQuery, encodeSync } from '../../../proxy/wire/frontend.js';
+import { decodeDataRow, decodeNoticeFields } from '../../../proxy/wire/backend.js';
+import { BE } from '../../../proxy/wire/types.js';
+import { parseRecord, type AuditRecord } from '../../../proxy/audit/record.js';
 
 const run = promisify(execFile);
 let s: ProtectedStack;
@@ -163,6 +169,47 @@ describe('pg, extended protocol', () => {
   });
 });
 
+describe('raw protocol', () => {
+  const raw = (): Promise<RawClient> => RawClient.connect('127.0.0.1', s.mamori.port, { user: ROLES.clerk, password: PASSWORD, database: 'postgres', tls: { ca: s.cluster.ca.cert, servername: 'localhost' } });
+  const errorsOf = (frames: { type: number; body: Buffer }[]): string[] =>
+    frames.filter((f) => f.type === BE.ErrorResponse).map((f) => { const e = decodeNoticeFields(f.body); return `${e.C} ${e.M}`; });
+
+  test('a Bind to a statement made by SQL PREPARE has its protected values encrypted', async () => {
+    const c = await raw();
+    try {
+      c.send(encodeQuery('PREPARE rawins(int, text, text) AS INSERT INTO employees (id, name, my_number) VALUES ($1, $2, $3)'));
+      assert.deepEqual(errorsOf(await c.until(BE.ReadyForQuery)), []);
+      c.send(encodeBind({ portal: '', statement: 'rawins', paramFormats: [], params: [Buffer.from('21'), Buffer.from('Raw'), Buffer.from(N.a)], resultFormats: [] }),
+        encodeExecute({ portal: '', maxRows: 0 }), encodeSync());
+      assert.deepEqual(errorsOf(await c.until(BE.ReadyForQuery)), []);
+      assertCell(await stored(21), N.a);
+    } finally {
+      c.close();
+      await admin.query('DELETE FROM employees WHERE id = 21');
+    }
+  });
+
+  test('pipelined Queries: an EXECUTE sent before its PREPARE completes waits for it', async () => {
+    const c = await raw();
+    try {
+      c.send(encodeQuery('PREPARE rawfind(text) AS SELECT id, my_number FROM employees WHERE my_number = $1'), encodeQuery(`EXECUTE rawfind('${N.b}')`),
+        encodeQuery('DEALLOCATE rawfind'), encodeQuery(`EXECUTE rawfind('${N.b}')`));
+      const first = await c.until(BE.ReadyForQuery);
+      assert.deepEqual(errorsOf(first), []);
+      const second = await c.until(BE.ReadyForQuery);
+      assert.deepEqual(errorsOf(second), []);
+      const rows = second.filter((f) => f.type === BE.DataRow).map((f) => decodeDataRow(f.body).fields.map((x) => x?.toString()));
+      assert.deepEqual(rows, [['10', N.b]]);
+      assert.deepEqual(errorsOf(await c.until(BE.ReadyForQuery)), []);
+      const fourth = errorsOf(await c.until(BE.ReadyForQuery));
+      assert.equal(fourth.length, 1);
+      assert.match(fourth[0]!, /^0A000 .*prepared statement "rawfind" is not known to mamori/);
+    } finally {
+      c.close();
+    }
+  });
+});
+
 test('psql: PREPARE / EXECUTE INSERT and search', async () => {
   const bindir = systemBindir();
   const psql = bindir ? join(bindir, 'psql') : 'psql';
@@ -184,4 +231,56 @@ test('no protected plaintext appears in any log line', () => {
   const all = logLines.join('');
   assert.ok(all.length > 0);
   for (const n of [...Object.values(N), '123456789018', '1234-5678-9018', '2345-6789-0121', '3456 7890 1234']) assert.ok(!all.includes(n), `log contains ${n}`);
+});
+
+describe('audit records and the search rate limit', () => {
+  let t: ProtectedStack;
+  let auditDir: string;
+  const records = (): AuditRecord[] => readdirSync(auditDir).filter((n) => n.endsWith('.jsonl')).sort()
+    .flatMap((f) => readFileSync(join(auditDir, f), 'utf8').split('\n').filter((l) => l.trim()).map((l) => parseRecord(l)));
+
+  before(async () => {
+    auditDir = mkdtempSync(join(tmpdir(), 'mamori-audit-'));
+    t = await startProtectedStack({
+      config: {
+        search: { ratePerSecond: 0.01, burst: 2, maxInListItems: 100 }, metrics: { enabled: false },
+        audit: {
+          statements: 'protected', failMode: 'closed', fsync: 'none',
+          sinks: [{ type: 'file', path: join(auditDir, 'mamori.jsonl') }],
+          checkpointSink: { type: 'file', path: join(auditDir, 'checkpoints', 'mamori.jsonl') },
+          signingKeyFile: join(auditDir, 'no-signing.key'),
+        },
+      },
+    });
+  });
+  after(async () => {
+    await t?.stop();
+  });
+
+  test('EXECUTE writes the intent and completion of the statement it runs; each EXECUTE of a search is one search', async () => {
+    const c = await t.connect(ROLES.clerk);
+    try {
+      await c.query(INS);
+      await c.query(`EXECUTE ins(30, 'Audited', '${N.a}')`);
+      await c.query('PREPARE find(text) AS SELECT id FROM employees WHERE my_number = $1');
+      assert.deepEqual((await c.query(`EXECUTE find('${N.a}')`)).rows, [{ id: 30 }]);
+      assert.deepEqual((await c.query(`EXECUTE find('${N.c}')`)).rows, []);
+      // Burst 2, refilled once in 100 s: the PREPARE took no token, the third EXECUTE finds none left.
+      await assert.rejects(c.query(`EXECUTE find('${N.a}')`), code('53400', /too many searches on protected column public\.employees\.my_number/));
+    } finally {
+      await c.end();
+    }
+    await new Promise((r) => setTimeout(r, 300)); // completions are written after the rows
+    const all = records();
+    const insert = all.find((r) => r.kind === 'statement_intent' && r.command === 'INSERT');
+    assert.ok(insert, 'an intent for the INSERT the EXECUTE ran');
+    assert.deepEqual(insert.columns, [{ column: 'public.employees.my_number', decision: 'write' }]);
+    const done = all.find((r) => r.kind === 'statement_complete' && r.fingerprint === insert.fingerprint);
+    assert.equal(done?.rows, 1);
+    const searches = all.filter((r) => r.kind === 'search');
+    assert.equal(searches.length, 2, 'one search record per EXECUTE of the search that ran');
+    assert.deepEqual(searches[0]!.columns, [{ column: 'public.employees.my_number', decision: 'search' }]);
+    const trail = readdirSync(auditDir).filter((n) => n.endsWith('.jsonl')).map((f) => readFileSync(join(auditDir, f), 'utf8')).join('');
+    for (const v of Object.values(N)) assert.ok(!trail.includes(v), 'the trail holds no My Number');
+  });
 });
