@@ -28,7 +28,7 @@ import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
 import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
 import { SearchLimiter, searchedColumn } from './search-limit.js';
-import { executeBinding, extendedPrepareRefusal, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
+import { executeBinding, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
@@ -648,13 +648,12 @@ export class SessionPolicy {
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
     this.touched = true;
-    const unsupported = extendedPrepareRefusal(analysis.statements);
-    if (unsupported) return { action: 'refuse', error: unsupported };
     const sp = await this.sqlPrepared(analysis.statements, role, sql);
     if (sp instanceof MamoriError) return { action: 'refuse', error: sp };
     const params: ParamPlan[] = [];
-    const edits = [];
-    for (const st of analysis.statements) {
+    const edits = [...sp.edits];
+    const direct = analysis.statements.filter((st) => !st.prepare); // a PREPARE's $n are its statement's, not this Parse's
+    for (const st of direct) {
       for (const ps of st.params) {
         const prev = params.find((x) => x.index === ps.index);
         if (prev && (prev.column !== ps.column || Boolean(prev.array) !== Boolean(ps.array))) {
@@ -679,8 +678,8 @@ export class SessionPolicy {
     const plan: StatementPlanInfo = {
       params, reads, columns: [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)],
       command: sp.commands.join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
-      extras: mergeExtras([statementExtras(analysis.statements), ...sp.targets.map((t) => t.extras)]),
-      search: searchedColumn(analysis.statements) ?? sp.targets.find((t) => t.search)?.search ?? null,
+      extras: mergeExtras([statementExtras(direct), ...sp.targets.map((t) => t.extras)]),
+      search: searchedColumn(direct) ?? sp.targets.find((t) => t.search)?.search ?? null,
       ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
       ...(sp.executes.length > 0 ? { executes: sp.executes } : {}),
     };
@@ -688,7 +687,8 @@ export class SessionPolicy {
     let body = encodeParseBody(name, newSql, paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
-    return { ...decision, action: 'replace', raw: rewritten };
+    // A PREPARE run by this statement's Execute: its plan is kept once the server says PREPARE.
+    return { ...decision, action: 'replace', raw: rewritten, ...(sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {}) };
   }
 
   /** The plan of a statement as the server will use it at this point of the pipeline. */

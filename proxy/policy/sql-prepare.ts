@@ -12,22 +12,6 @@ import type { ParamPlan } from '../results/params.js';
 
 const qualified = (c: ProtectedColumn): string => `${c.schema}.${c.table}.${c.column}`;
 
-/**
- * PREPARE sent as the SQL of a Parse: its parameters are not the Parse's, and mamori keeps SQL PREPARE plans
- * only from simple Queries, so one whose parameters reach a protected column is refused there.
- */
-export function extendedPrepareRefusal(statements: readonly StatementPlan[]): MamoriError | null {
-  for (const st of statements) {
-    if (!st.prepare) continue;
-    const p = st.params[0];
-    if (!p && st.prepare.typeSpans.length === 0) continue;
-    const col = p ? qualified(p.column) : 'a protected column';
-    return new MamoriError('feature_not_supported',
-      `PREPARE ${st.prepare.name}: an SQL PREPARE with parameters for protected columns (parameter $${p?.index ?? st.prepare.typeSpans[0]!.index} is bound for ${col}) is supported only as a simple query, not through Parse`);
-  }
-  return null;
-}
-
 /** The parameters of a PREPARE's statement bound for protected columns, and the edits that make them bytea. */
 export function preparedParams(st: StatementPlan & { prepare: NonNullable<StatementPlan['prepare']> }): { params: ParamPlan[]; edits: ExpectedEdit[] } | MamoriError {
   const params: ParamPlan[] = [];

@@ -23,6 +23,8 @@ export interface StatementInfo {
   paramTypes: number[];
   /** What policy code decided about the statement (opaque here); kept only once the server confirms it. */
   plan?: unknown;
+  /** Plans of the SQL PREPAREs the statement runs (see Expectation.preparePlans). */
+  preparePlans?: readonly unknown[];
 }
 
 export interface PortalInfo {
