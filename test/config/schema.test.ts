@@ -215,6 +215,11 @@ describe('errors', () => {
     assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'varchar' } } }), [
       { path: 'columns["a.b.c"].type', message: 'varchar needs a length, e.g. varchar(20); use text for unbounded strings' },
     ]);
+    // A bare bpchar is unbounded in PostgreSQL (not char(1)): refused like a bare varchar.
+    assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'bpchar' } } }), [
+      { path: 'columns["a.b.c"].type', message: 'bpchar needs a length, e.g. bpchar(20); use text for unbounded strings' },
+    ]);
+    assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'bpchar(12)' } } }), []);
     assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'int4(3)' } } }), [
       { path: 'columns["a.b.c"].type', message: 'int4 takes no length' },
     ]);
