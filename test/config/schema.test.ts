@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { defaultConfig } from '../../config/load.js';
 import { configSchema, type MamoriConfigInput } from '../../config/schema.js';
 import { fromZodIssues } from '../../config/issues.js';
+import { parseLogicalType } from '../../config/column-type.js';
 
 const BASE = '/etc/mamori';
 
@@ -219,7 +220,7 @@ describe('errors', () => {
     assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'bpchar' } } }), [
       { path: 'columns["a.b.c"].type', message: 'bpchar needs a length, e.g. bpchar(20); use text for unbounded strings' },
     ]);
-    assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'bpchar(12)' } } }), []);
+    assert.deepEqual(parseLogicalType('bpchar(12)'), { ok: true, type: { name: 'char', length: 12 } });
     assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'int4(3)' } } }), [
       { path: 'columns["a.b.c"].type', message: 'int4 takes no length' },
     ]);
