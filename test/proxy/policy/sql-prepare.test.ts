@@ -163,6 +163,12 @@ describe('pg, extended protocol', () => {
     await clerk.query('DELETE FROM employees WHERE id = 16');
   });
 
+  test('SQL EXECUTE of a statement the driver prepared (Parse) uses that statement\'s plan', async () => {
+    assert.deepEqual((await clerk.query({ name: 'pgnamed', text: 'SELECT id FROM employees WHERE my_number = $1', values: [N.b] })).rows, [{ id: 10 }]);
+    assert.deepEqual((await clerk.query(`EXECUTE pgnamed('3456-7890-1234')`)).rows, [{ id: 10 }]);
+    await assert.rejects(clerk.query(`EXECUTE pgnamed('3456-7890-1235')`), code('22P02', /check digit/));
+  });
+
   test('a PREPARE sent through Parse keeps its plan too: EXECUTE of it is encrypted', async () => {
     await clerk.query({ text: 'PREPARE viaparse(text) AS SELECT id, my_number FROM employees WHERE my_number = $1', values: [], queryMode: 'extended' } as pg.QueryConfig);
     assert.deepEqual((await clerk.query(`EXECUTE viaparse('3456 7890 1234')`)).rows, [{ id: 10, my_number: N.b }]);
