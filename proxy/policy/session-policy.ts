@@ -663,7 +663,7 @@ export class SessionPolicy {
 
   private readonly queryShapes = new Map<string, { catalog: DatabaseCatalog; role: RolePolicy; settings: string; plans: FieldPlan[]; formats: number[]; rowDescription: Buffer | null; rewriter: RowRewriter | null }>();
 
-  /** The session settings field plans and row rewriters depend on. */
+  /** The session settings field plans and row rewriters depend on: whatever else they come to read must be added here. */
   private resultSettings(): string {
     const p = this.session.params;
     return `${p.get('DateStyle') ?? ''}\0${p.get('client_encoding') ?? ''}\0${this.byteaOutput}`;

@@ -130,7 +130,7 @@ export class Session {
   /** Client messages waiting behind an undecided one, in order. */
   private held: Frame[] = [];
   private deciding = false;
-  /** holdUpstream() corked the upstream; a release is scheduled. */
+  /** holdUpstream() is keeping messages for the upstream in upOut; a release is scheduled. */
   private upstreamHeld = false;
   private releaseScheduled = false;
   /** Messages for the upstream held by holdUpstream(), in order. */
@@ -395,7 +395,7 @@ export class Session {
     try {
       this.pushFrames(framer, chunk, side);
     } finally {
-      // While a decision is pending the upstream stays corked: the messages it releases join this write.
+      // While a decision is pending the upstream stays held: the messages it releases join this write.
       if (client && !this.deciding) this.releaseUpstream();
     }
     this.flushOut();
