@@ -6,7 +6,7 @@
 import type { Frame } from '../wire/framer.js';
 import { BE, FE } from '../wire/types.js';
 import { decodeBind, decodeDescribe, decodeExecute, decodeParse, expandFormats, encodeDescribe } from '../wire/frontend.js';
-import { decodeRowDescription, decodeCommandComplete } from '../wire/backend.js';
+import { decodeRowDescription, decodeCommandComplete, decodeCopyResponse } from '../wire/backend.js';
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
@@ -16,7 +16,7 @@ import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
 import { toLogicalType } from '../results/logical.js';
 import { RowRewriter, rewriteRowDescription, rewriteParameterDescription, type FieldPlan, type FieldAction } from '../results/rows.js';
-import { OriginInspector, OriginRefusal, describeOrigin, originFields, type DomainDecision } from '../results/origin.js';
+import { COPY_ORIGIN, OriginInspector, OriginRefusal, copyCellDomain, describeOrigin, mayCarryCells, originFields, someField, carrierKind, type DomainDecision } from '../results/origin.js';
 import type { FieldDescription } from '../wire/types.js';
 import { encryptBindParams, rewriteParseTypes, ParamError, type ParamPlan } from '../results/params.js';
 import { readDecision, canSearch, canWrite, canExport, type ReadDecision } from './decide.js';
@@ -150,6 +150,18 @@ export class SessionPolicy {
   }
 
   private roleChangedAtStartup = false;
+
+  private pathKeyOf: string[] | null | undefined;
+  private pathKeyText = '';
+
+  /** The search_path as a cache key (PostgreSQL re-plans a prepared statement when it changes). */
+  private get pathKey(): string {
+    if (this.pathKeyOf !== this.searchPath) {
+      this.pathKeyOf = this.searchPath;
+      this.pathKeyText = (this.searchPath ?? []).join(',');
+    }
+    return this.pathKeyText;
+  }
 
   clientMessage(frame: Frame): Decision | Promise<Decision> {
     switch (frame.type) {
@@ -478,6 +490,23 @@ export class SessionPolicy {
     });
   }
 
+  /**
+   * A COPY TO row carrying a cell of unknown origin: COPY rows are not rewritten here, so only a role that
+   * reads the domain as ciphertext gets it as is (null); any other decision ends the COPY with an error.
+   */
+  copyOriginRefusal(domainId: number, catalog: DatabaseCatalog, role: RolePolicy): MamoriError | null {
+    const d = this.originDecision(domainId, catalog, role);
+    if ('refuse' in d) return d.refuse(COPY_ORIGIN);
+    if (d.action === 'ciphertext') return null;
+    return new MamoriError('feature_not_supported', `COPY TO carries a cell of column "${qualified(d.column)}" through ${describeOrigin(COPY_ORIGIN)}; only a role that reads it as ciphertext may copy it (use SELECT)`);
+  }
+
+  /** Whether a result set needs a look: a field mapped to a protected column by origin, or one that can carry a cell. */
+  needsLook(rowDescription: Buffer, catalog: DatabaseCatalog): boolean {
+    return someField(rowDescription, (tableOid, attnum, typeOid) => carrierKind(typeOid) !== null
+      || (tableOid !== 0 && (catalog.byOrigin(tableOid, attnum) !== undefined || catalog.derivedByOrigin(tableOid, attnum) !== undefined)));
+  }
+
   /** Audit of the cells of unknown origin one result set releases (see OriginReads). */
   originReadsAudit(): OriginReads {
     return new OriginReads(this.audit ? (columns) => this.audit!.intent({
@@ -771,7 +800,7 @@ export class SessionPolicy {
     this.portalShapes.delete(portal);
     this.describingPortals.delete(portal);
     if (!this.pendingParse.has(stmt) && !this.session.pipeline.statements.get(stmt)?.plan) {
-      this.portals.set(portal, { plan: null, formats: decodeBind(frame.body).resultFormats, stmt });
+      this.portals.set(portal, { plan: null, formats: bindResultFormats(frame.body, stmtEnd + 1), stmt });
       return FORWARD;
     }
     return this.bindSlow(frame, portal, stmt);
@@ -833,17 +862,24 @@ export class SessionPolicy {
    * that an Execute of it knows which fields can carry cells without asking the server itself.
    */
   private captureShape(target: 'S' | 'P', name: string): Decision {
-    const searchPath = (this.searchPath ?? []).join(',');
+    const searchPath = this.pathKey;
+    if (target === 'P') {
+      // A statement's rows have its shape whatever portal runs it: known already, nothing to capture.
+      const stmt = this.portals.get(name)?.stmt;
+      if (stmt !== undefined && this.statementShapes.get(stmt)?.searchPath === searchPath) return FORWARD;
+    }
     const inFlight = target === 'S' ? this.describingStatements : this.describingPortals;
     inFlight.add(name);
     const keep = (rd: Buffer | null): void => {
       inFlight.delete(name);
-      if (target === 'S') this.statementShapes.set(name, { rowDescription: rd, searchPath });
-      else this.portalShapes.set(name, rd);
+      const stmt = target === 'S' ? name : this.portals.get(name)?.stmt;
+      if (stmt !== undefined) this.statementShapes.set(stmt, { rowDescription: rd, searchPath });
+      if (target === 'P') this.portalShapes.set(name, rd);
     };
     const transform: ResultTransform = {
       message: (f) => {
-        if (f.type === BE.RowDescription) keep(Buffer.from(f.body));
+        // Kept (copied) only when some field can carry a cell: null means its rows need no look.
+        if (f.type === BE.RowDescription) keep(mayCarryCells(f.body) ? Buffer.from(f.body) : null);
         else if (f.type === BE.NoData) keep(null);
         return null;
       },
@@ -908,7 +944,7 @@ export class SessionPolicy {
 
   private watchedExecuteWith(portal: string, bound: BoundPortal, ctx: OriginContext): Decision | Promise<Decision> {
     if (ctx.catalog.protectedColumns.length === 0) return FORWARD;
-    const searchPath = (this.searchPath ?? []).join(',');
+    const searchPath = this.pathKey;
     const known = (): Buffer | null | undefined => {
       const p = this.portalShapes.get(portal);
       if (p !== undefined || bound.stmt === undefined) return p;
@@ -975,7 +1011,7 @@ export class SessionPolicy {
     // else mamori asks the server first (and caches it with the statement).
     let shape = this.portalShapes.get(portalName) ?? null;
     // (PostgreSQL re-analyses a prepared statement when search_path changes, so that is part of the key.)
-    const pathKey = (this.searchPath ?? []).join(',');
+    const pathKey = this.pathKey;
     if (!shape && plan?.shape && plan.shape.catalogLoadedAt === entry.catalog.loadedAt && plan.shape.searchPath === pathKey) {
       shape = plan.shape.rowDescription;
     } else if (!shape) {
@@ -1044,6 +1080,8 @@ class QueryResults implements ResultTransform {
   passRows = true;
   /** mamori ended the result with its own error: the rest of the Query's answers are dropped by the session. */
   private ended = false;
+  /** A COPY TO in progress that is not a protected table's (a protected one takes copyTransform): binary or text. */
+  private copyOut: { binary: boolean } | null = null;
   private rows = 0;
   /** Rows as the command tags count them (DELETE 3 …), summed over the Query's statements; null if none said. */
   private tagged: number | null = null;
@@ -1068,6 +1106,15 @@ class QueryResults implements ResultTransform {
     if (this.ended && f.type !== BE.ReadyForQuery) return null;
     switch (f.type) {
       case BE.RowDescription: {
+        this.reads?.done(this.rows, null);
+        this.reads = null;
+        if (!this.policy.needsLook(f.body, this.catalog)) {
+          // Nothing protected by origin and no field that can carry a cell: rows pass (and may stream).
+          this.rewriter = null;
+          this.origin = null;
+          this.passRows = true;
+          return null;
+        }
         const fields = decodeRowDescription(f.body).fields;
         let plans: FieldPlan[];
         try {
@@ -1079,7 +1126,6 @@ class QueryResults implements ResultTransform {
         // A simple Query's RowDescription carries the real formats (binary for a BINARY cursor's FETCH).
         const formats = fields.map((x) => x.format);
         this.rewriter = plans.length > 0 ? this.policy.rewriter(plans, formats, this.subjects) : null;
-        this.reads?.done(this.rows, null);
         this.reads = this.policy.originReadsAudit();
         this.origin = this.policy.originInspector(fields, plans, formats, this.catalog, this.role, this.subjects, this.reads);
         this.passRows = this.rewriter === null && this.origin === null;
@@ -1094,10 +1140,22 @@ class QueryResults implements ResultTransform {
           if (err instanceof OriginRefusal) return this.end(err.error);
           throw err;
         }
+      case BE.CopyOutResponse:
+        this.copyOut = { binary: decodeCopyResponse(f.body, 'CopyOutResponse').format === 1 };
+        this.passRows = false;
+        return null;
+      case BE.CopyData: {
+        if (!this.copyOut) return null;
+        const d = copyCellDomain(f.body, this.copyOut.binary);
+        const refused = d >= 0 ? this.policy.copyOriginRefusal(d, this.catalog, this.role) : null;
+        return refused ? this.end(refused) : null;
+      }
       case BE.CommandComplete: {
+        this.copyOut = null;
         this.rewriter = null;
         this.origin = null;
         this.passRows = true;
+        if (!this.handle) return null;
         const n = rowsOf(f.body);
         if (n !== null) this.tagged = (this.tagged ?? 0) + n;
         return null;
@@ -1179,6 +1237,25 @@ class ExecuteResults implements ResultTransform {
         return null;
     }
   }
+}
+
+/** The result formats of a Bind body, read past its parameters without copying them (`at`: after the statement name). */
+function bindResultFormats(body: Buffer, at: number): number[] {
+  let pos = at;
+  const nParamFormats = body.readUInt16BE(pos);
+  pos += 2 + 2 * nParamFormats;
+  const nParams = body.readUInt16BE(pos);
+  pos += 2;
+  for (let i = 0; i < nParams; i++) {
+    const len = body.readInt32BE(pos);
+    pos += 4 + (len > 0 ? len : 0);
+  }
+  const n = body.readUInt16BE(pos);
+  pos += 2;
+  if (pos + 2 * n > body.length) throw new RangeError('Bind: message is truncated');
+  const out = new Array<number>(n);
+  for (let i = 0; i < n; i++) out[i] = body.readUInt16BE(pos + 2 * i);
+  return out;
 }
 
 /**

@@ -62,19 +62,47 @@ export function originFields(fields: readonly FieldDescription[], mapped: Readon
   return out;
 }
 
+/**
+ * Walks a RowDescription's fields without decoding names: true as soon as `visit` says so for one. Used to
+ * let result sets with nothing to look at pass without building anything.
+ */
+export function someField(body: Buffer, visit: (tableOid: number, attnum: number, typeOid: number) => boolean): boolean {
+  if (body.length < 2) throw new ProtocolError('RowDescription: message is truncated');
+  const n = body.readUInt16BE(0);
+  let pos = 2;
+  for (let i = 0; i < n; i++) {
+    const nul = body.indexOf(0, pos);
+    if (nul < 0 || nul + 19 > body.length) throw new ProtocolError('RowDescription: message is truncated');
+    if (visit(body.readUInt32BE(nul + 1), body.readInt16BE(nul + 5), body.readUInt32BE(nul + 7))) return true;
+    pos = nul + 19;
+  }
+  return false;
+}
+
+/** True when some field of the RowDescription has a type that can carry a cell. */
+export function mayCarryCells(body: Buffer): boolean {
+  return someField(body, (_t, _a, typeOid) => CARRIERS.has(typeOid));
+}
+
 const BACKSLASH = 0x5c;
 
-/** Lower-case hex digit value, or -1. */
-function hexValue(c: number): number {
+/** Hex digit value (either case), or -1. */
+function hexValue(c: number | undefined): number {
+  if (c === undefined) return -1;
   if (c >= 0x30 && c <= 0x39) return c - 0x30;
   if (c >= 0x61 && c <= 0x66) return c - 0x57;
   if (c >= 0x41 && c <= 0x46) return c - 0x37;
   return -1;
 }
 
-// `\xff6d01` then the mode: the hex text of a cell header's first bytes.
-const HEX_PREFIX = Buffer.from('\\xff6d01', 'latin1');
-// `\377m\001`: the same bytes in bytea_output = escape.
+/** The byte written as two hex digits at `i`, or -1. */
+function hexPair(v: Buffer, i: number): number {
+  const hi = hexValue(v[i]);
+  const lo = hexValue(v[i + 1]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+// `\377m\001`: a cell header's first bytes in bytea_output = escape.
 const ESCAPE_PREFIX = Buffer.from('\\377m\\001', 'latin1');
 
 /**
@@ -91,17 +119,15 @@ export function headerDomain(v: Buffer, start: number, len: number, raw: boolean
   }
   if (len < 18 || v[start] !== BACKSLASH) return -1;
   if (v[start + 1] === 0x78) {
-    // hex: \xff6d01 0m dddddddd — 2 + 2 × 8 characters
-    if (v.compare(HEX_PREFIX, 0, HEX_PREFIX.length, start, start + HEX_PREFIX.length) !== 0) {
-      // upper-case hex digits are valid bytea input too
-      if (v.toString('latin1', start, start + 8).toLowerCase() !== '\\xff6d01') return -1;
-    }
-    if (v[start + 8] !== 0x30 || (v[start + 9] !== 0x31 && v[start + 9] !== 0x32)) return -1;
+    // hex: \x ff 6d 01 0m dddddddd (either case: upper-case digits are valid bytea input too)
+    if (hexPair(v, start + 2) !== 0xff || hexPair(v, start + 4) !== 0x6d || hexPair(v, start + 6) !== 0x01) return -1;
+    const mode = hexPair(v, start + 8);
+    if (mode !== 1 && mode !== 2) return -1;
     let id = 0;
-    for (let k = 0; k < 8; k++) {
-      const h = hexValue(v[start + 10 + k]!);
-      if (h < 0) return -1;
-      id = id * 16 + h;
+    for (let k = 0; k < 4; k++) {
+      const b = hexPair(v, start + 10 + 2 * k);
+      if (b < 0) return -1;
+      id = id * 256 + b;
     }
     return id;
   }
@@ -141,8 +167,12 @@ export class OriginRefusal extends Error {
   }
 }
 
+/** Stands for the field of a COPY TO row (its fields are not told apart). */
+export const COPY_ORIGIN: OriginField = { index: -1, name: '', kind: 'bytea', binary: false, tableOid: 0, attnum: 0 };
+
 /** How a refusal names where a cell came from (the column's name, never a value). */
 export function describeOrigin(f: Pick<OriginField, 'name' | 'tableOid' | 'attnum'>): string {
+  if (f === COPY_ORIGIN) return 'a row of COPY TO of unknown origin (a query, function or table that is not protected)';
   return f.tableOid === 0
     ? `result column "${f.name}" of unknown origin (a function or expression result)`
     : `result column "${f.name}" of a column that is not protected (table OID ${f.tableOid}, attnum ${f.attnum})`;
@@ -168,18 +198,49 @@ export interface OriginInspectorOptions {
 export class OriginInspector {
   private readonly decided = new Map<number, DomainDecision>();
   private readonly escape: boolean;
+  private readonly fields: readonly OriginField[];
+  /** Per field position up to the last candidate: 0 not looked at, 1 raw bytes (binary bytea), 2 bytea text. */
+  private readonly look: Uint8Array;
 
   constructor(
-    private readonly fields: readonly OriginField[],
+    fields: readonly OriginField[],
     private readonly decide: (domainId: number) => DomainDecision,
     private readonly keys: CellKeys,
     private readonly opts: OriginInspectorOptions = {},
   ) {
     this.escape = opts.byteaOutput === 'escape';
+    this.fields = [...fields].sort((a, b) => a.index - b.index);
+    this.look = new Uint8Array((this.fields.at(-1)?.index ?? -1) + 1);
+    for (const f of this.fields) this.look[f.index] = f.kind === 'bytea' && f.binary ? 1 : 2;
   }
 
-  /** DataRow body (no header) → a full 'D' message when a value was rewritten, else null. */
+  /**
+   * DataRow body (no header) → a full 'D' message when a value was rewritten, else null. The common case —
+   * no value starts like a cell — walks the field lengths once and allocates nothing.
+   */
   inspect(body: Buffer): Buffer | null {
+    const look = this.look;
+    if (body.length < 2 || body.readUInt16BE(0) < look.length) throw new ProtocolError('DataRow: fewer fields than described');
+    let pos = 2;
+    let found = false;
+    for (let i = 0; i < look.length; i++) {
+      if (pos + 4 > body.length) throw new ProtocolError('DataRow: message is truncated');
+      const len = body.readInt32BE(pos);
+      pos += 4;
+      if (len < -1 || len > body.length - pos) throw new ProtocolError('DataRow: invalid field length');
+      if (len > 0) {
+        if (look[i] !== 0 && headerDomain(body, pos, len, look[i] === 1) >= 0) {
+          found = true;
+          break;
+        }
+        pos += len;
+      }
+    }
+    return found ? this.rewrite(body) : null;
+  }
+
+  /** A row with at least one cell: each cell decided by its domain (refused, or rendered per the decision). */
+  private rewrite(body: Buffer): Buffer | null {
     const offsets = scanDataRow(body);
     let repl: Map<number, Buffer | null> | null = null;
     for (const f of this.fields) {
@@ -257,4 +318,47 @@ function rebuildRow(body: Buffer, offsets: Int32Array, repl: ReadonlyMap<number,
   }
   body.copy(out, o, from);
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// COPY … TO STDOUT of rows that were not mapped to a protected column
+
+const HEX_MARK = Buffer.from('xff6d01', 'latin1');
+const BINARY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
+
+/**
+ * The key-domain id of the first cell header in one CopyData message of a COPY TO, or -1. Text and CSV
+ * rows are searched for the bytea hex form (`\x` then the header; COPY text doubles the backslash), which
+ * also finds a cell's text form in a text column; binary rows are walked field by field, each field checked
+ * as raw bytes and as bytea text. A match anywhere in a text row counts (fail closed: COPY rows are not
+ * split into fields here).
+ */
+export function copyCellDomain(data: Buffer, binary: boolean): number {
+  if (!binary) {
+    for (let p = data.indexOf(HEX_MARK); p >= 0; p = data.indexOf(HEX_MARK, p + 1)) {
+      if (p === 0 || data[p - 1] !== BACKSLASH) continue;
+      const d = headerDomain(data, p - 1, data.length - p + 1, false);
+      if (d >= 0) return d;
+    }
+    return -1;
+  }
+  let pos = 0;
+  if (data.length >= 19 && data.compare(BINARY_SIGNATURE, 0, 11, 0, 11) === 0) pos = 19 + data.readUInt32BE(15);
+  while (pos + 2 <= data.length) {
+    const n = data.readInt16BE(pos);
+    pos += 2;
+    if (n < 0) break; // trailer
+    for (let i = 0; i < n && pos + 4 <= data.length; i++) {
+      const len = data.readInt32BE(pos);
+      pos += 4;
+      if (len <= 0) continue;
+      const end = Math.min(pos + len, data.length);
+      const d = headerDomain(data, pos, end - pos, true);
+      if (d >= 0) return d;
+      const t = headerDomain(data, pos, end - pos, false);
+      if (t >= 0) return t;
+      pos = end;
+    }
+  }
+  return -1;
 }

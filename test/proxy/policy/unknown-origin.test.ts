@@ -274,6 +274,56 @@ describe('expressions, cursors and copies', () => {
   });
 });
 
+describe('COPY … TO STDOUT of rows that are not a protected table\'s', () => {
+  async function copyOut(role: string, sql: string): Promise<{ types: string; data: string; error: { code: string; message: string } | null; after: boolean }> {
+    const c = await RawClient.connect('127.0.0.1', s.mamori.port, { user: role, password: PASSWORD, tls: { ca: s.cluster.ca.cert } });
+    try {
+      c.send(encodeQuery(sql));
+      const frames = await c.until(BE.ReadyForQuery);
+      const err = frames.find((f) => f.type === BE.ErrorResponse);
+      const fields = err ? decodeNoticeFields(err.body) : null;
+      c.send(encodeQuery('SELECT 1'));
+      const next = await c.until(BE.ReadyForQuery);
+      return {
+        types: frames.map((f) => String.fromCharCode(f.type)).join(''),
+        data: Buffer.concat(frames.filter((f) => f.type === BE.CopyData).map((f) => f.body)).toString('latin1'),
+        error: fields ? { code: fields.C ?? '', message: fields.M ?? '' } : null,
+        after: next.some((f) => f.type === BE.DataRow),
+      };
+    } finally {
+      c.close();
+    }
+  }
+
+  test('a denied role: 42501 ends the COPY, no cell bytes, the session goes on', async () => {
+    for (const sql of ['COPY (SELECT f_num(1)) TO STDOUT', 'COPY cell_copies TO STDOUT (FORMAT csv)', 'COPY cell_copies TO STDOUT (FORMAT binary)']) {
+      const r = await copyOut(ROLES.outsider, sql);
+      assertDenied(r.error, /a row of COPY TO of unknown origin/);
+      assert.equal(r.types, 'HEZ', sql);
+      assert.equal(r.after, true);
+    }
+  });
+
+  test('the ciphertext role copies the cells as stored; other readers are refused (COPY rows are not rewritten)', async () => {
+    const backup = await copyOut(BACKUP, 'COPY (SELECT id, f_num(id) FROM generate_series(1, 2) id) TO STDOUT');
+    assert.equal(backup.error, null);
+    assert.match(backup.data, /^1\t\\\\xff6d0102[0-9a-f]{72}\n2\t\\\\xff6d0102[0-9a-f]{72}\n$/);
+    const clerk = await copyOut(ROLES.clerk, 'COPY (SELECT f_num(1)::text) TO STDOUT');
+    assert.equal(clerk.error?.code, '0A000');
+    assert.match(clerk.error!.message, /COPY TO carries a cell of column "public\.employees\.my_number".*only a role that reads it as ciphertext may copy it/);
+    assert.equal(clerk.data, '');
+  });
+
+  test('COPY of bytea without cells is not affected', async () => {
+    const r = await copyOut(ROLES.outsider, 'COPY (SELECT data FROM blobs ORDER BY id) TO STDOUT');
+    assert.equal(r.error, null);
+    assert.equal(r.data, '\\\\x0102ff\n\\\\xff6d0103000000010000000100\n\\N\n');
+    const bin = await copyOut(ROLES.outsider, 'COPY (SELECT data FROM blobs ORDER BY id) TO STDOUT (FORMAT binary)');
+    assert.equal(bin.error, null);
+    assert.ok(bin.data.includes('\xff\x6d\x01\x03'));
+  });
+});
+
 test('postgres.js (extended protocol with described statements): decided per role, denial keeps the connection', async () => {
   const open = (role: string): ReturnType<typeof postgres> => postgres({ host: '127.0.0.1', port: s.mamori.port, user: role, password: PASSWORD,
     database: 'postgres', ssl: { ca: s.cluster.ca.cert, servername: 'localhost' }, max: 1, onnotice: () => undefined });
