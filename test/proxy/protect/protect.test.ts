@@ -17,6 +17,7 @@ import { unprotectColumn } from '../../../proxy/protect/unprotect.js';
 import { CONTROL_USER, startStack, type Stack } from '../../harness/mamori.js';
 import { startCluster, type Cluster } from '../../harness/cluster.js';
 import { runMamori } from '../../harness/child-mamori.js';
+import { runAuditCommand } from '../../../proxy/audit/cli.js';
 
 const PASSWORD = 'pw-for-protect-tests';
 const CLERK = 'hr_clerk';
@@ -338,6 +339,21 @@ describe('the CLI', () => {
     assert.deepEqual(st.rows[0], { original_type: 'character varying(20)', typmod: 24, not_null: true, state: 'protected' });
     const checks = await admin.query(`SELECT conname FROM pg_constraint WHERE conrelid = 'resume_t'::regclass AND contype = 'c'`);
     assert.deepEqual(checks.rows, []);
+
+    // Both runs are in the audit trail, with the login and the column: the killed one up to its last step,
+    // the resumed one through every step to the outcome. No value is in it, and the chain verifies.
+    const events = auditRecords().filter((r) => r.kind === 'key_event' && r.event === 'protect' && String(r.detail).startsWith('protect public.resume_t.my_number'));
+    const p = 'protect public.resume_t.my_number: ';
+    const last = String(events.at(-1)?.detail);
+    assert.match(last, /: done, \d+ row\(s\) encrypted$/); // the killed run's last batch may have committed after the kill
+    assert.deepEqual(events.map((r) => [r.keyId, r.user, r.database, r.detail]), [
+      ...[`${p}started`, `${p}shadow column added (column in transition)`],
+      ...[`${p}started`, `${p}shadow column added (column in transition)`, `${p}backfill done`, `${p}swap done, old plaintext column dropped`, `${p}vacuum done`, last],
+    ].map((d) => ['public.resume_t.my_number', cluster.superuser, 'postgres', d]));
+    const raw = readFileSync(join(dir, 'audit', 'mamori-cli.jsonl'), 'utf8');
+    for (const id of [1, 2, RESUME_ROWS]) assert.ok(!raw.includes(myNumber(id)), 'a My Number reached the audit trail');
+    const out: string[] = [];
+    assert.equal(await runAuditCommand(['verify', join(dir, 'audit'), '--no-registry'], { stdout: (t: string) => out.push(t), stderr: (t: string) => out.push(t) }), 0, out.join(''));
   });
 
   test('unprotect is refused for a login without plaintext read, and recorded', async () => {
