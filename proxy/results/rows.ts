@@ -77,7 +77,7 @@ export function rewriteRowDescription(body: Buffer, plans: readonly FieldPlan[])
   for (const p of plans) {
     if (p.index < 0 || p.index >= n) throw new ProtocolError('RowDescription: planned field out of range');
     if (p.action === 'ciphertext') continue;
-    const t = p.action === 'mask' ? { oid: OID.text, typlen: -1, typmod: -1 } : logicalTypeOid(p.column.type);
+    const t = p.action === 'mask' ? { oid: OID.text, typlen: -1, typmod: -1 } : p.column.display ?? logicalTypeOid(p.column.type);
     const at = 5 + fixed[p.index]! + 6; // after table OID (4) and attnum (2)
     out.writeUInt32BE(t.oid, at);
     out.writeInt16BE(t.typlen, at + 4);
@@ -100,7 +100,7 @@ export function rewriteParameterDescription(
   body.copy(out, 5);
   for (const p of params) {
     if (p.index < 0 || p.index >= n) throw new ProtocolError('ParameterDescription: parameter out of range');
-    const oid = logicalTypeOid(p.column.type).oid;
+    const oid = (p.column.display ?? logicalTypeOid(p.column.type)).oid;
     out.writeUInt32BE(p.array === true ? arrayOid(oid) : oid, 5 + 2 + 4 * p.index);
   }
   return out;

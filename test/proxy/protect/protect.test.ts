@@ -54,12 +54,13 @@ before(async () => {
   const keyring = { keyFile: join(dir, 'root.key'), store: { type: 'file' as const, path: join(dir, 'keystore.json') } };
   const krCfg = keyringConfigFrom(defaultConfig({ keyring }).keyring);
   kr = await Keyring.init(krCfg, { databaseIdentity: 'protect-test' });
-  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number']) await kr.ensureDomain(d, 'deterministic');
+  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number', 'public.fixed_t.my_number']) await kr.ensureDomain(d, 'deterministic');
   const columns = {
     'public.employees.my_number': policy(),
     // The owner (superuser) is named by login: superusers count only so (docs/policy.md); it runs unprotect here.
     'public.resume_t.my_number': policy([cluster.superuser]),
     'public.viewed.my_number': policy(),
+    'public.fixed_t.my_number': policy(),
   };
   const audit = {
     statements: 'none' as const,
@@ -83,9 +84,11 @@ before(async () => {
         await a.query(`CREATE TABLE viewed (id int PRIMARY KEY, my_number text)`);
         await a.query(`CREATE VIEW viewed_v AS SELECT id, my_number FROM viewed`);
         await a.query(`INSERT INTO viewed VALUES (1, '${myNumber(1)}')`);
+        await a.query(`CREATE TABLE fixed_t (id int PRIMARY KEY, my_number char(12))`);
+        await a.query(`INSERT INTO fixed_t VALUES (1, '${myNumber(1)}'), (2, NULL)`);
         for (const r of [CLERK, VIEWER]) {
           await a.query(`CREATE ROLE ${r} LOGIN PASSWORD '${PASSWORD}'`);
-          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t TO ${r}`);
+          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t TO ${r}`);
         }
       } finally {
         await a.end();
@@ -125,6 +128,19 @@ function auditRecords(): Record<string, unknown>[] {
   const file = join(dir, 'audit', 'mamori-cli.jsonl');
   assert.ok(existsSync(file), 'the CLI audit file exists');
   return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** Retries until the running mamori has reloaded its catalog after protect's DDL (the epoch moved). */
+async function eventually<T>(f: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      return await f();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
 }
 
 async function connect(role: string): Promise<pg.Client> {
@@ -255,6 +271,31 @@ describe('protect a live column', () => {
     }
   });
 
+  test('RowDescription shows the recorded original type: char(12) as bpchar typmod 16, in text and binary', async () => {
+    const r = await protectColumn(admin, kr, { ...target('fixed_t') });
+    assert.equal(r.status, 'done', JSON.stringify(r));
+    const st = await admin.query(`SELECT original_type, original_type_oid::int AS oid, typmod FROM mamori.protected_columns WHERE table_name = 'fixed_t'`);
+    assert.deepEqual(st.rows, [{ original_type: 'character(12)', oid: 1042, typmod: 16 }]);
+    const clerk = await connect(CLERK);
+    const viewer = await connect(VIEWER);
+    try {
+      const res = await eventually(() => clerk.query('SELECT id, my_number FROM fixed_t ORDER BY id'));
+      assert.deepEqual(res.fields.map((f) => [f.name, f.dataTypeID, f.dataTypeModifier]), [['id', 23, -1], ['my_number', 1042, 16]]);
+      assert.deepEqual(res.rows, [{ id: 1, my_number: myNumber(1) }, { id: 2, my_number: null }]);
+      // Extended protocol (Describe of the statement and of the portal) shows the same.
+      const ext = await clerk.query({ text: 'SELECT my_number FROM fixed_t WHERE id = $1', values: [1] });
+      assert.deepEqual(ext.fields.map((f) => [f.dataTypeID, f.dataTypeModifier]), [[1042, 16]]);
+      assert.equal(ext.rows[0].my_number, myNumber(1));
+      // A mask is text (it is not a value of the column's type).
+      const m = await viewer.query('SELECT my_number FROM fixed_t WHERE id = 1');
+      assert.deepEqual(m.fields.map((f) => [f.dataTypeID, f.dataTypeModifier]), [[25, -1]]);
+      assert.equal(m.rows[0].my_number, '********' + myNumber(1).slice(8));
+    } finally {
+      await clerk.end();
+      await viewer.end();
+    }
+  });
+
   test('refused before any change when a value is invalid: lists the primary key and reason, never the value', async () => {
     await admin.query(`CREATE TABLE bad_t (id int PRIMARY KEY, my_number text)`);
     const bad = myNumber(2).slice(0, 11) + String((Number(myNumber(2)[11]) + 1) % 10); // wrong check digit
@@ -354,6 +395,17 @@ describe('the CLI', () => {
     for (const id of [1, 2, RESUME_ROWS]) assert.ok(!raw.includes(myNumber(id)), 'a My Number reached the audit trail');
     const out: string[] = [];
     assert.equal(await runAuditCommand(['verify', join(dir, 'audit'), '--no-registry'], { stdout: (t: string) => out.push(t), stderr: (t: string) => out.push(t) }), 0, out.join(''));
+  });
+
+  test('after protect of a varchar(20) column, RowDescription shows varchar(20) (typmod 24)', async () => {
+    const clerk = await connect(CLERK);
+    try {
+      const res = await eventually(() => clerk.query('SELECT id, my_number FROM resume_t WHERE id = 7'));
+      assert.deepEqual(res.fields.map((f) => [f.name, f.dataTypeID, f.dataTypeModifier]), [['id', 23, -1], ['my_number', 1043, 24]]);
+      assert.deepEqual(res.rows, [{ id: 7, my_number: myNumber(7) }]);
+    } finally {
+      await clerk.end();
+    }
   });
 
   test('unprotect is refused for a login without plaintext read, and recorded', async () => {
