@@ -30,6 +30,16 @@ import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectColle
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 import { sqlPrepareRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
+import { applyTransition, mentionsShadow, planTransition, TransitionRefusal, type TransitionField, type TransitionPlan } from '../protect/transition-rewrite.js';
+import type { LiteralSite } from '../sql/types.js';
+
+/** Encrypted search/write constants: the splice edits, and per site its cell (transition rewrites place some). */
+interface LiteralCells {
+  edits: ReturnType<typeof byteaEdit>[];
+  values: { domain: string; canonical: Buffer; col: ProtectedColumn }[];
+  sites: LiteralSite[];
+  cells: Buffer[];
+}
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
 interface StatementPlanInfo {
@@ -44,6 +54,8 @@ interface StatementPlanInfo {
   extras: StatementExtras;
   /** The protected column it searches (each Bind takes a search-rate token), or null. */
   search?: ProtectedColumn | null;
+  /** Result fields served from a column in protect's transition, by position (proxy/protect/transition-rewrite.ts). */
+  transition?: TransitionField[];
   /** A COPY of a protected table (its data is rewritten by proxy/policy/copy-stream.ts). */
   copy?: CopyPlan;
   /**
@@ -69,6 +81,7 @@ const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
   '54000': 'program_limit_exceeded',
   '55000': 'object_not_in_prerequisite_state',
   '22021': 'invalid_text_representation',
+  'XX000': 'internal_error',
 };
 
 function refusal(sqlstate: string, message: string): Decision {
@@ -221,7 +234,7 @@ export class SessionPolicy {
    * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
    * changes no setting mamori tracks); else the analysis and what it needs.
    */
-  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity } | MamoriError> {
+  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity; path: string[] } | MamoriError> {
     const entry = await this.engine.catalog(this.session.database);
     // Enforced decisions leave out shadow-mode columns (enforce: false, still plaintext): their decision is
     // computed against the full catalog below and logged, never enforced.
@@ -249,7 +262,7 @@ export class SessionPolicy {
       maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
     }, ctx, analyse);
     if (entry.hasShadow) this.shadowDecision(sql, { ...ctx, catalog: entry.catalog, role: this.rolePolicy(identity, entry.catalog) }, analysis);
-    return { analysis, catalog, role, identity };
+    return { analysis, catalog, role, identity, path };
   }
 
   /**
@@ -301,9 +314,11 @@ export class SessionPolicy {
     if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
     const r = await this.analyse(sql);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
-    const { analysis, catalog, role } = r;
+    const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
     if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    const shadowNamed = mentionsShadow(sql, catalog);
+    if (shadowNamed) return refusal('55000', shadowNamed);
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes (SET ROLE, SET SESSION AUTHORIZATION, set_config(\'role\')) are not allowed in a session that touches protected columns; identity stays the session user');
     }
@@ -318,6 +333,8 @@ export class SessionPolicy {
     }
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path);
+    if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const limited = sqlPrepareRefusal(analysis.statements) ?? this.searchLimit.admit(searchedColumn(analysis.statements));
     if (limited) return { action: 'refuse', error: limited };
@@ -326,7 +343,11 @@ export class SessionPolicy {
     if ('action' in lits) return lits;
     const toEncrypt = lits.values;
     let raw: Buffer | null = null;
-    if (lits.edits.length > 0) {
+    if (tplan) {
+      const rewritten = this.transitionSpliced(sql, tplan, lits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
+      raw = encodeQueryRaw(rewritten);
+    } else if (lits.edits.length > 0) {
       const rewritten = this.spliced(sql, lits.edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       raw = encodeQueryRaw(rewritten);
@@ -340,7 +361,7 @@ export class SessionPolicy {
       const t = this.copyTransform(copy, catalog, role, handle);
       return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
     }
-    const transform = new QueryResults(this, catalog, role, handle);
+    const transform = new QueryResults(this, catalog, role, handle, tplan?.fields);
     transform.decision = decisionLabel(columns);
     return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
   }
@@ -350,9 +371,9 @@ export class SessionPolicy {
    * refused while the domain rotates), and turned into splice edits. A refusal Decision when one is invalid.
    */
   private async encryptLiterals(statements: readonly StatementPlan[], catalog: DatabaseCatalog): Promise<
-    { edits: ReturnType<typeof byteaEdit>[]; values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] } | Decision> {
+    LiteralCells | Decision> {
     const values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
-    const sites: { start: number; end: number }[] = [];
+    const sites: LiteralSite[] = [];
     for (const st of statements) {
       for (const lit of st.literals) {
         if (lit.value === null) continue;
@@ -361,17 +382,45 @@ export class SessionPolicy {
         const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
         if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
         values.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
-        sites.push({ start: lit.start, end: lit.end });
+        sites.push(lit);
       }
     }
-    if (values.length === 0) return { edits: [], values };
+    if (values.length === 0) return { edits: [], values, sites, cells: [] };
     let cells: Buffer[];
     try {
       cells = await this.engine.keys.encryptAll(values);
     } catch (err) {
       return refusal('55000', `protected column ${qualified(values[0]!.col)} cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
     }
-    return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values };
+    return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values, sites, cells };
+  }
+
+  /** The transition rewrite of a statement touching a column `mamori protect` is converting; null when none. */
+  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[]): TransitionPlan | null | Decision {
+    if (catalog.transitions.size === 0) return null;
+    try {
+      return planTransition(sql, statements, catalog, path);
+    } catch (err) {
+      if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+      throw err;
+    }
+  }
+
+  /** Transition edits with the constant edits (cells of consumed search constants go into the former). */
+  private transitionSpliced(sql: Buffer, plan: TransitionPlan, lits: LiteralCells, extra: ReturnType<typeof paramCastEdit>[] = []): Buffer | Decision {
+    const cellOf = new Map<LiteralSite, Buffer>(lits.sites.map((s, i) => [s, lits.cells[i]!]));
+    const byteEdits = [...lits.edits.filter((_, i) => !plan.consumed.has(lits.sites[i]!)), ...extra];
+    try {
+      return applyTransition(sql, plan, byteEdits, (site) => {
+        const c = cellOf.get(site);
+        if (!c) throw new TransitionRefusal('XX000', 'internal error: a search constant was not encrypted');
+        return c;
+      });
+    } catch (err) {
+      this.engine.log.error({ err: (err as Error).message }, 'transition rewrite failed');
+      if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+      return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
+    }
   }
 
   /** Splices and verifies by re-parse; a refusal when verification fails (never a half-rewritten statement). */
@@ -437,18 +486,27 @@ export class SessionPolicy {
     for (const d of domains) await this.engine.keys.load(d);
   }
 
-  /** Field plans for a RowDescription: protected fields by origin (table or view OID + attnum). */
-  fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy): FieldPlan[] {
+  /**
+   * Field plans for a RowDescription: protected fields by origin (table or view OID + attnum), and the fields a
+   * transition rewrite serves from a column `mamori protect` is converting, by position.
+   */
+  fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy, transition?: readonly TransitionField[]): FieldPlan[] {
     const rd = decodeRowDescription(rowDescription);
     const plans: FieldPlan[] = [];
     rd.fields.forEach((f, index) => {
-      if (f.tableOid === 0) return;
-      const derived = catalog.derivedByOrigin(f.tableOid, f.attnum);
+      const tf = transition?.find((t) => t.index === index);
+      if (f.tableOid === 0 && !tf) return;
+      const derived = tf ? undefined : catalog.derivedByOrigin(f.tableOid, f.attnum);
       if (derived) throw new MamoriError('feature_not_supported', `result column "${f.name}" is an expression over protected column ${qualified(derived.column)}`);
-      const pf = catalog.byOrigin(f.tableOid, f.attnum);
-      if (!pf) return;
+      const pf = tf ? catalog.byOrigin(tf.column.tableOid!, tf.column.attnum!) : catalog.byOrigin(f.tableOid, f.attnum);
+      if (!pf) {
+        if (tf) throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(tf.column)} changed while the statement ran; run it again`);
+        return;
+      }
       const decision: ReadDecision = role.read(pf.column);
       if (decision === 'deny') throw new MamoriError('insufficient_privilege', `permission denied to read column "${qualified(pf.column)}"`);
+      // Rows not yet moved have no cell to hand out.
+      if (tf && decision === 'ciphertext') throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished`);
       const cc = this.engine.config.columns[pf.policyKey];
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
@@ -460,7 +518,7 @@ export class SessionPolicy {
       if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
         throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is rendered only with client_encoding UTF8 (the session uses ${enc})`);
       }
-      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain) });
+      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
     });
     return plans;
   }
@@ -542,9 +600,11 @@ export class SessionPolicy {
     void frame;
     const r = await this.analyse(sql);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
-    const { analysis, catalog, role } = r;
+    const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
     if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    const shadowNamed = mentionsShadow(sql, catalog);
+    if (shadowNamed) return refusal('55000', shadowNamed);
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes are not allowed in a session that touches protected columns; identity stays the session user');
     }
@@ -552,6 +612,8 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path);
+    if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const unsupported = sqlPrepareRefusal(analysis.statements);
     if (unsupported) return { action: 'refuse', error: unsupported };
@@ -569,9 +631,15 @@ export class SessionPolicy {
     }
     const lits = await this.encryptLiterals(analysis.statements, catalog);
     if ('action' in lits) return lits;
-    edits.push(...lits.edits);
     let newSql = sql;
-    if (edits.length > 0) {
+    if (tplan) {
+      const rewritten = this.transitionSpliced(sql, tplan, lits, edits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
+      newSql = rewritten;
+      edits.length = 0;
+    }
+    edits.push(...lits.edits);
+    if (!tplan && edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       newSql = rewritten;
@@ -584,6 +652,7 @@ export class SessionPolicy {
       extras: statementExtras(analysis.statements),
       search: searchedColumn(analysis.statements),
       ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
+      ...(tplan ? { transition: tplan.fields } : {}),
     };
     const decision = this.trackParse(name, plan);
     let body = encodeParseBody(name, newSql, paramTypes);
@@ -683,7 +752,7 @@ export class SessionPolicy {
           return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
         }
         if (f.type === BE.RowDescription) {
-          const plans = this.fieldPlans(f.body, entry.enforced, role);
+          const plans = this.fieldPlans(f.body, entry.enforced, role, plan.transition);
           return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
         }
         return null;
@@ -697,11 +766,12 @@ export class SessionPolicy {
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
     const role = this.rolePolicy(identity, entry.enforced);
+    const transition = this.portals.get(name)?.plan?.transition;
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type !== BE.RowDescription) return null;
         this.portalShapes.set(name, Buffer.from(f.body));
-        const plans = this.fieldPlans(f.body, entry.enforced, role);
+        const plans = this.fieldPlans(f.body, entry.enforced, role, transition);
         return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
       },
     };
@@ -744,7 +814,7 @@ export class SessionPolicy {
     let rewriterPlans: FieldPlan[] = [];
     if (shape) {
       try {
-        rewriterPlans = this.fieldPlans(shape, entry.enforced, role);
+        rewriterPlans = this.fieldPlans(shape, entry.enforced, role, plan?.transition);
       } catch (err) {
         if (err instanceof MamoriError) return { action: 'refuse', error: err };
         throw err;
@@ -803,6 +873,7 @@ class QueryResults implements ResultTransform {
     private readonly catalog: DatabaseCatalog,
     private readonly role: RolePolicy,
     private readonly handle: StatementHandle | null,
+    private readonly transition?: readonly TransitionField[],
   ) {
     this.subjects = handle ? policy.subjectCollector() : null;
     this.recorded = handle !== null;
@@ -815,7 +886,7 @@ class QueryResults implements ResultTransform {
   message(f: Frame): Buffer | null {
     switch (f.type) {
       case BE.RowDescription: {
-        const plans = this.policy.fieldPlans(f.body, this.catalog, this.role);
+        const plans = this.policy.fieldPlans(f.body, this.catalog, this.role, this.transition);
         if (plans.length === 0) {
           this.rewriter = null;
           return null;
