@@ -343,8 +343,9 @@ class Walker {
         this.handled.add(colNode);
         return;
       }
-      if (e.kind === 'AEXPR_IN' && op === '=' && l && Array.isArray(other?.List?.items) && other.List.items.length > 0) {
-        const sites: LiteralSite[] = other.List.items.map((x: AstNode) => this.searchSite(x, t));
+      const items: AstNode[] | undefined = Array.isArray(other) ? other : other?.List?.items;
+      if (e.kind === 'AEXPR_IN' && op === '=' && l && Array.isArray(items) && items.length > 0) {
+        const sites: LiteralSite[] = items.map((x: AstNode) => this.searchSite(x, t));
         const close = skipTrivia(this.buf, sites.at(-1)!.end);
         if (this.buf[close] !== 0x29) throw new TransitionRefusal('XX000', `internal error: could not locate the IN list of ${path(t.column)}`);
         const end = close + 1;

@@ -203,6 +203,13 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     expected.set(100005, myNumber(400_002));
     const raw = await admin.query(`SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = 100005`);
     assert.deepEqual(raw.rows, [{ my_number: null, cell: true }]);
+    // Searches in UPDATE and DELETE find rows in either column too.
+    const multi = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (100007, 'a', '${myNumber(400_007)}'), (100008, 'b', NULL) RETURNING id`);
+    assert.equal(multi.rowCount, 2);
+    const renamed = await clerk.query(`UPDATE employees SET name = name WHERE my_number IN ('${expected.get(plain)}', '${myNumber(400_007)}') RETURNING id`);
+    assert.deepEqual(renamed.rows.map((r) => r.id).sort((a, b) => a - b), [plain, 100007]);
+    const gone = await clerk.query(`DELETE FROM employees WHERE my_number = '${myNumber(400_007)}' OR (id = 100008 AND my_number IS NULL) RETURNING id, my_number`);
+    assert.deepEqual(gone.rows.sort((a, b) => a.id - b.id), [{ id: 100007, my_number: myNumber(400_007) }, { id: 100008, my_number: null }]);
     // Everything else touching the column is refused, naming it; the rest of the table is served.
     for (const [q, code] of [
       ['SELECT my_number FROM employees ORDER BY my_number', '0A000'],
