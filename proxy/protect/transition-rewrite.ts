@@ -301,6 +301,8 @@ class Walker {
   /** Byte span of a ColumnRef and the source text of its qualifier (`e.`, `public.t.`, or empty). */
   private columnRefSpan(cr: AstNode): { start: number; end: number; qualifier: string } {
     const start: number = cr.location;
+    // `TABLE t` has an implicit `*` with no place in the text.
+    if (typeof start !== 'number' || start < 0) throw busy(this.first, 'TABLE (write SELECT … FROM)');
     let i = start;
     let lastStart = start;
     let end = start;
