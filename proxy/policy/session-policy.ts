@@ -30,7 +30,9 @@ import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectColle
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 import { sqlPrepareRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
-import { applyTransition, mentionsShadow, planTransition, TransitionRefusal, type TransitionField, type TransitionPlan } from '../protect/transition-rewrite.js';
+import {
+  appendTransitionParams, applyTransition, hideTransitionParams, mentionsShadow, planTransition, TransitionRefusal, type TransitionField, type TransitionPlan,
+} from '../protect/transition-rewrite.js';
 import type { LiteralSite } from '../sql/types.js';
 
 /** Encrypted search/write constants: the splice edits, and per site its cell (transition rewrites place some). */
@@ -56,6 +58,8 @@ interface StatementPlanInfo {
   search?: ProtectedColumn | null;
   /** Result fields served from a column in protect's transition, by position (proxy/protect/transition-rewrite.ts). */
   transition?: TransitionField[];
+  /** Parameters mamori adds to each Bind for the plaintext side of parameter searches during the transition. */
+  transitionParams?: Pick<TransitionPlan, 'extraParams' | 'clientParams'>;
   /** A COPY of a protected table (its data is rewritten by proxy/policy/copy-stream.ts). */
   copy?: CopyPlan;
   /**
@@ -396,10 +400,10 @@ export class SessionPolicy {
   }
 
   /** The transition rewrite of a statement touching a column `mamori protect` is converting; null when none. */
-  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[]): TransitionPlan | null | Decision {
+  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], declaredParams = 0): TransitionPlan | null | Decision {
     if (catalog.transitions.size === 0) return null;
     try {
-      return planTransition(sql, statements, catalog, path);
+      return planTransition(sql, statements, catalog, path, declaredParams);
     } catch (err) {
       if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
       throw err;
@@ -612,7 +616,7 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
-    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, paramTypes.length);
     if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const unsupported = sqlPrepareRefusal(analysis.statements);
@@ -626,7 +630,8 @@ export class SessionPolicy {
           return refusal('0A000', `parameter $${ps.index} is used for two different protected positions`);
         }
         if (!prev) params.push({ index: ps.index, column: ps.column, purpose: ps.purpose, ...(ps.array ? { array: true } : {}) });
-        if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
+        // (A search parameter of a column in transition is rewritten with its whole comparison.)
+        if (ps.cast && !tplan?.consumedParams.has(ps)) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
       }
     }
     const lits = await this.encryptLiterals(analysis.statements, catalog);
@@ -653,9 +658,10 @@ export class SessionPolicy {
       search: searchedColumn(analysis.statements),
       ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
       ...(tplan ? { transition: tplan.fields } : {}),
+      ...(tplan && tplan.extraParams.length > 0 ? { transitionParams: { extraParams: tplan.extraParams, clientParams: tplan.clientParams } } : {}),
     };
     const decision = this.trackParse(name, plan);
-    let body = encodeParseBody(name, newSql, paramTypes);
+    let body = encodeParseBody(name, newSql, tplan ? transitionParamTypes(paramTypes, tplan) : paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
     return { ...decision, action: 'replace', raw: rewritten };
@@ -725,7 +731,15 @@ export class SessionPolicy {
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
-    const raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    let raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    if (plan.transitionParams) {
+      try {
+        raw = appendTransitionParams(frame.body, raw, plan.transitionParams);
+      } catch (err) {
+        if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+        throw err;
+      }
+    }
     return { action: 'replace', raw, plan };
   }
 
@@ -749,7 +763,8 @@ export class SessionPolicy {
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type === BE.ParameterDescription && plan.params.length > 0) {
-          return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
+          const full = rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
+          return plan.transitionParams ? hideTransitionParams(full, plan.transitionParams.clientParams) : full;
         }
         if (f.type === BE.RowDescription) {
           const plans = this.fieldPlans(f.body, entry.enforced, role, plan.transition);
@@ -983,6 +998,14 @@ export function parseSearchPath(text: string): string[] {
     if (s.startsWith('"') && s.endsWith('"')) out.push(s.slice(1, -1).replace(/""/g, '"'));
     else out.push(s.toLowerCase());
   }
+  return out;
+}
+
+/** The Parse's declared types with mamori's added parameters: each declared as the client declared its source. */
+function transitionParamTypes(declared: readonly number[], plan: TransitionPlan): number[] {
+  if (plan.extraParams.length === 0) return [...declared];
+  const out = Array.from({ length: plan.clientParams + plan.extraParams.length }, (_, i) => declared[i] ?? 0);
+  for (const x of plan.extraParams) out[x.index - 1] = declared[x.from - 1] ?? 0;
   return out;
 }
 

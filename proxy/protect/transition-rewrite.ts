@@ -5,14 +5,17 @@
 //    the cell when the shadow holds one, else 0x00 + the plaintext's UTF-8 bytes. The field is mapped to the
 //    protected column by position and rendered per role like any cell (proxy/results/rows.ts), so a mask, NULL
 //    or refusal applies to rows still in plaintext too;
-//  - `col = const` and `col IN (consts)` become `(shadow = cell OR col = const)`; `col IS [NOT] NULL` covers both;
+//  - `col = v` and `col IN (vs)` become `(shadow = cell OR col = v)`; `col IS [NOT] NULL` covers both. For a
+//    parameter `$k` the cell stays in `$k` (bytea) and the plaintext comparison gets a parameter of its own, `$m`
+//    after the client's, bound by mamori with the value as the client sent it (its ParameterDescription hides it);
 //  - INSERT (…, col, …) and UPDATE SET col = v write the cell to the shadow (and NULL to the column).
 // One statement per query string, one table, no joins, subqueries or CTEs: the rewrite stays checkable.
 import { decodeSql, parseText, type AstNode } from '../sql/parser.js';
 import { readToken, skipTrivia } from '../sql/lexer.js';
 import { byteaLiteral, splice, verifySplice, type ExpectedEdit } from '../sql/splice.js';
 import { spanEnd, spanStart } from '../sql/span.js';
-import type { CatalogSnapshot, LiteralSite, ProtectedColumn, StatementPlan } from '../sql/types.js';
+import { decodeBind, encodeBind, expandFormats } from '../wire/frontend.js';
+import type { CatalogSnapshot, LiteralSite, ParamSite, ProtectedColumn, StatementPlan } from '../sql/types.js';
 import type { ColumnTransition } from '../policy/catalog.js';
 
 /** A result field served from a column in transition (its origin in RowDescription is 0: mapped by position). */
@@ -33,6 +36,14 @@ export interface TransitionPlan {
   fields: TransitionField[];
   /** Search constants whose cell is placed by a transition edit (their own bytea edit must not be applied). */
   consumed: ReadonlySet<LiteralSite>;
+  /** Search parameters rewritten by a transition edit (their own `$k::bytea` cast edit must not be applied). */
+  consumedParams: ReadonlySet<ParamSite>;
+  /**
+   * Parameters mamori adds for the plaintext side of parameter searches: `$index` carries what the client bound
+   * to `$from`, as sent. All of them come after the client's parameters (`clientParams` of them).
+   */
+  extraParams: { index: number; from: number }[];
+  clientParams: number;
   /** Checks the re-parsed rewritten statement has the intended shape; throws TransitionRefusal otherwise. */
   check(rewritten: Buffer): void;
 }
@@ -92,7 +103,7 @@ export function mentionsShadow(sql: Buffer, catalog: TransitionCatalog): string 
  * TransitionRefusal for every form it does not serve. `statements` is mamori's analysis of `sql` (which has
  * already refused what is refused for any protected column, and found the constants and parameters).
  */
-export function planTransition(sql: Buffer, statements: readonly StatementPlan[], catalog: TransitionCatalog, searchPath: readonly string[]): TransitionPlan | null {
+export function planTransition(sql: Buffer, statements: readonly StatementPlan[], catalog: TransitionCatalog, searchPath: readonly string[], declaredParams = 0): TransitionPlan | null {
   const tcols = transitionColumns(statements, catalog);
   if (!tcols) return null;
   const first = [...tcols.values()][0]!.column;
@@ -106,7 +117,8 @@ export function planTransition(sql: Buffer, statements: readonly StatementPlan[]
   if (stmts.length !== 1) throw busy(first, 'a query string of several statements touching it');
   const node: AstNode = stmts[0].stmt;
   const type = Object.keys(node)[0]!;
-  const w = new Walker(sql, tcols, first, plan, catalog, searchPath);
+  const clientParams = Math.max(declaredParams, maxParam(node));
+  const w = new Walker(sql, tcols, first, plan, catalog, searchPath, clientParams);
   switch (type) {
     case 'SelectStmt':
       w.select(node.SelectStmt);
@@ -129,11 +141,42 @@ export function planTransition(sql: Buffer, statements: readonly StatementPlan[]
     edits: w.edits,
     fields: w.fields,
     consumed: w.consumed,
+    consumedParams: w.consumedParams,
+    extraParams: [...w.extra].map(([from, index]) => ({ index, from })),
+    clientParams,
     check: (rewritten) => checkShape(rewritten, expect, first),
   };
 }
 
 /** Splices the transition edits and the ordinary (verified) constant edits together, and checks the result. */
+/** Bind (original body) → the encrypted Bind (full message) with mamori's added parameters appended. */
+export function appendTransitionParams(original: Buffer, encrypted: Buffer, plan: Pick<TransitionPlan, 'extraParams' | 'clientParams'>): Buffer {
+  if (plan.extraParams.length === 0) return encrypted;
+  const orig = decodeBind(original);
+  const enc = decodeBind(encrypted.subarray(5));
+  if (enc.params.length !== plan.clientParams) {
+    throw new TransitionRefusal('55000', `the Bind supplies ${enc.params.length} parameter(s) but the statement has ${plan.clientParams}`);
+  }
+  const origFormats = expandFormats(orig.paramFormats, orig.params.length);
+  const formats = expandFormats(enc.paramFormats, enc.params.length);
+  const params = enc.params.slice();
+  for (const x of [...plan.extraParams].sort((a, b) => a.index - b.index)) {
+    params[x.index - 1] = orig.params[x.from - 1] ?? null;
+    formats[x.index - 1] = origFormats[x.from - 1] ?? 0;
+  }
+  return encodeBind({ ...enc, paramFormats: formats, params });
+}
+
+/** Full ParameterDescription message cut to the client's own parameters (mamori's added ones hidden). */
+export function hideTransitionParams(full: Buffer, clientParams: number): Buffer {
+  const n = full.readUInt16BE(5);
+  if (n <= clientParams) return full;
+  const out = Buffer.from(full.subarray(0, 5 + 2 + 4 * clientParams));
+  out.writeInt32BE(4 + 2 + 4 * clientParams, 1);
+  out.writeUInt16BE(clientParams, 5);
+  return out;
+}
+
 export function applyTransition(sql: Buffer, plan: TransitionPlan, byteEdits: readonly ExpectedEdit[], cellOf: (site: LiteralSite) => Buffer): Buffer {
   // The ordinary edits alone are verified as always (only the intended constants changed) …
   if (byteEdits.length > 0) verifySplice(sql, splice(sql, byteEdits), byteEdits);
@@ -153,10 +196,26 @@ function returning(s: AstNode): AstNode[] {
   return s.returningClause?.exprs ?? s.returningList ?? [];
 }
 
+/** The highest `$n` in the statement (0 when none). */
+function maxParam(n: unknown): number {
+  if (Array.isArray(n)) return n.reduce((m: number, x) => Math.max(m, maxParam(x)), 0);
+  if (!n || typeof n !== 'object') return 0;
+  const o = n as AstNode;
+  let m = typeof o.ParamRef?.number === 'number' ? o.ParamRef.number : 0;
+  for (const v of Object.values(o)) m = Math.max(m, maxParam(v));
+  return m;
+}
+
+/** A value operand of a search: a constant found by the analysis, or a parameter `$k` at a byte offset. */
+type SearchOperand = { kind: 'literal'; site: LiteralSite; start: number; end: number } | { kind: 'param'; site: ParamSite; k: number; at: number; start: number; end: number };
+
 class Walker {
   readonly edits: TransitionEdit[] = [];
   readonly fields: TransitionField[] = [];
   readonly consumed = new Set<LiteralSite>();
+  readonly consumedParams = new Set<ParamSite>();
+  /** Client parameter `$k` → the parameter mamori adds for its plaintext comparison. */
+  readonly extra = new Map<number, number>();
   fieldCount = 0;
   private readonly handled = new Set<AstNode>();
   private refnames: string[][] = [];
@@ -169,6 +228,7 @@ class Walker {
     private readonly plan: StatementPlan,
     private readonly catalog: TransitionCatalog,
     private readonly searchPath: readonly string[],
+    private readonly clientParams: number,
   ) {}
 
   /** The one relation of the statement: must be the table in transition. */
@@ -337,25 +397,23 @@ class Walker {
       const ref = this.columnRefSpan(colNode);
       const shadow = `${ref.qualifier}${qi(t.shadow)}`;
       if (e.kind === 'AEXPR_OP' && op === '=') {
-        const site = this.searchSite(other, t);
-        const start = Math.min(ref.start, site.start);
-        const end = Math.max(ref.end, site.end);
-        this.edits.push({ start, end, parts: [Buffer.from(`(${shadow} = `), site, Buffer.from(' OR '), this.buf.subarray(start, end), Buffer.from(')')] });
-        this.consumed.add(site);
+        const v = this.searchOperand(other, t);
+        const start = Math.min(ref.start, v.start);
+        const end = Math.max(ref.end, v.end);
+        this.edits.push({ start, end, parts: [Buffer.from(`(${shadow} = `), ...this.cellPart(v), Buffer.from(' OR '), ...this.plainPart(start, end, [v]), Buffer.from(')')] });
         this.handled.add(colNode);
         return;
       }
       const items: AstNode[] | undefined = Array.isArray(other) ? other : other?.List?.items;
       if (e.kind === 'AEXPR_IN' && op === '=' && l && Array.isArray(items) && items.length > 0) {
-        const sites: LiteralSite[] = items.map((x: AstNode) => this.searchSite(x, t));
-        const close = skipTrivia(this.buf, sites.at(-1)!.end);
+        const vs = items.map((x: AstNode) => this.searchOperand(x, t));
+        const close = skipTrivia(this.buf, vs.at(-1)!.end);
         if (this.buf[close] !== 0x29) throw new TransitionRefusal('XX000', `internal error: could not locate the IN list of ${path(t.column)}`);
         const end = close + 1;
         const parts: (Buffer | LiteralSite)[] = [Buffer.from(`(${shadow} IN (`)];
-        sites.forEach((s, k) => parts.push(...(k > 0 ? [Buffer.from(', ')] : []), s));
-        parts.push(Buffer.from(') OR '), this.buf.subarray(ref.start, end), Buffer.from(')'));
+        vs.forEach((v, k) => parts.push(...(k > 0 ? [Buffer.from(', ')] : []), ...this.cellPart(v)));
+        parts.push(Buffer.from(') OR '), ...this.plainPart(ref.start, end, vs), Buffer.from(')'));
         this.edits.push({ start: ref.start, end, parts });
-        for (const s of sites) this.consumed.add(s);
         this.handled.add(colNode);
         return;
       }
@@ -385,9 +443,8 @@ class Walker {
     }
   }
 
-  /** The search constant bound for the column at this operand (found by the analysis), else refused. */
-  private searchSite(n: AstNode, t: TCol): LiteralSite {
-    if (n?.ParamRef || (n?.TypeCast && n.TypeCast.arg?.ParamRef)) throw busy(t.column, 'a search with a parameter (use a constant during the conversion)');
+  /** The search value bound for the column at this operand (found by the analysis), else refused. */
+  private searchOperand(n: AstNode, t: TCol): SearchOperand {
     let start: number;
     let end: number;
     try {
@@ -396,9 +453,38 @@ class Walker {
     } catch {
       throw busy(t.column, 'a comparison with an expression');
     }
+    const pr: AstNode | undefined = n?.ParamRef ?? n?.TypeCast?.arg?.ParamRef;
+    if (pr) {
+      const site = this.plan.params.find((p) => p.index === pr.number && p.purpose === 'search' && p.column === t.column && !p.array);
+      if (!site) throw busy(t.column, 'a comparison with this parameter');
+      this.consumedParams.add(site);
+      if (!this.extra.has(pr.number)) this.extra.set(pr.number, this.clientParams + this.extra.size + 1);
+      return { kind: 'param', site, k: pr.number, at: pr.location, start, end };
+    }
     const site = this.plan.literals.find((s) => s.start === start && s.end === end && s.purpose === 'search' && s.column === t.column);
     if (!site) throw busy(t.column, 'a comparison with this value');
-    return site;
+    this.consumed.add(site);
+    return { kind: 'literal', site, start, end };
+  }
+
+  /** The shadow side: the constant's cell, or the parameter (which mamori binds to the cell). */
+  private cellPart(v: SearchOperand): (Buffer | LiteralSite)[] {
+    return v.kind === 'literal' ? [v.site] : [Buffer.from(`$${v.k}::pg_catalog.bytea`)];
+  }
+
+  /** The plaintext side: the original text, each search parameter `$k` renamed to its added `$m`. */
+  private plainPart(start: number, end: number, vs: readonly SearchOperand[]): Buffer[] {
+    const out: Buffer[] = [];
+    let at = start;
+    for (const v of [...vs].sort((a, b) => a.start - b.start)) {
+      if (v.kind !== 'param') continue;
+      const tok = readToken(this.buf, v.at);
+      if (tok.kind !== 'param') throw new TransitionRefusal('XX000', `internal error: could not locate parameter $${v.k}`);
+      out.push(this.buf.subarray(at, tok.start), Buffer.from(`$${this.extra.get(v.k)!}`));
+      at = tok.end;
+    }
+    out.push(this.buf.subarray(at, end));
+    return out;
   }
 
   /** Every condition is looked at; any reference to the column not served above is refused. */
@@ -438,7 +524,7 @@ class Walker {
       if (s.purpose === 'search' && this.tcols.get(s.column.column)?.column === s.column && !this.consumed.has(s)) throw busy(s.column, 'this search of it (only = and IN with constants are served)');
     }
     for (const p of this.plan.params) {
-      if (p.purpose === 'search' && this.tcols.get(p.column.column)?.column === p.column) throw busy(p.column, 'a search with a parameter (use a constant during the conversion)');
+      if (p.purpose === 'search' && this.tcols.get(p.column.column)?.column === p.column && !this.consumedParams.has(p)) throw busy(p.column, 'this search of it with a parameter (only = and IN are served)');
     }
   }
 }

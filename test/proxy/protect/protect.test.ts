@@ -7,6 +7,10 @@ import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import postgres from 'postgres';
+import { RawClient } from '../../harness/raw-client.js';
+import { encodeBind, encodeDescribe, encodeExecute, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
+import { BE } from '../../../proxy/wire/types.js';
 import { Keyring, keyringConfigFrom } from '../../../keyring/index.js';
 import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
 import { defaultConfig } from '../../../config/load.js';
@@ -192,6 +196,38 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     // matches as typed; the shadow side matches the canonical form).
     const found = await clerk.query(`SELECT id FROM employees WHERE my_number = '${expected.get(moved)}' OR my_number IN ('${expected.get(plain)}', '${myNumber(999_999)}') ORDER BY id`);
     assert.deepEqual(found.rows, [{ id: moved }, { id: plain }]);
+    // With parameters: the cell goes in the client's parameter, the plaintext comparison gets one mamori adds
+    // (and hides from ParameterDescription: postgres.js describes the statement and binds by it).
+    assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [expected.get(moved)])).rows, [{ id: moved }]);
+    const byParams = await clerk.query('SELECT id FROM employees WHERE id > $1 AND my_number IN ($2, $3::text) ORDER BY id', [0, expected.get(moved), expected.get(plain)]);
+    assert.deepEqual(byParams.rows, [{ id: moved }, { id: plain }]);
+    const hyphenated = 161; // still plaintext, stored as typed with hyphens: found by that spelling
+    const h = expected.get(hyphenated)!;
+    assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [`${h.slice(0, 4)}-${h.slice(4, 8)}-${h.slice(8)}`])).rows, [{ id: hyphenated }]);
+    const pj = postgres({ host: '127.0.0.1', port: stack.mamori.port, user: CLERK, password: PASSWORD, database: 'postgres',
+      ssl: { ca: cluster.ca.cert, servername: 'localhost' }, max: 1, prepare: true, onnotice: () => undefined });
+    try {
+      for (let round = 0; round < 2; round++) {
+        const rows = await pj`SELECT id, my_number FROM employees WHERE my_number IN (${expected.get(moved)!}, ${expected.get(plain)!}) AND id > ${0} ORDER BY id`;
+        assert.deepEqual(rows.map((r) => ({ ...r })), [{ id: moved, my_number: expected.get(moved) }, { id: plain, my_number: expected.get(plain) }]);
+      }
+    } finally {
+      await pj.end();
+    }
+    // On the wire: the statement's ParameterDescription lists the client's one parameter (as text), not mamori's.
+    const wire = await RawClient.connect('127.0.0.1', stack.mamori.port, { user: CLERK, password: PASSWORD, tls: { ca: cluster.ca.cert, servername: 'localhost' } });
+    try {
+      wire.send(encodeParse({ name: 'tr1', sql: 'SELECT id FROM employees WHERE my_number = $1', paramTypes: [25] }), encodeDescribe({ target: 'S', name: 'tr1' }), encodeSync());
+      const described = await wire.until(BE.ReadyForQuery);
+      const pd = described.find((f) => f.type === BE.ParameterDescription)!;
+      assert.deepEqual([pd.body.readUInt16BE(0), pd.body.readUInt32BE(2)], [1, 25]);
+      wire.send(encodeBind({ portal: '', statement: 'tr1', paramFormats: [], params: [Buffer.from(expected.get(plain)!)], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }), encodeSync());
+      const ran = await wire.until(BE.ReadyForQuery);
+      const rowsOut = ran.filter((f) => f.type === BE.DataRow).map((f) => f.body.toString('utf8', 6));
+      assert.deepEqual(rowsOut, [String(plain)], ran.map((f) => String.fromCharCode(f.type)).join(''));
+    } finally {
+      wire.close();
+    }
     const nulls = await clerk.query(`SELECT count(*)::int AS n FROM employees WHERE id <= ${EMP_ROWS} AND my_number IS NULL`);
     assert.equal(nulls.rows[0].n, 0);
     // Writes go to the shadow: the old column stays empty for them.
@@ -214,7 +250,7 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     for (const [q, code] of [
       ['SELECT my_number FROM employees ORDER BY my_number', '0A000'],
       ['SELECT upper(my_number) FROM employees', '0A000'],
-      [`SELECT id FROM employees WHERE my_number = $1`, '55000'],
+      [`SELECT id FROM employees WHERE my_number = ANY($1)`, '55000'],
       ['SELECT my_number__mamori FROM employees', '55000'],
       ['TABLE employees', '55000'],
       [`SELECT id FROM employees WHERE my_number <> '${myNumber(1)}'`, '55000'],
@@ -223,7 +259,7 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
       ['COPY employees (id, name, my_number) FROM STDIN', '55000'],
       [`INSERT INTO employees VALUES (100006, 'y', '${myNumber(400_003)}')`, '55000'],
     ] as const) {
-      const params = q.includes('$1') ? [expected.get(moved)] : [];
+      const params = q.includes('$1') ? [[expected.get(moved)]] : [];
       await assert.rejects(clerk.query(q, params), (e: pg.DatabaseError) => {
         assert.equal(e.code, code, `${q}: ${e.message}`);
         assert.match(e.message, /public\.employees\.my_number|my_number__mamori/, q);
