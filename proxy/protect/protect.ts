@@ -1,6 +1,6 @@
 // `mamori protect`: a live plaintext column becomes cells in its guard domain, online (docs/protect.md).
-// The keyring encrypts; the database never sees a key. Writes of values to the column are refused by a
-// trigger while it is in transition (mamori cannot rewrite them into the shadow without keys in the database).
+// The keyring encrypts; the database never sees a key. While the column is in transition mamori serves it from
+// both columns (transition-rewrite.ts) and a trigger refuses values written to the old column by anything else.
 import type pg from 'pg';
 import type { Keyring } from '../../keyring/index.js';
 import { canonicalFromText, type LogicalTypeSpec } from '../../keyring/logical-types.js';
