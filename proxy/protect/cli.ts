@@ -144,7 +144,7 @@ function report(io: CliIo, r: MigrateResult, verb: string): number {
     case 'incomplete': {
       const inv = r.progress.invalid;
       io.stderr.write(
-        `mamori ${verb}: ${r.remaining} row(s) still hold a value in the old column; the column stays in transition (for unprotect statements touching it are refused; for protect mamori serves it from both columns and writes that bypass mamori are refused).\n` +
+        `mamori ${verb}: ${r.remaining} row(s) still hold a value in the old column; the column stays in transition (${verb === 'protect' ? 'mamori serves it from both columns; values written to the old column bypassing mamori are refused' : 'statements touching it through mamori are refused'}).\n` +
           (inv.length
             ? `  rows whose value is not a valid value of the configured type (primary key: reason):\n${inv.slice(0, 20).map((x) => `    ${x.key}: ${x.reason}\n`).join('')}${inv.length > 20 ? `    … and ${inv.length - 20} more\n` : ''}  fix them (directly in the database) and run the same command again.\n`
             : `  run the same command again to finish.\n`),
