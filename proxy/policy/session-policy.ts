@@ -337,7 +337,7 @@ export class SessionPolicy {
     }
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
-    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role);
     if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const limited = sqlPrepareRefusal(analysis.statements) ?? this.searchLimit.admit(searchedColumn(analysis.statements));
@@ -400,10 +400,16 @@ export class SessionPolicy {
   }
 
   /** The transition rewrite of a statement touching a column `mamori protect` is converting; null when none. */
-  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], declaredParams = 0): TransitionPlan | null | Decision {
+  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], role: RolePolicy, declaredParams = 0): TransitionPlan | null | Decision {
     if (catalog.transitions.size === 0) return null;
     try {
-      return planTransition(sql, statements, catalog, path, declaredParams);
+      const plan = planTransition(sql, statements, catalog, path, declaredParams);
+      // Decided before the statement runs: rows still in plaintext have no cell to hand out.
+      const ct = plan?.fields.find((f) => role.read(f.column) === 'ciphertext');
+      if (ct) {
+        return refusal('55000', `protected column ${qualified(ct.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished (docs/protect.md)`);
+      }
+      return plan;
     } catch (err) {
       if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
       throw err;
@@ -616,7 +622,7 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
-    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, paramTypes.length);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role, paramTypes.length);
     if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const unsupported = sqlPrepareRefusal(analysis.statements);

@@ -27,6 +27,8 @@ const PASSWORD = 'pw-for-protect-tests';
 const CLERK = 'hr_clerk';
 const VIEWER = 'hr_viewer';
 const OUTSIDER = 'hr_outsider'; // SELECT on the tables, no read policy: deny
+const BACKUP = 'hr_backup'; // ciphertext
+const NULLED = 'hr_nulled'; // null
 
 /** A valid My Number from a seed: 11 digits and the check digit. */
 function myNumber(i: number): string {
@@ -44,7 +46,7 @@ let admin: pg.Pool;
 const policy = (extraPlain: string[] = []) => ({
   type: 'mynumber',
   mode: 'deterministic' as const,
-  read: { plaintext: [CLERK, ...extraPlain], mask: [VIEWER] },
+  read: { plaintext: [CLERK, ...extraPlain], mask: [VIEWER], ciphertext: [BACKUP], null: [NULLED] },
   search: [CLERK],
   write: [CLERK],
   others: 'deny' as const,
@@ -91,7 +93,7 @@ before(async () => {
         await a.query(`INSERT INTO viewed VALUES (1, '${myNumber(1)}')`);
         await a.query(`CREATE TABLE fixed_t (id int PRIMARY KEY, my_number char(12))`);
         await a.query(`INSERT INTO fixed_t VALUES (1, '${myNumber(1)}'), (2, NULL)`);
-        for (const r of [CLERK, VIEWER, OUTSIDER]) {
+        for (const r of [CLERK, VIEWER, OUTSIDER, BACKUP, NULLED]) {
           await a.query(`CREATE ROLE ${r} LOGIN PASSWORD '${PASSWORD}'`);
           await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t TO ${r}`);
         }
@@ -192,6 +194,23 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     for (const q of [`SELECT my_number FROM employees WHERE id = ${plain}`, `SELECT * FROM employees WHERE id = ${moved}`]) {
       await assert.rejects(outsider.query(q), { code: '42501' });
     }
+    // The null role gets NULL for both kinds of row; ciphertext is refused (rows still in plaintext have no cell).
+    const nulled = await connect(NULLED);
+    const backup = await connect(BACKUP);
+    try {
+      const n = await nulled.query(`SELECT id, my_number FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
+      assert.deepEqual(n.rows, [{ id: moved, my_number: null }, { id: plain, my_number: null }]);
+      await assert.rejects(backup.query(`SELECT my_number FROM employees WHERE id = ${moved}`), (e: pg.DatabaseError) => {
+        assert.equal(e.code, '55000');
+        assert.match(e.message, /public\.employees\.my_number is being converted by `mamori protect`: ciphertext reads/);
+        return true;
+      });
+      // Refused before it ran: the session goes on.
+      assert.deepEqual((await backup.query(`SELECT id FROM employees WHERE id = ${moved}`)).rows, [{ id: moved }]);
+    } finally {
+      await nulled.end();
+      await backup.end();
+    }
     // Equality and IN with constants find rows in either column (a hyphenated spelling still stored as typed
     // matches as typed; the shadow side matches the canonical form).
     const found = await clerk.query(`SELECT id FROM employees WHERE my_number = '${expected.get(moved)}' OR my_number IN ('${expected.get(plain)}', '${myNumber(999_999)}') ORDER BY id`);
@@ -225,6 +244,18 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
       const ran = await wire.until(BE.ReadyForQuery);
       const rowsOut = ran.filter((f) => f.type === BE.DataRow).map((f) => f.body.toString('utf8', 6));
       assert.deepEqual(rowsOut, [String(plain)], ran.map((f) => String.fromCharCode(f.type)).join(''));
+      // Binary results: the value of a moved row and of a row still in plaintext, rendered alike.
+      wire.send(
+        encodeParse({ name: 'tr2', sql: 'SELECT my_number FROM employees WHERE id = $1', paramTypes: [23] }),
+        ...[moved, plain].flatMap((id) => {
+          const v = Buffer.alloc(4);
+          v.writeInt32BE(id);
+          return [encodeBind({ portal: '', statement: 'tr2', paramFormats: [1], params: [v], resultFormats: [1] }), encodeExecute({ portal: '', maxRows: 0 })];
+        }),
+        encodeSync(),
+      );
+      const bin = await wire.until(BE.ReadyForQuery);
+      assert.deepEqual(bin.filter((f) => f.type === BE.DataRow).map((f) => f.body.toString('utf8', 6)), [expected.get(moved), expected.get(plain)]);
     } finally {
       wire.close();
     }
@@ -461,7 +492,7 @@ describe('protect a live column', () => {
     }
   });
 
-  test('RowDescription shows the recorded original type: char(12) as bpchar typmod 16, in text and binary', async () => {
+  test('RowDescription shows the recorded original type: char(12) as bpchar typmod 16 (simple and extended protocol)', async () => {
     const r = await protectColumn(admin, kr, { ...target('fixed_t') });
     assert.equal(r.status, 'done', JSON.stringify(r));
     const st = await admin.query(`SELECT original_type, original_type_oid::int AS oid, typmod FROM mamori.protected_columns WHERE table_name = 'fixed_t'`);
