@@ -32,6 +32,17 @@ import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectColle
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 import { executeBinding, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
+import {
+  appendTransitionParams, applyTransition, hideTransitionParams, mentionsShadow, planTransition, TransitionRefusal, type TransitionField, type TransitionPlan,
+} from '../protect/transition-rewrite.js';
+
+/** Encrypted search/write constants: the splice edits, and per site its cell (transition rewrites place some). */
+interface LiteralCells {
+  edits: ReturnType<typeof byteaEdit>[];
+  values: { domain: string; canonical: Buffer; col: ProtectedColumn }[];
+  sites: LiteralSite[];
+  cells: Buffer[];
+}
 
 /** A portal as bound through mamori: its statement's plan (null on the fast path), the result formats asked for. */
 interface BoundPortal {
@@ -55,6 +66,10 @@ interface StatementPlanInfo {
   extras: StatementExtras;
   /** The protected column it searches (each Bind takes a search-rate token), or null. */
   search?: ProtectedColumn | null;
+  /** Result fields served from a column in protect's transition, by position (proxy/protect/transition-rewrite.ts). */
+  transition?: TransitionField[];
+  /** Parameters mamori adds to each Bind for the plaintext side of parameter searches during the transition. */
+  transitionParams?: Pick<TransitionPlan, 'extraParams' | 'clientParams'>;
   /** A COPY of a protected table (its data is rewritten by proxy/policy/copy-stream.ts). */
   copy?: CopyPlan;
   /**
@@ -107,6 +122,7 @@ const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
   '54000': 'program_limit_exceeded',
   '55000': 'object_not_in_prerequisite_state',
   '22021': 'invalid_text_representation',
+  'XX000': 'internal_error',
 };
 
 function refusal(sqlstate: string, message: string): Decision {
@@ -284,7 +300,7 @@ export class SessionPolicy {
    * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
    * changes no setting mamori tracks); else the analysis and what it needs.
    */
-  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity } | MamoriError> {
+  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity; path: string[] } | MamoriError> {
     const entry = await this.engine.catalog(this.session.database);
     // Enforced decisions leave out shadow-mode columns (enforce: false, still plaintext): their decision is
     // computed against the full catalog below and logged, never enforced.
@@ -312,7 +328,7 @@ export class SessionPolicy {
       maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
     }, ctx, analyse);
     if (entry.hasShadow) this.shadowDecision(sql, { ...ctx, catalog: entry.catalog, role: this.rolePolicy(identity, entry.catalog) }, analysis);
-    return { analysis, catalog, role, identity };
+    return { analysis, catalog, role, identity, path };
   }
 
   /**
@@ -364,9 +380,11 @@ export class SessionPolicy {
     if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
     const r = await this.analyse(sql);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
-    const { analysis, catalog, role } = r;
+    const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
     if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    const shadowNamed = mentionsShadow(sql, catalog);
+    if (shadowNamed) return refusal('55000', shadowNamed);
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes (SET ROLE, SET SESSION AUTHORIZATION, set_config(\'role\')) are not allowed in a session that touches protected columns; identity stays the session user');
     }
@@ -381,6 +399,8 @@ export class SessionPolicy {
     }
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role);
+    if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const sp = await this.sqlPrepared(analysis.statements, role, sql);
     if (sp instanceof MamoriError) return { action: 'refuse', error: sp };
@@ -394,7 +414,11 @@ export class SessionPolicy {
     const toEncrypt = lits.values;
     let raw: Buffer | null = null;
     const edits = [...sp.edits, ...lits.edits];
-    if (edits.length > 0) {
+    if (tplan) {
+      const rewritten = this.transitionSpliced(sql, tplan, lits, sp.edits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
+      raw = encodeQueryRaw(rewritten);
+    } else if (edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       raw = encodeQueryRaw(rewritten);
@@ -409,7 +433,7 @@ export class SessionPolicy {
       const t = this.copyTransform(copy, catalog, role, handle);
       return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
     }
-    const transform = new QueryResults(this, catalog, role, handle);
+    const transform = new QueryResults(this, catalog, role, handle, tplan?.fields);
     transform.decision = decisionLabel(columns);
     const preparePlans = sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {};
     return this.tracked(raw ? { action: 'replace', raw, transform, ...preparePlans } : { action: 'forward', transform, ...preparePlans });
@@ -626,9 +650,9 @@ export class SessionPolicy {
    * refused while the domain rotates), and turned into splice edits. A refusal Decision when one is invalid.
    */
   private async encryptLiterals(statements: readonly StatementPlan[], catalog: DatabaseCatalog, extra: readonly LiteralSite[] = []): Promise<
-    { edits: ReturnType<typeof byteaEdit>[]; values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] } | Decision> {
+    LiteralCells | Decision> {
     const values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
-    const sites: { start: number; end: number }[] = [];
+    const sites: LiteralSite[] = [];
     for (const literals of [...statements.map((st) => st.literals), extra]) {
       for (const lit of literals) {
         if (lit.value === null) continue;
@@ -637,17 +661,51 @@ export class SessionPolicy {
         const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
         if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
         values.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
-        sites.push({ start: lit.start, end: lit.end });
+        sites.push(lit);
       }
     }
-    if (values.length === 0) return { edits: [], values };
+    if (values.length === 0) return { edits: [], values, sites, cells: [] };
     let cells: Buffer[];
     try {
       cells = await this.engine.keys.encryptAll(values);
     } catch (err) {
       return refusal('55000', `protected column ${qualified(values[0]!.col)} cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
     }
-    return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values };
+    return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values, sites, cells };
+  }
+
+  /** The transition rewrite of a statement touching a column `mamori protect` is converting; null when none. */
+  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], role: RolePolicy, declaredParams = 0): TransitionPlan | null | Decision {
+    if (catalog.transitions.size === 0) return null;
+    try {
+      const plan = planTransition(sql, statements, catalog, path, declaredParams);
+      // Decided before the statement runs: rows still in plaintext have no cell to hand out.
+      const ct = plan?.fields.find((f) => role.read(f.column) === 'ciphertext');
+      if (ct) {
+        return refusal('55000', `protected column ${qualified(ct.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished (docs/protect.md)`);
+      }
+      return plan;
+    } catch (err) {
+      if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+      throw err;
+    }
+  }
+
+  /** Transition edits with the constant edits (cells of consumed search constants go into the former). */
+  private transitionSpliced(sql: Buffer, plan: TransitionPlan, lits: LiteralCells, extra: ReturnType<typeof paramCastEdit>[] = []): Buffer | Decision {
+    const cellOf = new Map<LiteralSite, Buffer>(lits.sites.map((s, i) => [s, lits.cells[i]!]));
+    const byteEdits = [...lits.edits.filter((_, i) => !plan.consumed.has(lits.sites[i]!)), ...extra];
+    try {
+      return applyTransition(sql, plan, byteEdits, (site) => {
+        const c = cellOf.get(site);
+        if (!c) throw new TransitionRefusal('XX000', 'internal error: a search constant was not encrypted');
+        return c;
+      });
+    } catch (err) {
+      this.engine.log.error({ err: (err as Error).message }, 'transition rewrite failed');
+      if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+      return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
+    }
   }
 
   /** Splices and verifies by re-parse; a refusal when verification fails (never a half-rewritten statement). */
@@ -713,21 +771,30 @@ export class SessionPolicy {
     for (const d of domains) await this.engine.keys.load(d);
   }
 
-  /** Field plans for a RowDescription: protected fields by origin (table or view OID + attnum). */
-  fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy): FieldPlan[] {
-    return this.fieldPlansOf(decodeRowDescription(rowDescription).fields, catalog, role);
+  /**
+   * Field plans for a RowDescription: protected fields by origin (table or view OID + attnum), and the fields a
+   * transition rewrite serves from a column `mamori protect` is converting, by position.
+   */
+  fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy, transition?: readonly TransitionField[]): FieldPlan[] {
+    return this.fieldPlansOf(decodeRowDescription(rowDescription).fields, catalog, role, transition);
   }
 
-  fieldPlansOf(fields: readonly FieldDescription[], catalog: DatabaseCatalog, role: RolePolicy): FieldPlan[] {
+  fieldPlansOf(fields: readonly FieldDescription[], catalog: DatabaseCatalog, role: RolePolicy, transition?: readonly TransitionField[]): FieldPlan[] {
     const plans: FieldPlan[] = [];
     fields.forEach((f, index) => {
-      if (f.tableOid === 0) return;
-      const derived = catalog.derivedByOrigin(f.tableOid, f.attnum);
+      const tf = transition?.find((t) => t.index === index);
+      if (f.tableOid === 0 && !tf) return;
+      const derived = tf ? undefined : catalog.derivedByOrigin(f.tableOid, f.attnum);
       if (derived) throw new MamoriError('feature_not_supported', `result column "${f.name}" is an expression over protected column ${qualified(derived.column)}`);
-      const pf = catalog.byOrigin(f.tableOid, f.attnum);
-      if (!pf) return;
+      const pf = tf ? catalog.byOrigin(tf.column.tableOid!, tf.column.attnum!) : catalog.byOrigin(f.tableOid, f.attnum);
+      if (!pf) {
+        if (tf) throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(tf.column)} changed while the statement ran; run it again`);
+        return;
+      }
       const decision: ReadDecision = role.read(pf.column);
       if (decision === 'deny') throw new MamoriError('insufficient_privilege', `permission denied to read column "${qualified(pf.column)}"`);
+      // Rows not yet moved have no cell to hand out.
+      if (tf && decision === 'ciphertext') throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished`);
       const cc = this.engine.config.columns[pf.policyKey];
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
@@ -739,7 +806,7 @@ export class SessionPolicy {
       if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
         throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is rendered only with client_encoding UTF8 (the session uses ${enc})`);
       }
-      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain) });
+      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
     });
     return plans;
   }
@@ -822,9 +889,11 @@ export class SessionPolicy {
     void frame;
     const r = await this.analyse(sql);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
-    const { analysis, catalog, role } = r;
+    const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
     if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    const shadowNamed = mentionsShadow(sql, catalog);
+    if (shadowNamed) return refusal('55000', shadowNamed);
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes are not allowed in a session that touches protected columns; identity stays the session user');
     }
@@ -832,6 +901,8 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role, paramTypes.length);
+    if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const sp = await this.sqlPrepared(analysis.statements, role, sql);
     if (sp instanceof MamoriError) return { action: 'refuse', error: sp };
@@ -845,14 +916,21 @@ export class SessionPolicy {
           return refusal('0A000', `parameter $${ps.index} is used for two different protected positions`);
         }
         if (!prev) params.push({ index: ps.index, column: ps.column, purpose: ps.purpose, ...(ps.array ? { array: true } : {}) });
-        if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
+        // (A search parameter of a column in transition is rewritten with its whole comparison.)
+        if (ps.cast && !tplan?.consumedParams.has(ps)) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
       }
     }
     const lits = await this.encryptLiterals(analysis.statements, catalog, sp.sites);
     if ('action' in lits) return lits;
-    edits.push(...lits.edits);
     let newSql = sql;
-    if (edits.length > 0) {
+    if (tplan) {
+      const rewritten = this.transitionSpliced(sql, tplan, lits, edits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
+      newSql = rewritten;
+      edits.length = 0;
+    }
+    edits.push(...lits.edits);
+    if (!tplan && edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       newSql = rewritten;
@@ -867,9 +945,11 @@ export class SessionPolicy {
       search: searchedColumn(direct) ?? sp.targets.find((t) => t.search)?.search ?? null,
       ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
       ...(sp.executes.length > 0 ? { executes: sp.executes } : {}),
+      ...(tplan ? { transition: tplan.fields } : {}),
+      ...(tplan && tplan.extraParams.length > 0 ? { transitionParams: { extraParams: tplan.extraParams, clientParams: tplan.clientParams } } : {}),
     };
     const decision = this.trackParse(name, plan);
-    let body = encodeParseBody(name, newSql, paramTypes);
+    let body = encodeParseBody(name, newSql, tplan ? transitionParamTypes(paramTypes, tplan) : paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
     // A PREPARE run by this statement's Execute: its plan is kept once the server says PREPARE.
@@ -946,7 +1026,15 @@ export class SessionPolicy {
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
-    const raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    let raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    if (plan.transitionParams) {
+      try {
+        raw = appendTransitionParams(frame.body, raw, plan.transitionParams);
+      } catch (err) {
+        if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+        throw err;
+      }
+    }
     return { action: 'replace', raw, plan };
   }
 
@@ -1000,10 +1088,11 @@ export class SessionPolicy {
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type === BE.ParameterDescription && plan.params.length > 0) {
-          return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
+          const full = rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
+          return plan.transitionParams ? hideTransitionParams(full, plan.transitionParams.clientParams) : full;
         }
         if (f.type === BE.RowDescription) {
-          const plans = this.fieldPlans(f.body, entry.enforced, role);
+          const plans = this.fieldPlans(f.body, entry.enforced, role, plan.transition);
           return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
         }
         return null;
@@ -1017,11 +1106,12 @@ export class SessionPolicy {
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
     const role = this.rolePolicy(identity, entry.enforced);
+    const transition = this.portals.get(name)?.plan?.transition;
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type !== BE.RowDescription) return null;
         this.portalShapes.set(name, Buffer.from(f.body));
-        const plans = this.fieldPlans(f.body, entry.enforced, role);
+        const plans = this.fieldPlans(f.body, entry.enforced, role, transition);
         return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
       },
     };
@@ -1127,7 +1217,7 @@ export class SessionPolicy {
     let rewriterPlans: FieldPlan[] = [];
     if (shape) {
       try {
-        rewriterPlans = this.fieldPlansOf(fields, entry.enforced, role);
+        rewriterPlans = this.fieldPlansOf(fields, entry.enforced, role, plan?.transition);
       } catch (err) {
         if (err instanceof MamoriError) return { action: 'refuse', error: err };
         throw err;
@@ -1197,6 +1287,7 @@ class QueryResults implements ResultTransform {
     private readonly catalog: DatabaseCatalog,
     private readonly role: RolePolicy,
     private readonly handle: StatementHandle | null,
+    private readonly transition?: readonly TransitionField[],
   ) {
     this.subjects = handle ? policy.subjectCollector() : null;
     this.recorded = handle !== null;
@@ -1212,8 +1303,8 @@ class QueryResults implements ResultTransform {
       case BE.RowDescription: {
         this.reads?.done(this.rows, null);
         this.reads = null;
-        if (!this.policy.needsLook(f.body, this.catalog)) {
-          // Nothing protected by origin and no field that can carry a cell: rows pass (and may stream).
+        // Nothing protected by origin or in transition and no field that can carry a cell: rows pass (and may stream).
+        if (!this.transition?.length && !this.policy.needsLook(f.body, this.catalog)) {
           this.rewriter = null;
           this.origin = null;
           this.passRows = true;
@@ -1222,7 +1313,7 @@ class QueryResults implements ResultTransform {
         const fields = decodeRowDescription(f.body).fields;
         let plans: FieldPlan[];
         try {
-          plans = this.policy.fieldPlansOf(fields, this.catalog, this.role);
+          plans = this.policy.fieldPlansOf(fields, this.catalog, this.role, this.transition);
         } catch (err) {
           if (err instanceof MamoriError) return this.end(err);
           throw err;
@@ -1456,6 +1547,14 @@ export function parseSearchPath(text: string): string[] {
     if (s.startsWith('"') && s.endsWith('"')) out.push(s.slice(1, -1).replace(/""/g, '"'));
     else out.push(s.toLowerCase());
   }
+  return out;
+}
+
+/** The Parse's declared types with mamori's added parameters: each declared as the client declared its source. */
+function transitionParamTypes(declared: readonly number[], plan: TransitionPlan): number[] {
+  if (plan.extraParams.length === 0) return [...declared];
+  const out = Array.from({ length: plan.clientParams + plan.extraParams.length }, (_, i) => declared[i] ?? 0);
+  for (const x of plan.extraParams) out[x.index - 1] = declared[x.from - 1] ?? 0;
   return out;
 }
 
