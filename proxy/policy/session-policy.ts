@@ -30,6 +30,7 @@ import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectColle
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 import { sqlPrepareRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
+import { clientCodec, maskMultibyte, type ClientCodec } from '../results/client-encoding.js';
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
 interface StatementPlanInfo {
@@ -68,7 +69,7 @@ const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
   '42601': 'syntax_error',
   '54000': 'program_limit_exceeded',
   '55000': 'object_not_in_prerequisite_state',
-  '22021': 'invalid_text_representation',
+  '22021': 'character_not_in_repertoire',
 };
 
 function refusal(sqlstate: string, message: string): Decision {
@@ -221,7 +222,7 @@ export class SessionPolicy {
    * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
    * changes no setting mamori tracks); else the analysis and what it needs.
    */
-  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity } | MamoriError> {
+  private async analyse(sql: Buffer, encoding: string): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity } | MamoriError> {
     const entry = await this.engine.catalog(this.session.database);
     // Enforced decisions leave out shadow-mode columns (enforce: false, still plaintext): their decision is
     // computed against the full catalog below and logged, never enforced.
@@ -240,7 +241,7 @@ export class SessionPolicy {
       role,
       maxInListItems: this.engine.config.search.maxInListItems,
       standardConformingStrings: (params.get('standard_conforming_strings') ?? 'on') === 'on',
-      clientEncoding: params.get('client_encoding') ?? 'UTF8',
+      clientEncoding: encoding,
       allowDdl: this.engine.config.adminRoles.some((r) => identity.roles.has(r)),
     };
     const analysis = this.engine.analysisCache.getOrAnalyse(sql, {
@@ -269,6 +270,32 @@ export class SessionPolicy {
     }, 'shadow-mode decision');
   }
 
+  /** The session's client encoding, or null when mamori has no faithful converter for it. */
+  codec(): ClientCodec | null {
+    return clientCodec(this.session.params.get('client_encoding'), this.session.params.get('server_encoding'));
+  }
+
+  /**
+   * Statement text as the server's parser reads it. PostgreSQL converts a query string from the client
+   * encoding to the database's before parsing, so mamori does the same: the analysis sees UTF-8 and the
+   * encoding it names is UTF8. Without a converter (or for bytes invalid in the encoding) the raw bytes
+   * are analysed under the session's encoding name, and the analyser refuses any that are not ASCII.
+   */
+  private readable(sql: Buffer): { text: Buffer; encoding: string; codec: ClientCodec | null } {
+    const codec = this.codec();
+    const name = this.session.params.get('client_encoding') ?? 'UTF8';
+    // ASCII reads the same in every client encoding, even one mamori has no converter for.
+    if (codec?.utf8 === true || !sql.some((b) => b >= 0x80)) return { text: sql, encoding: 'UTF8', codec };
+    const decoded = codec?.decode(sql) ?? null;
+    if (decoded === null) return { text: sql, encoding: name, codec: null };
+    return { text: Buffer.from(decoded, 'utf8'), encoding: 'UTF8', codec };
+  }
+
+  /** The fast path's input: UTF-8 when converted, else the raw bytes with multibyte characters masked. */
+  private lexable(r: { text: Buffer; encoding: string }): Buffer {
+    return r.encoding === 'UTF8' ? r.text : maskMultibyte(r.text, r.encoding);
+  }
+
   private mayTouch(sql: Buffer): boolean | null {
     const entry = this.engine.catalogSync(this.session.database);
     if (!entry) return null; // not loaded (or stale): take the slow path
@@ -291,15 +318,17 @@ export class SessionPolicy {
   // ---------------------------------------------------------------------------------------------------
   // Simple Query (and the SQL of Parse)
 
-  private sql(sql: Buffer): Decision | Promise<Decision> {
-    const may = this.mayTouch(sql);
+  private sql(raw: Buffer): Decision | Promise<Decision> {
+    const readable = this.readable(raw);
+    const may = this.mayTouch(this.lexable(readable));
     if (may === false && !this.roleChangedAtStartup) return FORWARD;
-    return this.sqlSlow(sql);
+    return this.sqlSlow(readable);
   }
 
-  private async sqlSlow(sql: Buffer): Promise<Decision> {
+  private async sqlSlow(readable: { text: Buffer; encoding: string; codec: ClientCodec | null }): Promise<Decision> {
+    const sql = readable.text;
     if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
-    const r = await this.analyse(sql);
+    const r = await this.analyse(sql, readable.encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
     const { analysis, catalog, role } = r;
     this.applySettings(analysis);
@@ -329,7 +358,9 @@ export class SessionPolicy {
     if (lits.edits.length > 0) {
       const rewritten = this.spliced(sql, lits.edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      raw = encodeQueryRaw(rewritten);
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      raw = encodeQueryRaw(back);
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const columns = this.columnDecisions(analysis.statements, role);
@@ -382,6 +413,19 @@ export class SessionPolicy {
       this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
       return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
     }
+  }
+
+  /**
+   * A rewritten statement (UTF-8) → the client encoding it came in, which the server converts from. The
+   * splices are ASCII and the rest was checked to convert back byte for byte when it was read, so this is
+   * the client's own text with the literals replaced; checked again here all the same.
+   */
+  private backToClient(utf8: Buffer, codec: ClientCodec | null): Buffer | Decision {
+    if (codec === null || codec.utf8) return utf8;
+    const text = utf8.toString('utf8');
+    const out = codec.encode(text);
+    if (out === null || codec.decode(out) !== text) return refusal('0A000', 'mamori could not rewrite this statement safely in the session\'s client_encoding; it was not run');
+    return out;
   }
 
   private refused(sqlstate: string, message: string, sql: Buffer): Decision {
@@ -453,12 +497,12 @@ export class SessionPolicy {
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
       }
-      // Plaintext is rendered as UTF-8: text columns (which may hold any characters) are refused to a session
-      // whose client_encoding differs rather than sent in the wrong encoding. My Numbers, integers and dates
-      // are ASCII and need no conversion.
-      const enc = (this.session.params.get('client_encoding') ?? 'UTF8').toUpperCase();
-      if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
-        throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is rendered only with client_encoding UTF8 (the session uses ${enc})`);
+      // Text columns (which may hold any characters) are rendered in the session's client encoding; where
+      // mamori has no faithful converter for it they are refused rather than sent in the wrong encoding.
+      // My Numbers, integers and dates are ASCII and need no conversion.
+      if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && this.codec() === null) {
+        const enc = this.session.params.get('client_encoding') ?? 'UTF8';
+        throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} cannot be rendered in client_encoding ${enc}: mamori has no converter for it (docs/results.md lists the encodings it converts)`);
       }
       plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain) });
     });
@@ -475,6 +519,8 @@ export class SessionPolicy {
       keys: this.engine.keys,
       encryptAll: (items) => this.engine.keys.encryptAll(items),
       byteaOutput: this.byteaOutput,
+      // COPY … (ENCODING 'x') converts the data from/to x instead of the client_encoding.
+      codecFor: (e) => (e === undefined ? this.codec() : clientCodec(e, this.session.params.get('server_encoding'))),
       handle,
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
       startIn: (stream) => {
@@ -492,6 +538,7 @@ export class SessionPolicy {
   rewriter(plans: FieldPlan[], formats: readonly number[], subjects: SubjectCollector | null = null): RowRewriter {
     const r = new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
+      codec: () => this.codec(),
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
     });
@@ -516,14 +563,17 @@ export class SessionPolicy {
 
   private parse(frame: Frame): Decision | Promise<Decision> {
     const p = decodeParse(frame.body);
-    const sql = Buffer.from(p.sql, 'utf8');
-    const may = this.mayTouch(sql);
+    // The query text as bytes (decodeParse's string would mangle any other client encoding).
+    const nameEnd = frame.body.indexOf(0);
+    const sqlEnd = frame.body.indexOf(0, nameEnd + 1);
+    const readable = this.readable(frame.body.subarray(nameEnd + 1, sqlEnd));
+    const may = this.mayTouch(this.lexable(readable));
     if (may === false && !this.roleChangedAtStartup) {
       // The outcome must settle the pending entry: a Bind after a Sync (libpq's PQprepare, then
       // PQexecPrepared) waits for it in statementPlan(); dropping onOutcome made it wait forever.
       return this.trackParse(p.name, null);
     }
-    return this.parseSlow(frame, p.name, sql, p.paramTypes);
+    return this.parseSlow(frame.body.subarray(0, nameEnd), p.name, readable, p.paramTypes);
   }
 
   private trackParse(name: string, plan: StatementPlanInfo | null): Decision {
@@ -538,9 +588,9 @@ export class SessionPolicy {
     return { action: 'forward', plan: plan ?? undefined, onOutcome };
   }
 
-  private async parseSlow(frame: Frame, name: string, sql: Buffer, paramTypes: number[]): Promise<Decision> {
-    void frame;
-    const r = await this.analyse(sql);
+  private async parseSlow(nameBytes: Buffer, name: string, readable: { text: Buffer; encoding: string; codec: ClientCodec | null }, paramTypes: number[]): Promise<Decision> {
+    const sql = readable.text;
+    const r = await this.analyse(sql, readable.encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
     const { analysis, catalog, role } = r;
     this.applySettings(analysis);
@@ -574,7 +624,9 @@ export class SessionPolicy {
     if (edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      newSql = rewritten;
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      newSql = back;
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')));
@@ -586,7 +638,7 @@ export class SessionPolicy {
       ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
     };
     const decision = this.trackParse(name, plan);
-    let body = encodeParseBody(name, newSql, paramTypes);
+    let body = encodeParseBody(nameBytes, newSql, paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
     return { ...decision, action: 'replace', raw: rewritten };
@@ -636,7 +688,7 @@ export class SessionPolicy {
       encryptBindParams(frame.body, plan.params, (col, canonical) => {
         collected.push({ domain: '', canonical, col });
         return placeholder;
-      }, plan.declaredTypes);
+      }, plan.declaredTypes, this.codec());
     } catch (err) {
       if (err instanceof ParamError) return refusal(err.sqlstate, err.message);
       throw err;
@@ -656,7 +708,7 @@ export class SessionPolicy {
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
-    const raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    const raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes, this.codec());
     return { action: 'replace', raw, plan };
   }
 
@@ -925,10 +977,10 @@ function encodeQueryRaw(sql: Buffer): Buffer {
 }
 
 /** A Parse body (no header) for name + SQL bytes + declared types. */
-function encodeParseBody(name: string, sql: Buffer, types: readonly number[]): Buffer {
-  const nameBuf = Buffer.from(name + '\0', 'utf8');
-  const body = Buffer.allocUnsafe(nameBuf.length + sql.length + 1 + 2 + 4 * types.length);
-  let o = nameBuf.copy(body, 0);
+function encodeParseBody(name: Buffer, sql: Buffer, types: readonly number[]): Buffer {
+  const body = Buffer.allocUnsafe(name.length + 1 + sql.length + 1 + 2 + 4 * types.length);
+  let o = name.copy(body, 0);
+  body[o++] = 0;
   o += sql.copy(body, o);
   body[o++] = 0;
   body.writeUInt16BE(types.length, o);
