@@ -123,6 +123,13 @@ export class SessionPolicy {
   }
 
   private roleChangedAtStartup = false;
+  /**
+   * A statement that changes client_encoding (SET, set_config, RESET/DISCARD ALL) was sent and the server may
+   * not have run it yet: a pipelined statement after it is converted by the server in the new encoding,
+   * which mamori learns only from the ParameterStatus. Until the pipeline drains, text that is not ASCII is
+   * not read in either (protected statements with such text are refused).
+   */
+  private encodingInFlight = false;
 
   clientMessage(frame: Frame): Decision | Promise<Decision> {
     switch (frame.type) {
@@ -282,10 +289,16 @@ export class SessionPolicy {
    * are analysed under the session's encoding name, and the analyser refuses any that are not ASCII.
    */
   private readable(sql: Buffer): { text: Buffer; encoding: string; codec: ClientCodec | null } {
+    if (this.encodingInFlight && this.session.pipeline.idle) this.encodingInFlight = false;
     const codec = this.codec();
-    const name = this.session.params.get('client_encoding') ?? 'UTF8';
+    let name = this.session.params.get('client_encoding') ?? 'UTF8';
     // ASCII reads the same in every client encoding, even one mamori has no converter for.
-    if (codec?.utf8 === true || !sql.some((b) => b >= 0x80)) return { text: sql, encoding: 'UTF8', codec };
+    if (!sql.some((b) => b >= 0x80)) return { text: sql, encoding: 'UTF8', codec };
+    if (this.encodingInFlight) {
+      name += ' (a change of client_encoding is still running)';
+      return { text: sql, encoding: name, codec: null };
+    }
+    if (codec?.utf8 === true) return { text: sql, encoding: 'UTF8', codec };
     const decoded = codec?.decode(sql) ?? null;
     if (decoded === null) return { text: sql, encoding: name, codec: null };
     return { text: Buffer.from(decoded, 'utf8'), encoding: 'UTF8', codec };
@@ -312,6 +325,7 @@ export class SessionPolicy {
         if (s.name === '?') this.searchPath = null;
       }
       if (s.name === 'bytea_output') this.byteaOutput = s.value === 'escape' ? 'escape' : 'hex';
+      if (s.name === 'client_encoding' || s.name === '*' || s.name === '?') this.encodingInFlight = true;
     }
   }
 

@@ -321,6 +321,37 @@ describe('writes and searches in the client encoding', () => {
     }
   });
 
+  test('a statement pipelined behind a change of client_encoding is not read in a guessed encoding', async () => {
+    // c6 e6 is 'Ææ' in LATIN1 and a kanji in EUC_JP: read in the old encoding, mamori would store the kanji
+    // while the server (which runs the SET first) reads 'Ææ'. Until the pipeline drains it is refused.
+    const c = await raw(ROLES.clerk, 'EUC_JP');
+    try {
+      const latin1 = Buffer.from([0xc6, 0xe6]);
+      assert.equal(iconv.decode(latin1, 'euc-jp').length, 1);
+      c.send(
+        parse(Buffer.from("SET client_encoding = 'LATIN1'")), encodeBind({ portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }),
+        parse(sqlBytes`INSERT INTO people VALUES (40, '${latin1}', '${latin1}')`), encodeBind({ portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }),
+        encodeSync(),
+      );
+      const r = await outcome(c);
+      assert.equal(r.error?.code, '0A000');
+      assert.match(r.error!.message, /client_encoding EUC_JP \(a change of client_encoding is still running\)/);
+      // The refusal aborted the batch's implicit transaction, the SET with it: the session is still EUC_JP,
+      // and the same statement now is read as the server reads it (both columns get the kanji).
+      const again = await simple(c, sqlBytes`INSERT INTO people VALUES (40, '${latin1}', '${latin1}')`);
+      assert.equal(again.error, null);
+    } finally {
+      c.close();
+    }
+    const u = await s.connect(ROLES.clerk);
+    try {
+      const kanji = iconv.decode(Buffer.from([0xc6, 0xe6]), 'euc-jp');
+      assert.deepEqual((await u.query('SELECT name, plain FROM people WHERE id = 40')).rows, [{ name: kanji, plain: kanji }]);
+    } finally {
+      await u.end();
+    }
+  });
+
   test('bytes that are not valid in the client encoding are refused before they reach a protected column', async () => {
     const c = await raw(ROLES.clerk, 'EUC_JP');
     try {
