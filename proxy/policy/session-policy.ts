@@ -279,8 +279,16 @@ export class SessionPolicy {
 
   /** The session's client encoding, or null when mamori has no faithful converter for it. */
   codec(): ClientCodec | null {
-    return clientCodec(this.session.params.get('client_encoding'), this.session.params.get('server_encoding'));
+    const client = this.session.params.get('client_encoding');
+    const server = this.session.params.get('server_encoding');
+    if (client !== this.codecKey.client || server !== this.codecKey.server) {
+      this.codecKey = { client, server, codec: clientCodec(client, server) };
+    }
+    return this.codecKey.codec;
   }
+
+  /** The last codec looked up, by the parameters it came from (looked up per statement and per value). */
+  private codecKey: { client: string | undefined; server: string | undefined; codec: ClientCodec | null } = { client: '', server: '', codec: null };
 
   /**
    * Statement text as the server's parser reads it. PostgreSQL converts a query string from the client
@@ -291,9 +299,10 @@ export class SessionPolicy {
   private readable(sql: Buffer): { text: Buffer; encoding: string; codec: ClientCodec | null } {
     if (this.encodingInFlight && this.session.pipeline.idle) this.encodingInFlight = false;
     const codec = this.codec();
+    if (codec?.utf8 === true && !this.encodingInFlight) return { text: sql, encoding: 'UTF8', codec };
     let name = this.session.params.get('client_encoding') ?? 'UTF8';
     // ASCII reads the same in every client encoding, even one mamori has no converter for.
-    if (!sql.some((b) => b >= 0x80)) return { text: sql, encoding: 'UTF8', codec };
+    if (isAscii(sql)) return { text: sql, encoding: 'UTF8', codec };
     if (this.encodingInFlight) {
       name += ' (a change of client_encoding is still running)';
       return { text: sql, encoding: name, codec: null };
@@ -979,6 +988,11 @@ export function parseSearchPath(text: string): string[] {
     else out.push(s.toLowerCase());
   }
   return out;
+}
+
+function isAscii(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i]! >= 0x80) return false;
+  return true;
 }
 
 function encodeQueryRaw(sql: Buffer): Buffer {
