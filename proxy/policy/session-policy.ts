@@ -32,6 +32,19 @@ import { sqlPrepareRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
 import { clientCodec, maskMultibyte, type ClientCodec } from '../results/client-encoding.js';
 
+/**
+ * A statement's text as mamori reads it: UTF-8 (`encoding` UTF8: converted from the client encoding, or
+ * ASCII) or the raw bytes under the session's encoding name; `codec` converts a rewrite back (null: none
+ * needed or possible); `lexable` is what the fast path may lex when it is not `text` (raw bytes with
+ * multibyte characters masked; null: nothing is known, analyse).
+ */
+interface Readable {
+  text: Buffer;
+  encoding: string;
+  codec: ClientCodec | null;
+  lexable?: Buffer | null;
+}
+
 /** What mamori keeps with a prepared statement once the server confirms it. */
 interface StatementPlanInfo {
   params: ParamPlan[];
@@ -296,7 +309,7 @@ export class SessionPolicy {
    * encoding it names is UTF8. Without a converter (or for bytes invalid in the encoding) the raw bytes
    * are analysed under the session's encoding name, and the analyser refuses any that are not ASCII.
    */
-  private readable(sql: Buffer): { text: Buffer; encoding: string; codec: ClientCodec | null } {
+  private readable(sql: Buffer): Readable {
     if (this.encodingInFlight && this.session.pipeline.idle) this.encodingInFlight = false;
     const codec = this.codec();
     if (codec?.utf8 === true && !this.encodingInFlight) return { text: sql, encoding: 'UTF8', codec };
@@ -305,17 +318,18 @@ export class SessionPolicy {
     if (isAscii(sql)) return { text: sql, encoding: 'UTF8', codec };
     if (this.encodingInFlight) {
       name += ' (a change of client_encoding is still running)';
-      return { text: sql, encoding: name, codec: null };
+      return { text: sql, encoding: name, codec: null, lexable: null };
     }
     if (codec?.utf8 === true) return { text: sql, encoding: 'UTF8', codec };
     const decoded = codec?.decode(sql) ?? null;
-    if (decoded === null) return { text: sql, encoding: name, codec: null };
+    if (decoded === null) return { text: sql, encoding: name, codec: null, lexable: maskMultibyte(sql, name) };
     return { text: Buffer.from(decoded, 'utf8'), encoding: 'UTF8', codec };
   }
 
-  /** The fast path's input: UTF-8 when converted, else the raw bytes with multibyte characters masked. */
-  private lexable(r: { text: Buffer; encoding: string }): Buffer {
-    return r.encoding === 'UTF8' ? r.text : maskMultibyte(r.text, r.encoding);
+  /** Fast path on what the server's lexer reads; null (not known) takes the slow path. */
+  private mayTouchReadable(r: Readable): boolean | null {
+    const lexable = r.lexable === undefined ? r.text : r.lexable;
+    return lexable === null ? null : this.mayTouch(lexable);
   }
 
   private mayTouch(sql: Buffer): boolean | null {
@@ -343,12 +357,12 @@ export class SessionPolicy {
 
   private sql(raw: Buffer): Decision | Promise<Decision> {
     const readable = this.readable(raw);
-    const may = this.mayTouch(this.lexable(readable));
+    const may = this.mayTouchReadable(readable);
     if (may === false && !this.roleChangedAtStartup) return FORWARD;
     return this.sqlSlow(readable);
   }
 
-  private async sqlSlow(readable: { text: Buffer; encoding: string; codec: ClientCodec | null }): Promise<Decision> {
+  private async sqlSlow(readable: Readable): Promise<Decision> {
     const sql = readable.text;
     if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
     const r = await this.analyse(sql, readable.encoding);
@@ -590,7 +604,7 @@ export class SessionPolicy {
     const nameEnd = frame.body.indexOf(0);
     const sqlEnd = frame.body.indexOf(0, nameEnd + 1);
     const readable = this.readable(frame.body.subarray(nameEnd + 1, sqlEnd));
-    const may = this.mayTouch(this.lexable(readable));
+    const may = this.mayTouchReadable(readable);
     if (may === false && !this.roleChangedAtStartup) {
       // The outcome must settle the pending entry: a Bind after a Sync (libpq's PQprepare, then
       // PQexecPrepared) waits for it in statementPlan(); dropping onOutcome made it wait forever.
@@ -611,7 +625,7 @@ export class SessionPolicy {
     return { action: 'forward', plan: plan ?? undefined, onOutcome };
   }
 
-  private async parseSlow(nameBytes: Buffer, name: string, readable: { text: Buffer; encoding: string; codec: ClientCodec | null }, paramTypes: number[]): Promise<Decision> {
+  private async parseSlow(nameBytes: Buffer, name: string, readable: Readable, paramTypes: number[]): Promise<Decision> {
     const sql = readable.text;
     const r = await this.analyse(sql, readable.encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
