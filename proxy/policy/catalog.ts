@@ -4,7 +4,7 @@
 // REPEATABLE READ snapshot, so the epoch read agrees with the catalog read.
 import type pg from 'pg';
 import type { MamoriConfig } from '../../config/schema.js';
-import type { LogicalTypeName } from '../../config/column-type.js';
+import { LOGICAL_TYPE_NAMES, type LogicalTypeName } from '../../config/column-type.js';
 import { canonicalName, quoteIdentifierIfNeeded } from '../../config/identifiers.js';
 import type {
   CatalogSnapshot,
@@ -53,18 +53,7 @@ export const EPOCH_CHANNEL = 'mamori_catalog';
 export const TEMP_CHANNEL = 'mamori_temp';
 
 /** Guard domain per logical type: `mamori.<logical type name>`. */
-export const GUARD_TYPES: readonly LogicalTypeName[] = [
-  'text',
-  'varchar',
-  'char',
-  'mynumber',
-  'corporate_number',
-  'int2',
-  'int4',
-  'int8',
-  'date',
-  'bytea',
-];
+export const GUARD_TYPES: readonly LogicalTypeName[] = LOGICAL_TYPE_NAMES;
 export const GUARD_CONSTRAINT = 'mamori_cell';
 
 const qi = (name: string): string => '"' + name.replace(/"/g, '""') + '"';
