@@ -10,8 +10,8 @@ import { decodeRowDescription, decodeCommandComplete } from '../wire/backend.js'
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
-import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type StatementPlan } from '../sql/index.js';
-import type { AnalysisContext, ProtectedColumn, RolePolicy } from '../sql/types.js';
+import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type StatementPlan } from '../sql/index.js';
+import type { AnalysisContext, LiteralSite, ProtectedColumn, RolePolicy } from '../sql/types.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
 import { toLogicalType } from '../results/logical.js';
@@ -28,7 +28,7 @@ import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
 import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
 import { SearchLimiter, searchedColumn } from './search-limit.js';
-import { sqlPrepareRefusal } from './sql-prepare.js';
+import { executeBinding, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
 import { clientCodec, maskMultibyte, type ClientCodec } from '../results/client-encoding.js';
 
@@ -66,6 +66,26 @@ interface StatementPlanInfo {
    * the catalog epoch stays; a DDL moves it).
    */
   shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
+  /**
+   * SQL prepared statements an `EXECUTE name(…)` parsed through the extended protocol runs, with the plan
+   * each had then: a Bind is refused if one has changed since (its parameters were planned for that plan).
+   */
+  executes?: { name: string; plan: StatementPlanInfo | null }[];
+}
+
+/** The SQL PREPAREs and EXECUTEs of one statement string, as this session's prepared statements make them. */
+interface SqlPrepared {
+  /** Plans of the PREPAREs, in statement order (null: nothing protected in it). */
+  preparePlans: (StatementPlanInfo | null)[];
+  /** Declared types and casts of protected PREPARE parameters → bytea. */
+  edits: ExpectedEdit[];
+  /** Constants EXECUTE passes for protected parameters. */
+  sites: LiteralSite[];
+  /** Plans of the statements the EXECUTEs run. */
+  targets: StatementPlanInfo[];
+  /** Each statement's command, with EXECUTE as the command of what it runs. */
+  commands: string[];
+  executes: { name: string; plan: StatementPlanInfo | null }[];
 }
 
 const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
@@ -113,6 +133,8 @@ export class SessionPolicy {
   /** The COPY FROM STDIN in progress whose client data mamori rewrites. */
   private copyIn: CopyInStream | null = null;
   private readonly searchLimit: SearchLimiter;
+  /** Settles when the last analysed simple Query has finished: the SQL PREPAREs in it are known by then. */
+  private lastQuery: Promise<void> | null = null;
 
   constructor(
     private readonly engine: PolicyEngine,
@@ -377,7 +399,7 @@ export class SessionPolicy {
       // FETCH from a cursor, EXECUTE of a prepared statement, a function returning rows: nothing in the text
       // names a protected column, but the rows can still come from one. Once the session has touched
       // protected data, such results are mapped by their origin like any other.
-      return this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null) } : FORWARD;
+      return this.tracked(this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null) } : FORWARD);
     }
     if (this.roleChangedAtStartup) {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
@@ -385,23 +407,29 @@ export class SessionPolicy {
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
     this.touched = true;
-    const limited = sqlPrepareRefusal(analysis.statements) ?? this.searchLimit.admit(searchedColumn(analysis.statements));
+    const sp = await this.sqlPrepared(analysis.statements, role, sql);
+    if (sp instanceof MamoriError) return { action: 'refuse', error: sp };
+    // A PREPARE searches nothing yet: each EXECUTE of it is a search.
+    let limited = this.searchLimit.admit(searchedColumn(analysis.statements.filter((st) => !st.prepare)));
+    for (const t of sp.targets) limited ??= this.searchLimit.admit(t.search ?? null);
     if (limited) return { action: 'refuse', error: limited };
     // Literals bound for protected columns are validated, normalized and encrypted, then spliced in.
-    const lits = await this.encryptLiterals(analysis.statements, catalog);
+    const lits = await this.encryptLiterals(analysis.statements, catalog, sp.sites);
     if ('action' in lits) return lits;
     const toEncrypt = lits.values;
     let raw: Buffer | null = null;
-    if (lits.edits.length > 0) {
-      const rewritten = this.spliced(sql, lits.edits);
+    const edits = [...sp.edits, ...lits.edits];
+    if (edits.length > 0) {
+      const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       const back = this.backToClient(rewritten, readable.codec);
       if (!Buffer.isBuffer(back)) return back;
       raw = encodeQueryRaw(back);
     }
     await this.loadKeysFor(analysis.statements, catalog);
-    const columns = this.columnDecisions(analysis.statements, role);
-    const handle = await this.intent(sql, analysis.statements, columns, hashValues(this.engine.subjects, toEncrypt));
+    const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
+    const extras = mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]);
+    const handle = await this.intent(fingerprint(sql), sp.commands.join(';'), columns, extras, hashValues(this.engine.subjects, toEncrypt));
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
     const copy = analysis.statements[0]?.copy;
     if (copy) {
@@ -410,19 +438,86 @@ export class SessionPolicy {
     }
     const transform = new QueryResults(this, catalog, role, handle);
     transform.decision = decisionLabel(columns);
-    return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
+    const preparePlans = sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {};
+    return this.tracked(raw ? { action: 'replace', raw, transform, ...preparePlans } : { action: 'forward', transform, ...preparePlans });
+  }
+
+  /** A simple Query forwarded after analysis: `lastQuery` settles when it has finished. */
+  private tracked(d: Decision): Decision {
+    if (d.action === 'refuse') return d;
+    let done!: () => void;
+    this.lastQuery = new Promise<void>((r) => (done = r));
+    return { ...d, onOutcome: () => done() };
+  }
+
+  /**
+   * SQL PREPARE / EXECUTE in a statement string: the plan of each PREPARE (its protected parameters made
+   * bytea), and what each EXECUTE passes for the protected parameters of the statement it runs.
+   */
+  private async sqlPrepared(statements: readonly StatementPlan[], role: RolePolicy, sql: Buffer): Promise<SqlPrepared | MamoriError> {
+    const out: SqlPrepared = { preparePlans: [], edits: [], sites: [], targets: [], commands: [], executes: [] };
+    const local = new Map<string, StatementPlanInfo | null>(); // prepared earlier in this string
+    for (const st of statements) {
+      let command = st.command;
+      if (st.prepare) {
+        const pp = preparedParams({ ...st, prepare: st.prepare });
+        if (pp instanceof MamoriError) return pp;
+        const inner = { ...st, command: st.prepare.command };
+        const plan: StatementPlanInfo | null = st.touched.length === 0 && st.params.length === 0 && st.literals.length === 0 ? null : {
+          params: pp.params,
+          reads: st.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')),
+          columns: this.columnDecisions([inner], role),
+          command: st.prepare.command,
+          fingerprint: fingerprint(sql.subarray(st.start, st.end)),
+          declaredTypes: [],
+          extras: statementExtras([inner]),
+          search: searchedColumn([inner]),
+        };
+        out.preparePlans.push(plan);
+        out.edits.push(...pp.edits);
+        local.set(st.prepare.name, plan);
+      } else if (st.execute) {
+        const { name, args } = st.execute;
+        const target = await this.executeTarget(name, local);
+        if (!target.known) {
+          if (args.length > 0) return unknownStatementRefusal(name);
+        } else if (target.plan) {
+          const b = executeBinding(name, args, target.plan.params);
+          if (b instanceof MamoriError) return b;
+          out.sites.push(...b.sites);
+          out.targets.push(target.plan);
+          command = target.plan.command;
+        }
+        if (args.length > 0) out.executes.push({ name, plan: target.plan });
+      }
+      out.commands.push(command);
+    }
+    return out;
+  }
+
+  /** The statement `EXECUTE name` runs: prepared earlier in the same string, else as this session knows it. */
+  private async executeTarget(name: string, local: ReadonlyMap<string, StatementPlanInfo | null>): Promise<{ known: boolean; plan: StatementPlanInfo | null }> {
+    if (local.has(name)) return { known: true, plan: local.get(name)! };
+    // A Query sent before this one (pipelined) may still be preparing or deallocating it.
+    if (this.lastQuery) await this.lastQuery;
+    if (this.pendingParse.has(name)) {
+      const plan = await this.statementPlan(name);
+      return { known: plan !== null || this.session.pipeline.statements.has(name), plan };
+    }
+    const info = this.session.pipeline.statements.get(name);
+    return { known: info !== undefined, plan: (info?.plan as StatementPlanInfo | undefined) ?? null };
   }
 
   /**
    * Literals bound for protected columns: validated and normalized per logical type, encrypted (counted,
    * refused while the domain rotates), and turned into splice edits. A refusal Decision when one is invalid.
    */
-  private async encryptLiterals(statements: readonly StatementPlan[], catalog: DatabaseCatalog): Promise<
+  private async encryptLiterals(statements: readonly StatementPlan[], catalog: DatabaseCatalog, extra: readonly LiteralSite[] = []): Promise<
     { edits: ReturnType<typeof byteaEdit>[]; values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] } | Decision> {
     const values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
     const sites: { start: number; end: number }[] = [];
-    for (const st of statements) {
-      for (const lit of st.literals) {
+    for (const literals of [...statements.map((st) => st.literals), extra]) {
+      for (const lit of literals) {
         if (lit.value === null) continue;
         const cc = this.columnConfig(lit.column, catalog);
         if (!cc) return refusal('0A000', `column ${qualified(lit.column)} has no policy`);
@@ -482,10 +577,10 @@ export class SessionPolicy {
   }
 
   /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
-  private async intent(sql: Buffer, statements: readonly StatementPlan[], columns: ColumnDecision[], subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
+  private async intent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
     if (!this.audit) return null;
     try {
-      return await this.writeIntent(fingerprint(sql), statements.map((s) => s.command).join(';'), columns, statementExtras(statements), subjects);
+      return await this.writeIntent(fp, command, columns, extras, subjects);
     } catch (err) {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
@@ -640,11 +735,12 @@ export class SessionPolicy {
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
     this.touched = true;
-    const unsupported = sqlPrepareRefusal(analysis.statements);
-    if (unsupported) return { action: 'refuse', error: unsupported };
+    const sp = await this.sqlPrepared(analysis.statements, role, sql);
+    if (sp instanceof MamoriError) return { action: 'refuse', error: sp };
     const params: ParamPlan[] = [];
-    const edits = [];
-    for (const st of analysis.statements) {
+    const edits = [...sp.edits];
+    const direct = analysis.statements.filter((st) => !st.prepare); // a PREPARE's $n are its statement's, not this Parse's
+    for (const st of direct) {
       for (const ps of st.params) {
         const prev = params.find((x) => x.index === ps.index);
         if (prev && (prev.column !== ps.column || Boolean(prev.array) !== Boolean(ps.array))) {
@@ -654,7 +750,7 @@ export class SessionPolicy {
         if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
       }
     }
-    const lits = await this.encryptLiterals(analysis.statements, catalog);
+    const lits = await this.encryptLiterals(analysis.statements, catalog, sp.sites);
     if ('action' in lits) return lits;
     edits.push(...lits.edits);
     let newSql = sql;
@@ -666,19 +762,22 @@ export class SessionPolicy {
       newSql = back;
     }
     await this.loadKeysFor(analysis.statements, catalog);
-    const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')));
+    const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')))
+      || sp.targets.some((t) => t.reads);
     const plan: StatementPlanInfo = {
-      params, reads, columns: this.columnDecisions(analysis.statements, role),
-      command: analysis.statements.map((s) => s.command).join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
-      extras: statementExtras(analysis.statements),
-      search: searchedColumn(analysis.statements),
+      params, reads, columns: [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)],
+      command: sp.commands.join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
+      extras: mergeExtras([statementExtras(direct), ...sp.targets.map((t) => t.extras)]),
+      search: searchedColumn(direct) ?? sp.targets.find((t) => t.search)?.search ?? null,
       ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
+      ...(sp.executes.length > 0 ? { executes: sp.executes } : {}),
     };
     const decision = this.trackParse(name, plan);
     let body = encodeParseBody(nameBytes, newSql, paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
-    return { ...decision, action: 'replace', raw: rewritten };
+    // A PREPARE run by this statement's Execute: its plan is kept once the server says PREPARE.
+    return { ...decision, action: 'replace', raw: rewritten, ...(sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {}) };
   }
 
   /** The plan of a statement as the server will use it at this point of the pipeline. */
@@ -714,6 +813,11 @@ export class SessionPolicy {
     const bind = decodeBind(frame.body);
     this.portals.set(portal, { plan, formats: bind.resultFormats });
     if (!plan) return FORWARD;
+    for (const x of plan.executes ?? []) {
+      if ((await this.statementPlan(x.name)) !== x.plan) {
+        return refusal('0A000', `EXECUTE ${x.name}: prepared statement "${x.name}" changed since the statement that executes it was parsed; parse it again`);
+      }
+    }
     const limited = this.searchLimit.checkArrays(frame.body, plan.params) ?? this.searchLimit.admit(plan.search ?? null);
     if (limited) return { action: 'refuse', error: limited };
     if (plan.params.length === 0) return { action: 'forward', plan };
@@ -970,6 +1074,12 @@ class ExecuteResults implements ResultTransform {
         return null;
     }
   }
+}
+
+/** Search and deletion records of several statements in one. */
+function mergeExtras(all: readonly StatementExtras[]): StatementExtras {
+  const searches = all.flatMap((x) => x.searches).filter((s, i, a) => a.findIndex((y) => y.column === s.column) === i);
+  return { searches, deletions: all.flatMap((x) => x.deletions) };
 }
 
 function rowsOf(body: Buffer): number | null {
