@@ -106,61 +106,120 @@ export function baseEncode(converter: string, text: string): Buffer | null {
 class IconvCodec implements ClientCodec {
   readonly utf8 = false;
   readonly asciiSafe: boolean;
-  private readonly overrides: ReadonlyMap<number, Buffer | null>;
+  /** Per code point: its bytes, or null when it has none (PostgreSQL's answer where it differs). Filled lazily. */
+  private readonly chars = new Map<number, Buffer | null>();
+  /** Per character's bytes (as an integer, big-endian): its text, or null when invalid. Filled lazily. */
+  private readonly reads = new Map<number, string | null>();
   private readonly substitutions: ReadonlyMap<number, number>;
 
   constructor(readonly name: string, private readonly converter: string) {
     this.asciiSafe = !NOT_ASCII_SAFE.has(name);
-    this.overrides = new Map(Object.entries(ENCODE_OVERRIDES[name] ?? {}).map(([cp, hex]) => [Number(cp), hex === null ? null : Buffer.from(hex, 'hex')]));
+    for (const [cp, hex] of Object.entries(ENCODE_OVERRIDES[name] ?? {})) this.chars.set(Number(cp), hex === null ? null : Buffer.from(hex, 'hex'));
     this.substitutions = new Map(Object.entries(DECODE_SUBSTITUTIONS[name] ?? {}).map(([from, to]) => [Number(from), to]));
+  }
+
+  /** One character's bytes (these encodings are stateless: a string's bytes are its characters' bytes). */
+  private char(cp: number): Buffer | null {
+    let b = this.chars.get(cp);
+    if (b === undefined) {
+      b = baseEncode(this.converter, String.fromCodePoint(cp));
+      if (this.chars.size < 65536) this.chars.set(cp, b);
+    }
+    return b;
   }
 
   encode(text: string): Buffer | null {
     if (ASCII_TEXT.test(text)) return Buffer.from(text, 'latin1');
-    if (this.overrides.size === 0) return baseEncode(this.converter, text);
-    // Characters PostgreSQL converts differently take its bytes; the runs between them go to iconv-lite.
     const parts: Buffer[] = [];
-    let run = '';
+    let size = 0;
+    let ascii = '';
     for (const ch of text) {
-      const o = this.overrides.get(ch.codePointAt(0)!);
-      if (o === undefined) {
-        run += ch;
+      const cp = ch.codePointAt(0)!;
+      if (cp < 0x80) {
+        ascii += ch;
         continue;
       }
-      if (o === null) return null;
-      if (run !== '') {
-        const b = baseEncode(this.converter, run);
-        if (b === null) return null;
-        parts.push(b);
-        run = '';
+      if (ascii !== '') {
+        parts.push(Buffer.from(ascii, 'latin1'));
+        size += ascii.length;
+        ascii = '';
       }
-      parts.push(o);
-    }
-    if (run !== '') {
-      const b = baseEncode(this.converter, run);
+      const b = this.char(cp);
       if (b === null) return null;
       parts.push(b);
+      size += b.length;
     }
-    return Buffer.concat(parts);
+    if (ascii !== '') {
+      parts.push(Buffer.from(ascii, 'latin1'));
+      size += ascii.length;
+    }
+    return Buffer.concat(parts, size);
   }
 
+  /**
+   * Characters are delimited as PostgreSQL's pg_encoding_mblen delimits them; each is read once through
+   * iconv-lite (then PostgreSQL's reading where it differs) and accepted only when it converts back to the
+   * very same bytes: then PostgreSQL reads it as this text (its conversion, which encode() follows, is
+   * checked to map this text to these bytes). Bytes PostgreSQL would also accept but that do not round-trip
+   * (duplicate codes such as SJIS's IBM extensions in the NEC-selected rows) are refused: mamori cannot be
+   * sure which character the server would make of them.
+   */
   decode(bytes: Uint8Array): string | null {
     if (isAscii(bytes)) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('latin1');
-    let text = iconv.decode(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length), this.converter);
-    if (this.substitutions.size > 0) {
-      let out = '';
-      for (const ch of text) {
-        const to = this.substitutions.get(ch.codePointAt(0)!);
-        out += to === undefined ? ch : String.fromCodePoint(to);
+    let out = '';
+    let from = 0;
+    for (let i = 0; i < bytes.length;) {
+      const c = bytes[i]!;
+      if (c < 0x80) {
+        i++;
+        continue;
       }
-      text = out;
+      const len = mblen(this.name, bytes, i);
+      if (i + len > bytes.length) return null;
+      let key = 0;
+      for (let k = 0; k < len; k++) key = key * 256 + bytes[i + k]!;
+      let ch = this.reads.get(key);
+      if (ch === undefined) {
+        ch = this.readChar(Buffer.from(bytes.subarray(i, i + len)));
+        if (this.reads.size < 65536) this.reads.set(key, ch);
+      }
+      if (ch === null) return null;
+      if (i > from) out += Buffer.from(bytes.buffer, bytes.byteOffset + from, i - from).toString('latin1');
+      out += ch;
+      i += len;
+      from = i;
     }
-    // Accepted only when it converts back to the very same bytes: then PostgreSQL reads them as this text
-    // (its conversion, which encode() follows, is checked to map this text to these bytes). Bytes that
-    // PostgreSQL would also accept but that do not round-trip (duplicate codes such as NEC/IBM extensions
-    // in SJIS) are refused: mamori cannot be sure which character the server would have made of them.
-    const back = this.encode(text);
-    return back !== null && Buffer.compare(back, bytes) === 0 ? text : null;
+    if (from < bytes.length) out += Buffer.from(bytes.buffer, bytes.byteOffset + from, bytes.length - from).toString('latin1');
+    return out;
+  }
+
+  private readChar(b: Buffer): string | null {
+    const text = iconv.decode(b, this.converter);
+    const cps = [...text];
+    if (cps.length !== 1) return null;
+    const to = this.substitutions.get(cps[0]!.codePointAt(0)!);
+    const ch = to === undefined ? cps[0]! : String.fromCodePoint(to);
+    const back = this.char(ch.codePointAt(0)!);
+    return back !== null && back.equals(b) ? ch : null;
+  }
+}
+
+/** PostgreSQL's pg_encoding_mblen for a character starting with a high byte, in the converted encodings. */
+function mblen(name: string, b: Uint8Array, i: number): number {
+  const c = b[i]!;
+  switch (name) {
+    case 'EUC_JP':
+      return c === 0x8f ? 3 : 2;
+    case 'SJIS':
+      return c >= 0xa1 && c <= 0xdf ? 1 : 2;
+    case 'UHC':
+      return 2;
+    case 'GB18030': {
+      const n = b[i + 1];
+      return n !== undefined && n >= 0x30 && n <= 0x39 ? 4 : 2;
+    }
+    default:
+      return 1; // single-byte encodings
   }
 }
 
