@@ -75,7 +75,8 @@ export class CopyInStream implements ResultTransform {
     try {
       batch = parse();
     } catch (e) {
-      if (e instanceof CopyError) return this.fail(new MamoriError('invalid_text_representation', e.message));
+      // 22021: bytes invalid in the COPY's encoding (or a NUL), as PostgreSQL reports them; else 22P02.
+      if (e instanceof CopyError) return this.fail(new MamoriError(e.sqlstate === '22021' ? 'character_not_in_repertoire' : 'invalid_text_representation', e.message));
       throw e;
     }
     if (batch.values.length === 0) return this.emit(batch.render([]), trailer);

@@ -410,6 +410,21 @@ describe('COPY in other encodings', () => {
     }
   });
 
+  test('COPY FROM data that is not valid in its encoding stores nothing: 22021 naming line and column, no bytes', async () => {
+    const c = await s.connect(EXPORTER);
+    try {
+      const data = Buffer.concat([Buffer.from('31\t'), Buffer.from([0xa4]), Buffer.from('\tx\n')]);
+      await assert.rejects(pipeline(Readable.from([data]), c.query(copyFrom("COPY people (id, name, plain) FROM STDIN (ENCODING 'EUC_JP')"))), (e: pg.DatabaseError) => {
+        assert.equal(e.code, '22021');
+        assert.equal(e.message, 'mamori: COPY line 1, column name: invalid value for protected column public.people.name: invalid byte sequence for encoding "EUC_JP"');
+        return true;
+      });
+      assert.deepEqual((await c.query('SELECT count(*)::int AS n FROM people WHERE id = 31')).rows, [{ n: 0 }]);
+    } finally {
+      await c.end();
+    }
+  });
+
   test('COPY of protected columns in SJIS is refused (its trail bytes can be a backslash or a delimiter)', async () => {
     const c = await s.connect(EXPORTER);
     try {
