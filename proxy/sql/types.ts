@@ -14,6 +14,9 @@ export interface ProtectedColumn {
   domain: string; // key domain; columns that may be joined share one
   attnum?: number;
   tableOid?: number;
+  // The type clients see for it (RowDescription, ParameterDescription): the type recorded by `mamori protect`
+  // when compatible with the logical type (e.g. char(12) for a mynumber); absent: the logical type's default.
+  display?: { oid: number; typlen: number; typmod: number };
 }
 
 export type RelationKind = 'table' | 'view' | 'matview' | 'partitioned' | 'foreign' | 'other';
