@@ -654,13 +654,9 @@ export class SessionPolicy {
     if (c.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
       return `protected date column ${qualified(c)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`;
     }
-    // Plaintext is rendered as UTF-8: text columns (which may hold any characters) are refused to a session
-    // whose client_encoding differs rather than sent in the wrong encoding. My Numbers, integers and dates
-    // are ASCII and need no conversion.
-    const enc = (this.session.params.get('client_encoding') ?? 'UTF8').toUpperCase();
-    if (TEXT_TYPES.has(c.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
-      return `protected column ${qualified(c)} is rendered only with client_encoding UTF8 (the session uses ${enc})`;
-    }
+    // Text columns are rendered in the session's client encoding; where mamori has no faithful converter
+    // for it they are refused rather than sent in the wrong encoding (as fieldPlans does).
+    if (TEXT_TYPES.has(c.type.type) && this.codec() === null) return noConverter(c, this.session.params.get('client_encoding') ?? 'UTF8');
     return null;
   }
 
@@ -888,8 +884,7 @@ export class SessionPolicy {
       // mamori has no faithful converter for it they are refused rather than sent in the wrong encoding.
       // My Numbers, integers and dates are ASCII and need no conversion.
       if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && this.codec() === null) {
-        const enc = this.session.params.get('client_encoding') ?? 'UTF8';
-        throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} cannot be rendered in client_encoding ${enc}: mamori has no converter for it (docs/results.md lists the encodings it converts)`);
+        throw new MamoriError('object_not_in_prerequisite_state', noConverter(pf.column, this.session.params.get('client_encoding') ?? 'UTF8'));
       }
       plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
     });
@@ -1643,6 +1638,10 @@ export function parseSearchPath(text: string): string[] {
     else out.push(s.toLowerCase());
   }
   return out;
+}
+
+function noConverter(c: ProtectedColumn, encoding: string): string {
+  return `protected column ${qualified(c)} cannot be rendered in client_encoding ${encoding}: mamori has no converter for it (docs/results.md lists the encodings it converts)`;
 }
 
 function isAscii(b: Buffer): boolean {

@@ -174,6 +174,20 @@ describe('plaintext and mask rendered in the client encoding', () => {
     });
   }
 
+  test('a cell of unknown origin released into a text field (a function returning it as text) is in the client encoding too', async () => {
+    await s.cluster.query(`CREATE OR REPLACE FUNCTION public.name_text(i int) RETURNS text LANGUAGE sql AS 'SELECT name::bytea::text FROM public.people WHERE id = i'`);
+    await s.cluster.query(`GRANT EXECUTE ON FUNCTION public.name_text(int) TO ${ROLES.clerk}`);
+    const c = await raw(ROLES.clerk, 'EUC_JP');
+    try {
+      const r = await simple(c, Buffer.from('SELECT public.name_text(1), plain FROM people WHERE id = 1'));
+      assert.equal(r.error, null);
+      assert.deepEqual(r.rows[0]![0], r.rows[0]![1]);
+      assert.deepEqual(r.rows[0]![0], enc(JA, 'euc-jp'));
+    } finally {
+      c.close();
+    }
+  });
+
   test('the mask is sent in the client encoding too (EUC_JP, SJIS, LATIN1 — where the value itself is not representable)', async () => {
     for (const encoding of ['EUC_JP', 'SJIS', 'LATIN1']) {
       const c = await raw(ROLES.viewer, encoding);
