@@ -144,6 +144,9 @@ function refusal(sqlstate: string, message: string): Decision {
   return { action: 'refuse', error: new MamoriError(SQLSTATE_CODES[sqlstate] ?? 'feature_not_supported', message) };
 }
 
+/** The refusal when an audit intent cannot be written and failMode is closed. */
+const AUDIT_UNAVAILABLE = new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
+
 export class SessionPolicy {
   private identity: Identity | null = null;
   private identityAt = 0;
@@ -696,9 +699,13 @@ export class SessionPolicy {
 
   /** Audit of the cells of unknown origin one result set releases (see OriginReads). */
   originReadsAudit(): OriginReads {
-    return new OriginReads(this.audit ? (columns) => this.audit!.intent({
-      fingerprint: 'unknown-origin', command: 'unknown-origin', columns, mode: 'protected',
-    }) : null);
+    const audit = this.audit;
+    if (!audit) return new OriginReads(null);
+    return new OriginReads(
+      (columns) => audit.intent({ fingerprint: 'unknown-origin', command: 'unknown-origin', columns, mode: 'protected' }),
+      (gate) => this.session.holdOutput(gate, AUDIT_UNAVAILABLE),
+      this.engine.config.audit.failMode === 'open',
+    );
   }
 
   /**
@@ -823,7 +830,7 @@ export class SessionPolicy {
     } catch (err) {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
-      return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
+      return AUDIT_UNAVAILABLE;
     }
   }
 
@@ -1574,31 +1581,37 @@ function rowOut(body: Buffer, rewriter: RowRewriter | null, origin: OriginInspec
 }
 
 /**
- * The audit of cells of unknown origin released by one result set: an intent record naming their columns
- * and decisions, written when the first such cell is released (it cannot precede that row: transforms are
- * synchronous and the row is already on its way), completed with the row count when the result set ends.
+ * The audit of cells of unknown origin released by one result set: an intent record per column, written when
+ * the first cell of that column is found; the session holds its output to the client (the row carrying the
+ * cell and everything after it) until the record has reached the OS — or ends, fail closed, when it cannot.
+ * Completed with the row count when the result set ends.
  */
 export class OriginReads {
-  private columns = new Map<string, ColumnDecision>();
-  private handle: Promise<StatementHandle | null> | null = null;
+  private columns = new Set<string>();
+  private handles: Array<Promise<StatementHandle | null>> = [];
 
-  constructor(private readonly intent: ((columns: ColumnDecision[]) => Promise<StatementHandle>) | null) {}
+  constructor(
+    private readonly intent: ((columns: ColumnDecision[]) => Promise<StatementHandle>) | null,
+    /** Holds the client's output until the gate settles (false: the intent is lost and failMode is closed). */
+    private readonly hold: ((gate: Promise<boolean>) => void) | null = null,
+    private readonly failOpen = false,
+  ) {}
 
   release(column: ProtectedColumn, action: FieldAction): void {
     if (!this.intent) return;
     const name = qualified(column);
     if (this.columns.has(name)) return;
-    this.columns.set(name, { column: name, decision: action } as ColumnDecision);
-    // The first cell writes the intent; later columns of the same result set are named in it only if they
-    // arrive before it is written.
-    this.handle ??= this.intent([...this.columns.values()]).catch(() => null);
+    this.columns.add(name);
+    const written = this.intent([{ column: name, decision: action } as ColumnDecision]);
+    this.handles.push(written.catch(() => null));
+    this.hold?.(written.then(() => true, () => this.failOpen));
   }
 
   done(rows: number, sqlstate: string | null): void {
-    const h = this.handle;
-    this.handle = null;
-    this.columns = new Map();
-    void h?.then((x) => x?.complete({ rows, sqlstate })).catch(() => undefined);
+    const hs = this.handles;
+    this.handles = [];
+    this.columns = new Set();
+    for (const h of hs) void h.then((x) => x?.complete({ rows, sqlstate })).catch(() => undefined);
   }
 }
 
