@@ -32,6 +32,21 @@ import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectColle
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 import { executeBinding, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
+import { clientCodec, maskMultibyte, type ClientCodec } from '../results/client-encoding.js';
+
+/**
+ * A statement's text as mamori reads it: UTF-8 (`encoding` UTF8: converted from the client encoding, or
+ * ASCII) or the raw bytes under the session's encoding name; `codec` converts a rewrite back (null: none
+ * needed or possible); `lexable` is what the fast path may lex when it is not `text` (raw bytes with
+ * multibyte characters masked; null: nothing is known, analyse).
+ */
+interface Readable {
+  text: Buffer;
+  encoding: string;
+  codec: ClientCodec | null;
+  lexable?: Buffer | null;
+}
+
 import {
   appendTransitionParams, applyTransition, hideTransitionParams, mentionsShadow, planTransition, TransitionRefusal, type TransitionField, type TransitionPlan,
 } from '../protect/transition-rewrite.js';
@@ -128,13 +143,16 @@ const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
   '42601': 'syntax_error',
   '54000': 'program_limit_exceeded',
   '55000': 'object_not_in_prerequisite_state',
-  '22021': 'invalid_text_representation',
+  '22021': 'character_not_in_repertoire',
   'XX000': 'internal_error',
 };
 
 function refusal(sqlstate: string, message: string): Decision {
   return { action: 'refuse', error: new MamoriError(SQLSTATE_CODES[sqlstate] ?? 'feature_not_supported', message) };
 }
+
+/** The refusal when an audit intent cannot be written and failMode is closed. */
+const AUDIT_UNAVAILABLE = new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
 
 export class SessionPolicy {
   private identity: Identity | null = null;
@@ -195,6 +213,13 @@ export class SessionPolicy {
   }
 
   private roleChangedAtStartup = false;
+  /**
+   * A statement that changes client_encoding (SET, set_config, RESET/DISCARD ALL) was sent and the server may
+   * not have run it yet: a pipelined statement after it is converted by the server in the new encoding,
+   * which mamori learns only from the ParameterStatus. Until the pipeline drains, text that is not ASCII is
+   * not read in either (protected statements with such text are refused).
+   */
+  private encodingInFlight = false;
 
   private pathKeyOf: string[] | null | undefined;
   private pathKeyText = '';
@@ -314,7 +339,7 @@ export class SessionPolicy {
    * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
    * changes no setting mamori tracks); else the analysis and what it needs.
    */
-  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity; path: string[] } | MamoriError> {
+  private async analyse(sql: Buffer, encoding: string): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity; path: string[] } | MamoriError> {
     const entry = await this.engine.catalog(this.session.database);
     // Enforced decisions leave out shadow-mode columns (enforce: false, still plaintext): their decision is
     // computed against the full catalog below and logged, never enforced.
@@ -333,7 +358,7 @@ export class SessionPolicy {
       role,
       maxInListItems: this.engine.config.search.maxInListItems,
       standardConformingStrings: (params.get('standard_conforming_strings') ?? 'on') === 'on',
-      clientEncoding: params.get('client_encoding') ?? 'UTF8',
+      clientEncoding: encoding,
       allowDdl: this.engine.config.adminRoles.some((r) => identity.roles.has(r)),
     };
     const analysis = this.engine.analysisCache.getOrAnalyse(sql, {
@@ -362,6 +387,48 @@ export class SessionPolicy {
     }, 'shadow-mode decision');
   }
 
+  /** The session's client encoding, or null when mamori has no faithful converter for it. */
+  codec(): ClientCodec | null {
+    const client = this.session.params.get('client_encoding');
+    const server = this.session.params.get('server_encoding');
+    if (client !== this.codecKey.client || server !== this.codecKey.server) {
+      this.codecKey = { client, server, codec: clientCodec(client, server) };
+    }
+    return this.codecKey.codec;
+  }
+
+  /** The last codec looked up, by the parameters it came from (looked up per statement and per value). */
+  private codecKey: { client: string | undefined; server: string | undefined; codec: ClientCodec | null } = { client: '', server: '', codec: null };
+
+  /**
+   * Statement text as the server's parser reads it. PostgreSQL converts a query string from the client
+   * encoding to the database's before parsing, so mamori does the same: the analysis sees UTF-8 and the
+   * encoding it names is UTF8. Without a converter (or for bytes invalid in the encoding) the raw bytes
+   * are analysed under the session's encoding name, and the analyser refuses any that are not ASCII.
+   */
+  private readable(sql: Buffer): Readable {
+    if (this.encodingInFlight && this.session.pipeline.idle) this.encodingInFlight = false;
+    const codec = this.codec();
+    if (codec?.utf8 === true && !this.encodingInFlight) return { text: sql, encoding: 'UTF8', codec };
+    let name = this.session.params.get('client_encoding') ?? 'UTF8';
+    // ASCII reads the same in every client encoding, even one mamori has no converter for.
+    if (isAscii(sql)) return { text: sql, encoding: 'UTF8', codec };
+    if (this.encodingInFlight) {
+      name += ' (a change of client_encoding is still running)';
+      return { text: sql, encoding: name, codec: null, lexable: null };
+    }
+    if (codec?.utf8 === true) return { text: sql, encoding: 'UTF8', codec };
+    const decoded = codec?.decode(sql) ?? null;
+    if (decoded === null) return { text: sql, encoding: name, codec: null, lexable: maskMultibyte(sql, name) };
+    return { text: Buffer.from(decoded, 'utf8'), encoding: 'UTF8', codec };
+  }
+
+  /** Fast path on what the server's lexer reads; null (not known) takes the slow path. */
+  private mayTouchReadable(r: Readable): boolean | null {
+    const lexable = r.lexable === undefined ? r.text : r.lexable;
+    return lexable === null ? null : this.mayTouch(lexable);
+  }
+
   private mayTouch(sql: Buffer): boolean | null {
     const entry = this.engine.catalogSync(this.session.database);
     if (!entry) return null; // not loaded (or stale): take the slow path
@@ -378,21 +445,24 @@ export class SessionPolicy {
         if (s.name === '?') this.searchPath = null;
       }
       if (s.name === 'bytea_output') this.byteaOutput = s.value === 'escape' ? 'escape' : 'hex';
+      if (s.name === 'client_encoding' || s.name === '*' || s.name === '?') this.encodingInFlight = true;
     }
   }
 
   // ---------------------------------------------------------------------------------------------------
   // Simple Query (and the SQL of Parse)
 
-  private sql(sql: Buffer): Decision | Promise<Decision> {
-    const may = this.mayTouch(sql);
+  private sql(raw: Buffer): Decision | Promise<Decision> {
+    const readable = this.readable(raw);
+    const may = this.mayTouchReadable(readable);
     if (may === false && !this.roleChangedAtStartup) return this.watchedQuery();
-    return this.sqlSlow(sql);
+    return this.sqlSlow(readable);
   }
 
-  private async sqlSlow(sql: Buffer): Promise<Decision> {
+  private async sqlSlow(readable: Readable): Promise<Decision> {
+    const sql = readable.text;
     if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
-    const r = await this.analyse(sql);
+    const r = await this.analyse(sql, readable.encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
     const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
@@ -431,11 +501,15 @@ export class SessionPolicy {
     if (tplan) {
       const rewritten = this.transitionSpliced(sql, tplan, lits, sp.edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      raw = encodeQueryRaw(rewritten);
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      raw = encodeQueryRaw(back);
     } else if (edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      raw = encodeQueryRaw(rewritten);
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      raw = encodeQueryRaw(back);
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
@@ -616,13 +690,9 @@ export class SessionPolicy {
     if (c.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
       return `protected date column ${qualified(c)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`;
     }
-    // Plaintext is rendered as UTF-8: text columns (which may hold any characters) are refused to a session
-    // whose client_encoding differs rather than sent in the wrong encoding. My Numbers, integers and dates
-    // are ASCII and need no conversion.
-    const enc = (this.session.params.get('client_encoding') ?? 'UTF8').toUpperCase();
-    if (TEXT_TYPES.has(c.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
-      return `protected column ${qualified(c)} is rendered only with client_encoding UTF8 (the session uses ${enc})`;
-    }
+    // Text columns are rendered in the session's client encoding; where mamori has no faithful converter
+    // for it they are refused rather than sent in the wrong encoding (as fieldPlans does).
+    if (TEXT_TYPES.has(c.type.type) && this.codec() === null) return noConverter(c, this.session.params.get('client_encoding') ?? 'UTF8');
     return null;
   }
 
@@ -636,6 +706,7 @@ export class SessionPolicy {
     if (candidates.length === 0) return null;
     return new OriginInspector(candidates, (id) => this.originDecision(id, catalog, role), this.engine.keys, {
       byteaOutput: this.byteaOutput,
+      codec: () => this.codec(),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
       onRelease: (col, action) => reads.release(col, action),
@@ -661,9 +732,13 @@ export class SessionPolicy {
 
   /** Audit of the cells of unknown origin one result set releases (see OriginReads). */
   originReadsAudit(): OriginReads {
-    return new OriginReads(this.audit ? (columns) => this.audit!.intent({
-      fingerprint: 'unknown-origin', command: 'unknown-origin', columns, mode: 'protected',
-    }) : null);
+    const audit = this.audit;
+    if (!audit) return new OriginReads(null);
+    return new OriginReads(
+      (columns) => audit.intent({ fingerprint: 'unknown-origin', command: 'unknown-origin', columns, mode: 'protected' }),
+      (gate) => this.session.holdOutput(gate, AUDIT_UNAVAILABLE),
+      this.engine.config.audit.failMode === 'open',
+    );
   }
 
   /**
@@ -751,6 +826,19 @@ export class SessionPolicy {
     }
   }
 
+  /**
+   * A rewritten statement (UTF-8) → the client encoding it came in, which the server converts from. The
+   * splices are ASCII and the rest was checked to convert back byte for byte when it was read, so this is
+   * the client's own text with the literals replaced; checked again here all the same.
+   */
+  private backToClient(utf8: Buffer, codec: ClientCodec | null): Buffer | Decision {
+    if (codec === null || codec.utf8) return utf8;
+    const text = utf8.toString('utf8');
+    const out = codec.encode(text);
+    if (out === null || codec.decode(out) !== text) return refusal('0A000', 'mamori could not rewrite this statement safely in the session\'s client_encoding; it was not run');
+    return out;
+  }
+
   private refused(sqlstate: string, message: string, sql: Buffer): Decision {
     void sql; // the refusal record is written by the session's observer (proxy/observe.ts), for every refusal
     return refusal(sqlstate, message);
@@ -775,7 +863,7 @@ export class SessionPolicy {
     } catch (err) {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
-      return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
+      return AUDIT_UNAVAILABLE;
     }
   }
 
@@ -832,12 +920,11 @@ export class SessionPolicy {
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
       }
-      // Plaintext is rendered as UTF-8: text columns (which may hold any characters) are refused to a session
-      // whose client_encoding differs rather than sent in the wrong encoding. My Numbers, integers and dates
-      // are ASCII and need no conversion.
-      const enc = (this.session.params.get('client_encoding') ?? 'UTF8').toUpperCase();
-      if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
-        throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is rendered only with client_encoding UTF8 (the session uses ${enc})`);
+      // Text columns (which may hold any characters) are rendered in the session's client encoding; where
+      // mamori has no faithful converter for it they are refused rather than sent in the wrong encoding.
+      // My Numbers, integers and dates are ASCII and need no conversion.
+      if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && this.codec() === null) {
+        throw new MamoriError('object_not_in_prerequisite_state', noConverter(pf.column, this.session.params.get('client_encoding') ?? 'UTF8'));
       }
       plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
     });
@@ -854,6 +941,8 @@ export class SessionPolicy {
       keys: this.engine.keys,
       encryptAll: (items) => this.engine.keys.encryptAll(items),
       byteaOutput: this.byteaOutput,
+      // COPY … (ENCODING 'x') converts the data from/to x instead of the client_encoding.
+      codecFor: (e) => (e === undefined ? this.codec() : clientCodec(e, this.session.params.get('server_encoding'))),
       handle,
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
       startIn: (stream) => {
@@ -871,6 +960,7 @@ export class SessionPolicy {
   rewriter(plans: FieldPlan[], formats: readonly number[], subjects: SubjectCollector | null = null): RowRewriter {
     const r = new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
+      codec: () => this.codec(),
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
     });
@@ -895,15 +985,18 @@ export class SessionPolicy {
 
   private parse(frame: Frame): Decision | Promise<Decision> {
     const p = decodeParse(frame.body);
-    const sql = Buffer.from(p.sql, 'utf8');
-    const may = this.mayTouch(sql);
+    // The query text as bytes (decodeParse's string would mangle any other client encoding).
+    const nameEnd = frame.body.indexOf(0);
+    const sqlEnd = frame.body.indexOf(0, nameEnd + 1);
+    const readable = this.readable(frame.body.subarray(nameEnd + 1, sqlEnd));
+    const may = this.mayTouchReadable(readable);
     this.statementShapes.delete(p.name);
     if (may === false && !this.roleChangedAtStartup) {
       // The outcome must settle the pending entry: a Bind after a Sync (libpq's PQprepare, then
       // PQexecPrepared) waits for it in statementPlan(); dropping onOutcome made it wait forever.
       return this.trackParse(p.name, null);
     }
-    return this.parseSlow(frame, p.name, sql, p.paramTypes);
+    return this.parseSlow(frame.body.subarray(0, nameEnd), p.name, readable, p.paramTypes);
   }
 
   private trackParse(name: string, plan: StatementPlanInfo | null): Decision {
@@ -918,9 +1011,9 @@ export class SessionPolicy {
     return { action: 'forward', plan: plan ?? undefined, onOutcome };
   }
 
-  private async parseSlow(frame: Frame, name: string, sql: Buffer, paramTypes: number[]): Promise<Decision> {
-    void frame;
-    const r = await this.analyse(sql);
+  private async parseSlow(nameBytes: Buffer, name: string, readable: Readable, paramTypes: number[]): Promise<Decision> {
+    const sql = readable.text;
+    const r = await this.analyse(sql, readable.encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
     const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
@@ -959,14 +1052,18 @@ export class SessionPolicy {
     if (tplan) {
       const rewritten = this.transitionSpliced(sql, tplan, lits, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      newSql = rewritten;
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      newSql = back;
       edits.length = 0;
     }
     edits.push(...lits.edits);
     if (!tplan && edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      newSql = rewritten;
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      newSql = back;
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')))
@@ -982,7 +1079,7 @@ export class SessionPolicy {
       ...(tplan && tplan.extraParams.length > 0 ? { transitionParams: { extraParams: tplan.extraParams, clientParams: tplan.clientParams } } : {}),
     };
     const decision = this.trackParse(name, plan);
-    let body = encodeParseBody(name, newSql, tplan ? transitionParamTypes(paramTypes, tplan) : paramTypes);
+    let body = encodeParseBody(nameBytes, newSql, tplan ? transitionParamTypes(paramTypes, tplan) : paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
     // A PREPARE run by this statement's Execute: its plan is kept once the server says PREPARE.
@@ -1050,7 +1147,7 @@ export class SessionPolicy {
       encryptBindParams(frame.body, plan.params, (col, canonical) => {
         collected.push({ domain: '', canonical, col });
         return placeholder;
-      }, plan.declaredTypes);
+      }, plan.declaredTypes, this.codec());
     } catch (err) {
       if (err instanceof ParamError) return refusal(err.sqlstate, err.message);
       throw err;
@@ -1097,7 +1194,7 @@ export class SessionPolicy {
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
-    let raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    let raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes, this.codec());
     if (plan.transitionParams) {
       try {
         raw = appendTransitionParams(frame.body, raw, plan.transitionParams);
@@ -1598,31 +1695,37 @@ function rowOut(body: Buffer, rewriter: RowRewriter | null, origin: OriginInspec
 }
 
 /**
- * The audit of cells of unknown origin released by one result set: an intent record naming their columns
- * and decisions, written when the first such cell is released (it cannot precede that row: transforms are
- * synchronous and the row is already on its way), completed with the row count when the result set ends.
+ * The audit of cells of unknown origin released by one result set: an intent record per column, written when
+ * the first cell of that column is found; the session holds its output to the client (the row carrying the
+ * cell and everything after it) until the record has reached the OS — or ends, fail closed, when it cannot.
+ * Completed with the row count when the result set ends.
  */
 export class OriginReads {
-  private columns = new Map<string, ColumnDecision>();
-  private handle: Promise<StatementHandle | null> | null = null;
+  private columns = new Set<string>();
+  private handles: Array<Promise<StatementHandle | null>> = [];
 
-  constructor(private readonly intent: ((columns: ColumnDecision[]) => Promise<StatementHandle>) | null) {}
+  constructor(
+    private readonly intent: ((columns: ColumnDecision[]) => Promise<StatementHandle>) | null,
+    /** Holds the client's output until the gate settles (false: the intent is lost and failMode is closed). */
+    private readonly hold: ((gate: Promise<boolean>) => void) | null = null,
+    private readonly failOpen = false,
+  ) {}
 
   release(column: ProtectedColumn, action: FieldAction): void {
     if (!this.intent) return;
     const name = qualified(column);
     if (this.columns.has(name)) return;
-    this.columns.set(name, { column: name, decision: action } as ColumnDecision);
-    // The first cell writes the intent; later columns of the same result set are named in it only if they
-    // arrive before it is written.
-    this.handle ??= this.intent([...this.columns.values()]).catch(() => null);
+    this.columns.add(name);
+    const written = this.intent([{ column: name, decision: action } as ColumnDecision]);
+    this.handles.push(written.catch(() => null));
+    this.hold?.(written.then(() => true, () => this.failOpen));
   }
 
   done(rows: number, sqlstate: string | null): void {
-    const h = this.handle;
-    this.handle = null;
-    this.columns = new Map();
-    void h?.then((x) => x?.complete({ rows, sqlstate })).catch(() => undefined);
+    const hs = this.handles;
+    this.handles = [];
+    this.columns = new Set();
+    for (const h of hs) void h.then((x) => x?.complete({ rows, sqlstate })).catch(() => undefined);
   }
 }
 
@@ -1664,6 +1767,15 @@ export function parseSearchPath(text: string): string[] {
   return out;
 }
 
+function noConverter(c: ProtectedColumn, encoding: string): string {
+  return `protected column ${qualified(c)} cannot be rendered in client_encoding ${encoding}: mamori has no converter for it (docs/results.md lists the encodings it converts)`;
+}
+
+function isAscii(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i]! >= 0x80) return false;
+  return true;
+}
+
 /** The Parse's declared types with mamori's added parameters: each declared as the client declared its source. */
 function transitionParamTypes(declared: readonly number[], plan: TransitionPlan): number[] {
   if (plan.extraParams.length === 0) return [...declared];
@@ -1682,10 +1794,10 @@ function encodeQueryRaw(sql: Buffer): Buffer {
 }
 
 /** A Parse body (no header) for name + SQL bytes + declared types. */
-function encodeParseBody(name: string, sql: Buffer, types: readonly number[]): Buffer {
-  const nameBuf = Buffer.from(name + '\0', 'utf8');
-  const body = Buffer.allocUnsafe(nameBuf.length + sql.length + 1 + 2 + 4 * types.length);
-  let o = nameBuf.copy(body, 0);
+function encodeParseBody(name: Buffer, sql: Buffer, types: readonly number[]): Buffer {
+  const body = Buffer.allocUnsafe(name.length + 1 + sql.length + 1 + 2 + 4 * types.length);
+  let o = name.copy(body, 0);
+  body[o++] = 0;
   o += sql.copy(body, o);
   body[o++] = 0;
   body.writeUInt16BE(types.length, o);

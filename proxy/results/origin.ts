@@ -12,6 +12,7 @@ import { ByteaSyntaxError, decodeByteaText, encodeByteaEscape, encodeByteaHex } 
 import type { CellKeys } from './keys.js';
 import { columnName, toLogicalType } from './logical.js';
 import { openStoredCell, renderCanonical, RowError, type CellField, type FieldAction } from './rows.js';
+import type { ClientCodec } from './client-encoding.js';
 
 /**
  * How a field can carry a cell: `bytea` (bytea itself and the guard domains, which RowDescription reports
@@ -187,6 +188,8 @@ export interface OriginInspectorOptions {
   onRelease?(column: ProtectedColumn, action: FieldAction, field: OriginField): void;
   /** Called with each value released in plaintext (canonical bytes, to be hashed, never kept). */
   onPlaintext?(column: ProtectedColumn, canonical: Buffer): void;
+  /** The session's client encoding for values released into text fields (bytea fields are not converted). */
+  codec?(): ClientCodec | null;
 }
 
 /**
@@ -198,6 +201,7 @@ export interface OriginInspectorOptions {
 export class OriginInspector {
   private readonly decided = new Map<number, DomainDecision>();
   private readonly escape: boolean;
+  private readonly codec: (() => ClientCodec | null) | undefined;
   private readonly fields: readonly OriginField[];
   /** Per field position up to the last candidate: 0 not looked at, 1 raw bytes (binary bytea), 2 bytea text. */
   private readonly look: Uint8Array;
@@ -209,6 +213,7 @@ export class OriginInspector {
     private readonly opts: OriginInspectorOptions = {},
   ) {
     this.escape = opts.byteaOutput === 'escape';
+    this.codec = opts.codec?.bind(opts);
     this.fields = [...fields].sort((a, b) => a.index - b.index);
     this.look = new Uint8Array((this.fields.at(-1)?.index ?? -1) + 1);
     for (const f of this.fields) this.look[f.index] = f.kind === 'bytea' && f.binary ? 1 : 2;
@@ -282,7 +287,7 @@ export class OriginInspector {
     if (canonical === null) return null;
     const mask = d.action === 'mask';
     if (!mask) this.opts.onPlaintext?.(d.column, canonical);
-    if (f.kind === 'text') return renderCanonical(s, canonical, mask, false, this.escape);
+    if (f.kind === 'text') return renderCanonical(s, canonical, mask, false, this.escape, this.codec);
     const bytes = !mask && s.type.type === 'bytea' ? canonical : renderCanonical(s, canonical, mask, false, this.escape);
     if (bytes === null || f.binary) return bytes;
     return this.escape ? encodeByteaEscape(bytes) : encodeByteaHex(bytes);

@@ -370,7 +370,9 @@ export class Session {
     upstream.on('data', (chunk: Buffer) => this.feed(this.serverFramer!, chunk, 'server'));
     client.on('data', (chunk: Buffer) => this.feed(this.clientFramer!, chunk, 'client'));
     // Backpressure: a slow reader pauses the socket that feeds it.
-    client.on('drain', () => upstream.resume());
+    client.on('drain', () => {
+      if (!this.outputHold) upstream.resume();
+    });
     upstream.on('drain', () => {
       if (!this.deciding) client.resume();
     });
@@ -530,6 +532,34 @@ export class Session {
     return out;
   }
 
+  /** Set while output for the client waits on a gate (see holdOutput). */
+  private outputHold: Promise<void> | null = null;
+
+  /**
+   * Output for the client waits until `gate` settles: a result transform that finds protected data mid-result
+   * (a cell of unknown origin) must have its audit intent reach the OS before the row carrying it is released.
+   * The upstream is paused meanwhile; frames already received queue behind the held ones, in order. A gate
+   * that resolves false (the intent could not be written, failMode closed) ends the session with `refusal`
+   * and nothing held is released.
+   */
+  holdOutput(gate: Promise<boolean>, refusal: MamoriError): void {
+    const before = this.outputHold ?? Promise.resolve();
+    const hold: Promise<void> = before.then(() => gate).catch(() => false).then((ok) => {
+      if (this.outputHold !== hold) return; // a later hold chained behind this one releases everything
+      this.outputHold = null;
+      if (this.closed) return;
+      if (!ok) {
+        this.out = [];
+        this.fatal(errorResponse(new MamoriError(refusal.code, refusal.message, { severity: 'FATAL' })), 'audit unavailable');
+        return;
+      }
+      this.flushOut();
+      if (this.client.writableNeedDrain !== true) this.upstream?.resume();
+    });
+    this.outputHold = hold;
+    this.upstream?.pause();
+  }
+
   /** Queues bytes for the client; adjacent subarrays of one chunk are merged into one write. */
   toClient(b: Buffer): void {
     const last = this.out[this.out.length - 1];
@@ -541,7 +571,7 @@ export class Session {
   }
 
   private flushOut(): void {
-    if (this.out.length === 0) return;
+    if (this.out.length === 0 || this.outputHold) return;
     const out = this.out;
     this.out = [];
     if (!writeAll(this.client, out)) this.upstream?.pause();
