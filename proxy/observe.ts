@@ -70,6 +70,8 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
   const { trail, metrics, log } = opts;
   let clientIn = 0;
   let upstreamIn = 0;
+  let clientOut = 0;
+  let upstreamOut = 0;
   let lastWarn = 0;
   // session records wait for nobody: they share the next write (appendLater); the context is passed apart
   const append = (event: AuditEvent, context: RecordContext | null = null): void => {
@@ -112,6 +114,10 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
       if (side === 'client') clientIn += n;
       else upstreamIn += n;
     },
+    sent(side, n) {
+      if (side === 'client') clientOut += n;
+      else upstreamOut += n;
+    },
     upstreamError(kind) {
       metrics?.upstreamError(kind);
     },
@@ -123,8 +129,12 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
       if (!metrics) return;
       if (clientIn > 0) metrics.bytes('client', 'in', clientIn);
       if (upstreamIn > 0) metrics.bytes('upstream', 'in', upstreamIn);
+      if (clientOut > 0) metrics.bytes('client', 'out', clientOut);
+      if (upstreamOut > 0) metrics.bytes('upstream', 'out', upstreamOut);
       clientIn = 0;
       upstreamIn = 0;
+      clientOut = 0;
+      upstreamOut = 0;
     },
   };
 }

@@ -109,6 +109,7 @@ export class AuditTrail {
   private pending = 0;
   private scheduled = false;
   private lazyTimer: NodeJS.Timeout | null = null;
+  private probing: Promise<boolean> | null = null;
   private flushing: Promise<void> | null = null;
   private started = false;
   private closed = false;
@@ -237,6 +238,23 @@ export class AuditTrail {
   /** For /readyz: the primary sink is open and the last write succeeded. */
   writable(): boolean {
     return !this.closed && this.primary.isOpen && this.lastError === null;
+  }
+
+  /**
+   * For /readyz: writable() — and when it is not, one heartbeat record is tried first, so readiness comes back
+   * as soon as the sink accepts writes again (the failure is remembered only until a write succeeds; without
+   * traffic nothing else would write). One probe at a time.
+   */
+  probe(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    if (this.writable()) return Promise.resolve(true);
+    this.probing ??= this.heartbeat()
+      .catch(() => undefined)
+      .then(() => {
+        this.probing = null;
+        return this.writable();
+      });
+    return this.probing;
   }
 
   private enqueue(item: Item, context: RecordContext | null = null, lazy = false): Promise<void> {
