@@ -27,6 +27,7 @@ export const AUDIT_KINDS = [
   'checkpoint',
   'instance_start',
   'audit_query',
+  'shadow_decision',
 ] as const;
 export type AuditKind = (typeof AUDIT_KINDS)[number];
 
@@ -111,7 +112,12 @@ export type AuditPayload =
   | { kind: 'genesis'; previous: ChainHead | null; registry: InstanceRegistry; program: string; repairedTailBytes?: number }
   | { kind: 'checkpoint'; checkpoint: CheckpointBody; keyId: string | null; sig: string | null; registry: InstanceRegistry; series?: string }
   | { kind: 'instance_start'; program: string; version: string; pid: number; host: string }
-  | { kind: 'audit_query'; query: AuditQueryDescription; results: number | null };
+  | { kind: 'audit_query'; query: AuditQueryDescription; results: number | null }
+  /**
+   * Shadow mode (columns with `enforce: false`): what the full policy would decide, never enforced. Columns carry
+   * the would-be decisions; `outcome` says whether the statement would be refused (`reason`, `sqlstate` then).
+   */
+  | { kind: 'shadow_decision'; shadow: true; outcome: 'would_refuse' | 'would_allow'; reason?: string };
 
 /** What a checkpoint signs: the head of the chain at a point in time. */
 export interface CheckpointBody {
@@ -171,7 +177,7 @@ const TEMPLATE_KEYS: readonly string[] = [
   // payload members of the kinds (record.ts AuditPayload) and the extras some events carry
   'protocol', 'tls', 'reason', 'statement', 'mode', 'limitHit', 'table', 'how', 'keyId', 'ok', 'digest', 'error',
   'role', 'member', 'action', 'by', 'event', 'purpose', 'detail', 'lost', 'uptimeS', 'program', 'version', 'pid',
-  'host', 'query', 'results', 'bytesIn', 'bytesOut', 'previous', 'registry', 'repairedTailBytes', 'checkpoint',
+  'host', 'query', 'results', 'outcome', 'bytesIn', 'bytesOut', 'previous', 'registry', 'repairedTailBytes', 'checkpoint',
   'sig', 'series',
 ].sort();
 const PREFIXES = TEMPLATE_KEYS.map((k) => JSON.stringify(k) + ':');
