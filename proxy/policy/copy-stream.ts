@@ -25,6 +25,7 @@ import { columnName } from '../results/logical.js';
 import type { CellKeys } from '../results/keys.js';
 import type { CopyPlan, ProtectedColumn, ReadDecision } from '../sql/types.js';
 import type { StatementHandle } from '../audit/session.js';
+import type { SubjectCollector } from '../audit/statement-records.js';
 
 const EMPTY = Buffer.alloc(0);
 const DROP: Decision = { action: 'replace', raw: EMPTY };
@@ -124,11 +125,16 @@ export class CopyInStream implements ResultTransform {
   }
 }
 
-/** COPY TO STDOUT: the server's CopyData rewritten per field action. */
+/**
+ * COPY TO STDOUT: the server's CopyData rewritten per field action. The plaintext values sent feed the subject
+ * trail like row results: hashed as they pass, attached to the completion record (bounded; long lists go to a
+ * side file, see docs/audit.md).
+ */
 export class CopyOutTransform implements ResultTransform {
   constructor(
     private readonly rewriter: CopyOutRewriter,
     private readonly handle: StatementHandle | null,
+    private readonly subjects: SubjectCollector | null = null,
   ) {}
 
   message(f: Frame): Buffer | null {
@@ -145,10 +151,10 @@ export class CopyOutTransform implements ResultTransform {
         return rest.length === 0 ? null : Buffer.concat([encodeCopyData(rest), f.raw]);
       }
       case BE.CommandComplete:
-        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rewriter.rows, sqlstate: null }).catch(() => undefined);
+        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rewriter.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.rewriter.rows, sqlstate: sqlstateOf(f.body) }).catch(() => undefined);
+        void this.handle?.complete({ rows: this.rewriter.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
         return null;
       default:
         return null;
@@ -182,6 +188,8 @@ export interface CopySetup {
   encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]>;
   byteaOutput: 'hex' | 'escape';
   handle: StatementHandle | null;
+  /** Collects the subjects of plaintext sent by a COPY TO (null: the trail hashes no subjects). */
+  subjects: SubjectCollector | null;
   onShredded(col: ProtectedColumn): void;
   /** COPY FROM: route the client's copy messages to `stream` until it calls onEnd. */
   startIn(stream: CopyInStream): void;
@@ -225,6 +233,11 @@ export function copyTransform(plan: CopyPlan, s: CopySetup): ResultTransform | M
     }
     fields.push({ index, column, action: decision, domainId: s.domainId(domains.get(column)!) });
   }
-  const rewriter = new CopyOutRewriter(fmt, plan.columns.length, fields, s.keys, { byteaOutput: s.byteaOutput, onShredded: (c) => s.onShredded(c) });
-  return new CopyOutTransform(rewriter, s.handle);
+  const subjects = s.subjects;
+  const rewriter = new CopyOutRewriter(fmt, plan.columns.length, fields, s.keys, {
+    byteaOutput: s.byteaOutput,
+    onShredded: (c) => s.onShredded(c),
+    ...(subjects ? { onPlaintext: (c: ProtectedColumn, canonical: Buffer) => subjects.add(c, canonical) } : {}),
+  });
+  return new CopyOutTransform(rewriter, s.handle, subjects);
 }
