@@ -37,6 +37,7 @@ const EVENTS: AuditEvent[] = [
   { kind: 'password_change', role: 'mynumber_reader', action: 'observed' },
   { kind: 'key_event', event: 'unwrap', keyId: 'dk-1', purpose: 'data' },
   { kind: 'audit_query', query: { user: 'alice', subjectHashes: 2 }, results: 4 },
+  { kind: 'shadow_decision', shadow: true, outcome: 'would_refuse', reason: 'permission denied', sqlstate: '42501', fingerprint: 'select my_number from contractors', columns: [{ column: 'public.contractors.my_number', decision: 'deny' }], ...ctx },
 ];
 
 describe('AuditTrail', () => {
