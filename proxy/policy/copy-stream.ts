@@ -35,6 +35,8 @@ export interface CopyInOptions {
   /** Encrypts one message's values (async: counted by the keystore, refused while a domain's writes are frozen). */
   encryptAll(values: readonly CopyValue[]): Promise<Buffer[]>;
   handle: StatementHandle | null;
+  /** Collects the subjects of the values written (attached to the completion record), or null. */
+  subjects?: SubjectCollector | null;
   /** Called once when the COPY is over (either way): the session stops routing CopyData here. */
   onEnd(): void;
 }
@@ -79,6 +81,8 @@ export class CopyInStream implements ResultTransform {
       throw e;
     }
     if (batch.values.length === 0) return this.emit(batch.render([]), trailer);
+    const subjects = this.o.subjects;
+    if (subjects) for (const v of batch.values) subjects.add(v.column, v.canonical);
     return this.o.encryptAll(batch.values).then(
       (cells) => this.emit(batch.render(cells), trailer),
       (err: unknown) => this.fail(new MamoriError('object_not_in_prerequisite_state', `a protected column cannot be written now: ${(err as Error).message}`)),
@@ -121,7 +125,7 @@ export class CopyInStream implements ResultTransform {
     if (this.ended) return;
     this.ended = true;
     this.o.onEnd();
-    void this.o.handle?.complete({ rows, sqlstate }).catch(() => undefined);
+    void this.o.handle?.complete({ rows, sqlstate, ...this.o.subjects?.take() }).catch(() => undefined);
   }
 }
 
@@ -188,7 +192,7 @@ export interface CopySetup {
   encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]>;
   byteaOutput: 'hex' | 'escape';
   handle: StatementHandle | null;
-  /** Collects the subjects of plaintext sent by a COPY TO (null: the trail hashes no subjects). */
+  /** Collects the subjects of the values a COPY writes or the plaintext it sends (null: no subject hashing). */
   subjects: SubjectCollector | null;
   onShredded(col: ProtectedColumn): void;
   /** COPY FROM: route the client's copy messages to `stream` until it calls onEnd. */
@@ -217,6 +221,7 @@ export function copyTransform(plan: CopyPlan, s: CopySetup): ResultTransform | M
       rewriter: new CopyInRewriter(fmt, plan.columns),
       encryptAll: (values) => s.encryptAll(values.map((v) => ({ domain: domains.get(v.column)!, canonical: v.canonical }))),
       handle: s.handle,
+      subjects: s.subjects,
       onEnd: () => s.endIn(stream),
     });
     s.startIn(stream);

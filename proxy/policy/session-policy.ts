@@ -486,7 +486,7 @@ export class SessionPolicy {
       encryptAll: (items) => this.engine.keys.encryptAll(items),
       byteaOutput: this.byteaOutput,
       handle,
-      subjects: handle && copy.direction === 'to' ? this.subjectCollector() : null,
+      subjects: handle ? this.subjectCollector() : null,
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
       startIn: (stream) => {
         this.copyIn = stream;

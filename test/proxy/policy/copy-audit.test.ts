@@ -1,4 +1,4 @@
-// COPY TO feeds the subject trail as row results do: the plaintext My Numbers an export sends are hashed into
+// COPY feeds the subject trail as row results and INSERTs do: COPY FROM records the subjects it writes, and the plaintext My Numbers an export sends are hashed into
 // its completion record (inline up to maxInlineSubjects, beyond that in a side file the record hashes), so
 // `mamori audit search --subject N` finds the exporting session; a masked COPY TO adds no subjects. Real
 // PostgreSQL, pg-copy-streams, and the `mamori` CLI entry point.
@@ -9,7 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pg from 'pg';
-import { to as copyTo } from 'pg-copy-streams';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { startProtectedStack, ROLES, PASSWORD, type ProtectedStack } from '../../harness/protected.js';
 import { parseRecord, type AuditRecord } from '../../../proxy/audit/record.js';
 import { myNumberCheckDigit } from '../../../proxy/audit/subject.js';
@@ -85,6 +87,20 @@ async function searchSessions(value: string): Promise<Set<string>> {
   const hits = out.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditRecord);
   return new Set(hits.filter((r) => r.kind !== 'audit_query').map((r) => r.session!));
 }
+
+test('COPY FROM records the subjects of the values it writes; search finds the loading session', async () => {
+  const copier = await s.connect(ROLES.clerk, { application_name: 'copier' });
+  const session = await sessionOf('copier');
+  const stream = copier.query(copyFrom('COPY employees (id, name, my_number) FROM STDIN'));
+  await pipeline(Readable.from([Buffer.from(`9001\tc1\t${mn(9001)}\n9002\tc2\t${mn(9002)}\n`)]), stream);
+  await copier.end();
+  const deadline = Date.now() + 5000;
+  const complete = (): AuditRecord | undefined => records().find((r) => r.kind === 'statement_complete' && r.session === session);
+  while (!complete() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(complete()?.subjects?.length, 2);
+  assert.deepEqual(await searchSessions(mn(9001)), new Set([session]));
+  await s.cluster.query('DELETE FROM employees WHERE id > 9000');
+});
 
 test('a plaintext COPY TO puts its subjects in the trail (side file past the inline bound); search finds the exporter, not the masked viewer', async () => {
   // the rows are written directly (no mamori session wrote them), through mamori's encryption by the clerk
