@@ -1,6 +1,7 @@
 // AuditTrail: the one object the proxy talks to. Appends are queued and written in order by a single writer, so
-// the chain is linear; appends that arrive while a write is in flight are grouped into the next write (group
-// commit), and each caller's promise settles only when its own record has reached the OS. With failMode
+// the chain is linear; appends of one event-loop turn (and those that arrive while a write is in flight) are
+// grouped into one write (group commit) settled through one shared promise, and each caller's promise settles
+// only when its own record has reached the OS. With failMode
 // `closed` a record that cannot be written rejects with AuditUnavailableError (the caller refuses the access);
 // with `open` it resolves and the record is counted as lost.
 import { hostname } from 'node:os';
