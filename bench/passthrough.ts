@@ -10,6 +10,7 @@ import { startCluster, type Cluster } from '../test/harness/cluster.js';
 import { run, runPgbench, type Script } from './lib/pgbench.js';
 import { cpuSeconds } from './lib/procstat.js';
 import { fmt, median, ratio } from './lib/stats.js';
+import type { ReportRow } from './lib/report.js';
 import {
   DEFAULT_TARGETS, REPO_ROOT, STARTERS, TARGET_NAMES, clientEnv, type BenchContext, type Target, type TargetName,
 } from './lib/targets.js';
@@ -102,24 +103,8 @@ interface RunRecord {
   error?: string;
 }
 
-interface SummaryRow {
-  tls: boolean;
-  script: Script;
-  clients: number;
-  target: TargetName;
-  rounds: number;
-  tps: number | null;
-  avgLatencyMs: number | null;
-  p99LatencyMs: number | null;
-  /** Median TPS of this target over the median TPS of the other target. */
-  tpsVsDirect: number | null;
-  tpsVsPgbouncer: number | null;
-  tpsVsRelay: number | null;
-  /** Median over rounds of (this target's average latency − direct's in the same round), in µs. */
-  addedLatencyUs: number | null;
-  /** Median CPU µs the proxy process spent per transaction. */
-  proxyCpuUsPerTx: number | null;
-}
+/** A results row as bench/lib/report.ts renders it, with this bench's script and target names. */
+type SummaryRow = ReportRow & { script: Script; target: TargetName };
 
 function summarize(records: RunRecord[], o: Options, targets: TargetName[]): SummaryRow[] {
   const rows: SummaryRow[] = [];

@@ -3,25 +3,30 @@
 // Pure functions. Reasons for refusing a value never contain the value (it may be personal data).
 import { normalizeCorporateNumber, normalizeMyNumber } from './mynumber.js';
 
-export type LogicalType =
-  | 'text'
-  | 'varchar'
-  | 'char'
-  | 'mynumber'
-  | 'corporate_number'
-  | 'int2'
-  | 'int4'
-  | 'int8'
-  | 'date'
-  | 'bytea';
+/** The v1 logical types, in the order docs list them; also the names of the guard domains `mamori.<type>`. */
+export const LOGICAL_TYPES = [
+  'text',
+  'varchar',
+  'char',
+  'mynumber',
+  'corporate_number',
+  'int2',
+  'int4',
+  'int8',
+  'date',
+  'bytea',
+] as const;
+export type LogicalType = (typeof LOGICAL_TYPES)[number];
 
 /** `length` is the typmod of varchar(n) / char(n), in characters; absent means unlimited. */
 export type LogicalTypeSpec = { type: LogicalType; length?: number };
 
 export type CanonicalResult = { ok: true; value: Buffer } | { ok: false; reason: string };
 
-const MAX_TYPMOD_LENGTH = 10485760; // PostgreSQL's limit for varchar(n) / char(n)
+/** PostgreSQL's limit for varchar(n) / char(n). */
+export const MAX_TYPMOD_LENGTH = 10485760;
 
+// SQL spellings accepted as aliases, mapped to the names above.
 const ALIASES: Record<string, LogicalType> = {
   text: 'text',
   varchar: 'varchar',
@@ -42,27 +47,43 @@ const ALIASES: Record<string, LogicalType> = {
   bytea: 'bytea',
 };
 
+/** A type name split into its logical type, the spelling used and the length as written (not yet checked). */
+export type LexedLogicalType = { type: LogicalType; spelling: string; lengthText?: string };
+
+/** The one lexer for type names (policy files and the keyring CLI); each caller applies its own rules. */
+export function lexLogicalType(s: string): LexedLogicalType | null {
+  const m = /^\s*([a-z_][a-z0-9_]*(?:\s+varying)?)\s*(?:\(\s*(-?\d+)\s*\))?\s*$/i.exec(s);
+  const spelling = m?.[1]?.toLowerCase().replace(/\s+/g, ' ');
+  const type = spelling !== undefined ? ALIASES[spelling] : undefined;
+  if (m === null || spelling === undefined || type === undefined) return null;
+  return m[2] === undefined ? { type, spelling } : { type, spelling, lengthText: m[2] };
+}
+
+/** Checks a written length of varchar(n) / char(n); null when it is one PostgreSQL accepts. */
+export function lengthProblem(type: LogicalType, lengthText: string): string | null {
+  if (type !== 'varchar' && type !== 'char') return `${type} takes no length`;
+  const len = Number(lengthText);
+  if (!Number.isSafeInteger(len) || len < 1 || len > MAX_TYPMOD_LENGTH) {
+    return `length of ${type}(n) must be between 1 and ${MAX_TYPMOD_LENGTH}, got ${lengthText}`;
+  }
+  return null;
+}
+
 /**
- * Parses a type name as written in policy files: `text`, `varchar(12)`, `character varying(12)`, `char(3)`,
- * `bpchar`, `mynumber`, `corporate_number`, `int2|smallint`, `int4|int|integer`, `int8|bigint`, `date`,
- * `bytea`. Like PostgreSQL, `char`/`character` without a length means char(1); `bpchar` means unlimited.
- * Throws TypeError on anything else.
+ * Parses a type name: `text`, `varchar(12)`, `character varying(12)`, `char(3)`, `bpchar`, `mynumber`,
+ * `corporate_number`, `int2|smallint`, `int4|int|integer`, `int8|bigint`, `date`, `bytea`. Like PostgreSQL,
+ * `char`/`character` without a length means char(1); `bpchar` means unlimited. Throws TypeError on anything else.
  */
 export function parseLogicalType(s: string): LogicalTypeSpec {
-  const m = /^\s*([a-z_][a-z0-9_]*(?:\s+varying)?)\s*(?:\(\s*(\d+)\s*\))?\s*$/i.exec(s);
-  const name = m?.[1]?.toLowerCase().replace(/\s+/g, ' ');
-  const type = name !== undefined ? ALIASES[name] : undefined;
-  if (m === null || type === undefined) throw new TypeError(`unknown logical type "${s}"`);
-  const n = m[2];
-  if (n !== undefined) {
-    if (type !== 'varchar' && type !== 'char') throw new TypeError(`type ${type} takes no length`);
-    const len = Number(n);
-    if (!Number.isSafeInteger(len) || len < 1 || len > MAX_TYPMOD_LENGTH) {
-      throw new TypeError(`length for type ${type} must be between 1 and ${MAX_TYPMOD_LENGTH}`);
-    }
-    return { type, length: len };
+  const lexed = lexLogicalType(s);
+  if (lexed === null) throw new TypeError(`unknown logical type "${s}"`);
+  const { type, spelling, lengthText } = lexed;
+  if (lengthText !== undefined) {
+    const problem = lengthProblem(type, lengthText);
+    if (problem) throw new TypeError(problem);
+    return { type, length: Number(lengthText) };
   }
-  if (type === 'char' && name !== 'bpchar') return { type, length: 1 };
+  if (type === 'char' && spelling !== 'bpchar') return { type, length: 1 };
   return { type };
 }
 

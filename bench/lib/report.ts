@@ -13,10 +13,13 @@ export interface ReportRow {
   tps: number | null;
   avgLatencyMs: number | null;
   p99LatencyMs: number | null;
+  /** Median TPS of this target over the median TPS of the other target. */
   tpsVsDirect: number | null;
   tpsVsPgbouncer: number | null;
   tpsVsRelay: number | null;
+  /** Median over rounds of (this target's average latency − direct's in the same round), in µs. */
   addedLatencyUs: number | null;
+  /** Median CPU µs the proxy process spent per transaction. */
   proxyCpuUsPerTx: number | null;
 }
 

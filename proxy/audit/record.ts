@@ -91,7 +91,8 @@ export interface AuditCommon {
   hash: string;
 }
 
-export type KeyEventKind = 'init' | 'rotate' | 'reencrypt' | 'retire' | 'shred' | 'rewrap' | 'escrow' | 'unwrap';
+// `protect`: `mamori protect` encrypting a live column into a key domain (each step recorded, docs/protect.md).
+export type KeyEventKind = 'init' | 'rotate' | 'reencrypt' | 'retire' | 'shred' | 'rewrap' | 'escrow' | 'unwrap' | 'protect';
 
 /** The kind-specific part of each record. */
 export type AuditPayload =

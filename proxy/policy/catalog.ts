@@ -4,7 +4,7 @@
 // REPEATABLE READ snapshot, so the epoch read agrees with the catalog read.
 import type pg from 'pg';
 import type { MamoriConfig } from '../../config/schema.js';
-import type { LogicalTypeName } from '../../config/column-type.js';
+import { LOGICAL_TYPE_NAMES, type LogicalTypeName } from '../../config/column-type.js';
 import { canonicalName, quoteIdentifierIfNeeded } from '../../config/identifiers.js';
 import type {
   CatalogSnapshot,
@@ -13,6 +13,7 @@ import type {
   RelationKind,
   ResolvedRelation,
 } from '../sql/types.js';
+import { recordedDisplayType } from '../results/logical.js';
 
 export interface ProtectedField {
   column: ProtectedColumn;
@@ -42,6 +43,17 @@ export interface DatabaseCatalog extends CatalogSnapshot {
   derivedViewColumns: readonly ProtectedViewColumn[];
   /** The same, by view OID + attnum. */
   derivedByOrigin(viewOid: number, attnum: number): ProtectedField | undefined;
+  /**
+   * Columns in protect's transition (keyed like storage): still plaintext, with the shadow column of cells
+   * being filled by `mamori protect` (docs/protect.md "While a column is in transition").
+   */
+  transitions: ReadonlyMap<string, ColumnTransition>;
+}
+
+/** A column `mamori protect` is converting: rows hold either plaintext in the column or a cell in the shadow. */
+export interface ColumnTransition {
+  shadow: string;
+  shadowAttnum: number;
 }
 
 export const EPOCH_CHANNEL = 'mamori_catalog';
@@ -53,18 +65,7 @@ export const EPOCH_CHANNEL = 'mamori_catalog';
 export const TEMP_CHANNEL = 'mamori_temp';
 
 /** Guard domain per logical type: `mamori.<logical type name>`. */
-export const GUARD_TYPES: readonly LogicalTypeName[] = [
-  'text',
-  'varchar',
-  'char',
-  'mynumber',
-  'corporate_number',
-  'int2',
-  'int4',
-  'int8',
-  'date',
-  'bytea',
-];
+export const GUARD_TYPES: readonly LogicalTypeName[] = LOGICAL_TYPE_NAMES;
 export const GUARD_CONSTRAINT = 'mamori_cell';
 
 const qi = (name: string): string => '"' + name.replace(/"/g, '""') + '"';
@@ -421,6 +422,28 @@ SELECT rels.idx, c.oid::int AS oid, n.nspname::text AS nspname, c.relname::text 
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
   JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace`;
 
+// What `mamori protect` recorded for the tables of configured columns ($1), with the shadow column it adds
+// (name + '__mamori', proxy/protect/plan.ts SHADOW_SUFFIX) when present. Read only when the table exists.
+const STATE_SQL = `
+SELECT p.table_oid::int AS oid, p.column_name::text AS col, p.state, p.original_type_oid::int AS type_oid, p.typmod,
+       a.attnum::int AS shadow_attnum, tn.nspname::text || '.' || t.typname::text AS shadow_type
+  FROM mamori.protected_columns p
+  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.table_oid AND a.attname = p.column_name::text || '__mamori'
+   AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+ WHERE p.table_oid = ANY ($1::oid[])`;
+
+interface StateRow {
+  oid: number;
+  col: string;
+  state: string;
+  type_oid: number;
+  typmod: number;
+  shadow_attnum: number | null;
+  shadow_type: string | null;
+}
+
 // Views and matviews that depend, directly or through other views, on the given tables ($1); their rule
 // action is classified in JS (which output columns are plain references).
 const VIEWS_SQL = `
@@ -460,6 +483,7 @@ export async function loadCatalog(client: pg.ClientBase, columns: ColumnsConfig,
   let rels: RelRow[];
   let cols: ColRow[];
   let views: ViewRow[];
+  let states: StateRow[];
   try {
     epoch = await readEpoch(client);
     rels = (await client.query<RelRow>(RELATIONS_SQL)).rows;
@@ -472,12 +496,14 @@ export async function loadCatalog(client: pg.ClientBase, columns: ColumnsConfig,
     ).rows;
     const tableOids = [...new Set(cols.map((c) => c.oid))];
     views = tableOids.length ? (await client.query<ViewRow>(VIEWS_SQL, [tableOids])).rows : [];
+    const hasState = (await client.query<{ ok: boolean }>(`SELECT pg_catalog.to_regclass('mamori.protected_columns') IS NOT NULL AS ok`)).rows[0]?.ok;
+    states = hasState && tableOids.length ? (await client.query<StateRow>(STATE_SQL, [tableOids])).rows : [];
     await client.query('COMMIT');
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw err;
   }
-  return buildCatalog({ database, epoch, configured, rels, cols, views });
+  return buildCatalog({ database, epoch, configured, rels, cols, views, states });
 }
 
 function buildCatalog(input: {
@@ -487,8 +513,11 @@ function buildCatalog(input: {
   rels: RelRow[];
   cols: ColRow[];
   views: ViewRow[];
+  states?: StateRow[];
 }): DatabaseCatalog {
   const { configured, rels, cols, views } = input;
+  const stateOf = new Map((input.states ?? []).map((x) => [`${x.oid}\0${x.col}`, x]));
+  const transitions = new Map<string, ColumnTransition>();
   const problems: { column: string; problem: string }[] = [];
   const origins = new Map<string, ProtectedField>();
   const derived = new Map<string, ProtectedField>();
@@ -529,12 +558,20 @@ function buildCatalog(input: {
         attnum: r.attnum,
         tableOid: r.oid,
       };
-      protectedColumns.push(col);
-      origins.set(key(r.oid, r.attnum), { column: col, policyKey });
-      names.add(r.relname);
-      const where = self ? policyKey : `${policyKey} (in ${r.nspname}.${r.relname})`;
       const isGuard = r.typtype === 'd' && r.typnsp === 'mamori' && r.typname === guard && r.basetype === 'bytea';
       const overBytea = r.fmt === 'bytea' || (r.typtype === 'd' && r.basetype === 'bytea');
+      const st = stateOf.get(`${r.oid}\0${column}`);
+      const display = st ? recordedDisplayType(col.type, { oid: st.type_oid, typmod: st.typmod }) : null;
+      if (display) col.display = display;
+      protectedColumns.push(col);
+      origins.set(key(r.oid, r.attnum), { column: col, policyKey });
+      // In protect's transition: the shadow's cells are the column's (a result field from it is decrypted per policy).
+      if (st?.state === 'protecting' && !overBytea && st.shadow_attnum !== null && st.shadow_type === `mamori.${guard}`) {
+        transitions.set(key(r.oid, r.attnum), { shadow: column + '__mamori', shadowAttnum: st.shadow_attnum });
+        origins.set(key(r.oid, st.shadow_attnum), { column: col, policyKey });
+      }
+      names.add(r.relname);
+      const where = self ? policyKey : `${policyKey} (in ${r.nspname}.${r.relname})`;
       storage.set(key(r.oid, r.attnum), { kind: isGuard ? 'guard' : overBytea ? 'bytea' : 'plaintext', type: r.fmt });
       if (isGuard && !r.guard_ok) {
         problems.push({ column: where, problem: `guard domain mamori.${guard} has lost its CHECK ${GUARD_CONSTRAINT}: writes that bypass mamori are not refused (run mamori setup-db)` });
@@ -663,6 +700,7 @@ function buildCatalog(input: {
     names: [...names],
     problems,
     storage,
+    transitions,
   };
 }
 

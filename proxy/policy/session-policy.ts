@@ -10,8 +10,8 @@ import { decodeRowDescription, decodeCommandComplete } from '../wire/backend.js'
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
-import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type StatementPlan } from '../sql/index.js';
-import type { AnalysisContext, ProtectedColumn, RolePolicy } from '../sql/types.js';
+import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type StatementPlan } from '../sql/index.js';
+import type { AnalysisContext, LiteralSite, ProtectedColumn, RolePolicy } from '../sql/types.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
 import { toLogicalType } from '../results/logical.js';
@@ -28,8 +28,19 @@ import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
 import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
 import { SearchLimiter, searchedColumn } from './search-limit.js';
-import { sqlPrepareRefusal } from './sql-prepare.js';
+import { executeBinding, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
+import {
+  appendTransitionParams, applyTransition, hideTransitionParams, mentionsShadow, planTransition, TransitionRefusal, type TransitionField, type TransitionPlan,
+} from '../protect/transition-rewrite.js';
+
+/** Encrypted search/write constants: the splice edits, and per site its cell (transition rewrites place some). */
+interface LiteralCells {
+  edits: ReturnType<typeof byteaEdit>[];
+  values: { domain: string; canonical: Buffer; col: ProtectedColumn }[];
+  sites: LiteralSite[];
+  cells: Buffer[];
+}
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
 interface StatementPlanInfo {
@@ -44,6 +55,10 @@ interface StatementPlanInfo {
   extras: StatementExtras;
   /** The protected column it searches (each Bind takes a search-rate token), or null. */
   search?: ProtectedColumn | null;
+  /** Result fields served from a column in protect's transition, by position (proxy/protect/transition-rewrite.ts). */
+  transition?: TransitionField[];
+  /** Parameters mamori adds to each Bind for the plaintext side of parameter searches during the transition. */
+  transitionParams?: Pick<TransitionPlan, 'extraParams' | 'clientParams'>;
   /** A COPY of a protected table (its data is rewritten by proxy/policy/copy-stream.ts). */
   copy?: CopyPlan;
   /**
@@ -52,6 +67,26 @@ interface StatementPlanInfo {
    * the catalog epoch stays; a DDL moves it).
    */
   shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
+  /**
+   * SQL prepared statements an `EXECUTE name(…)` parsed through the extended protocol runs, with the plan
+   * each had then: a Bind is refused if one has changed since (its parameters were planned for that plan).
+   */
+  executes?: { name: string; plan: StatementPlanInfo | null }[];
+}
+
+/** The SQL PREPAREs and EXECUTEs of one statement string, as this session's prepared statements make them. */
+interface SqlPrepared {
+  /** Plans of the PREPAREs, in statement order (null: nothing protected in it). */
+  preparePlans: (StatementPlanInfo | null)[];
+  /** Declared types and casts of protected PREPARE parameters → bytea. */
+  edits: ExpectedEdit[];
+  /** Constants EXECUTE passes for protected parameters. */
+  sites: LiteralSite[];
+  /** Plans of the statements the EXECUTEs run. */
+  targets: StatementPlanInfo[];
+  /** Each statement's command, with EXECUTE as the command of what it runs. */
+  commands: string[];
+  executes: { name: string; plan: StatementPlanInfo | null }[];
 }
 
 const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
@@ -69,6 +104,7 @@ const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
   '54000': 'program_limit_exceeded',
   '55000': 'object_not_in_prerequisite_state',
   '22021': 'invalid_text_representation',
+  'XX000': 'internal_error',
 };
 
 function refusal(sqlstate: string, message: string): Decision {
@@ -99,6 +135,8 @@ export class SessionPolicy {
   /** The COPY FROM STDIN in progress whose client data mamori rewrites. */
   private copyIn: CopyInStream | null = null;
   private readonly searchLimit: SearchLimiter;
+  /** Settles when the last analysed simple Query has finished: the SQL PREPAREs in it are known by then. */
+  private lastQuery: Promise<void> | null = null;
 
   constructor(
     private readonly engine: PolicyEngine,
@@ -221,7 +259,7 @@ export class SessionPolicy {
    * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
    * changes no setting mamori tracks); else the analysis and what it needs.
    */
-  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity } | MamoriError> {
+  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity; path: string[] } | MamoriError> {
     const entry = await this.engine.catalog(this.session.database);
     // Enforced decisions leave out shadow-mode columns (enforce: false, still plaintext): their decision is
     // computed against the full catalog below and logged, never enforced.
@@ -249,7 +287,7 @@ export class SessionPolicy {
       maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
     }, ctx, analyse);
     if (entry.hasShadow) this.shadowDecision(sql, { ...ctx, catalog: entry.catalog, role: this.rolePolicy(identity, entry.catalog) }, analysis);
-    return { analysis, catalog, role, identity };
+    return { analysis, catalog, role, identity, path };
   }
 
   /**
@@ -311,9 +349,11 @@ export class SessionPolicy {
     if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
     const r = await this.analyse(sql);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
-    const { analysis, catalog, role } = r;
+    const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
     if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    const shadowNamed = mentionsShadow(sql, catalog);
+    if (shadowNamed) return refusal('55000', shadowNamed);
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes (SET ROLE, SET SESSION AUTHORIZATION, set_config(\'role\')) are not allowed in a session that touches protected columns; identity stays the session user');
     }
@@ -321,67 +361,180 @@ export class SessionPolicy {
       // FETCH from a cursor, EXECUTE of a prepared statement, a function returning rows: nothing in the text
       // names a protected column, but the rows can still come from one. Once the session has touched
       // protected data, such results are mapped by their origin like any other.
-      return this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null) } : FORWARD;
+      return this.tracked(this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null) } : FORWARD);
     }
     if (this.roleChangedAtStartup) {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     }
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role);
+    if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
-    const limited = sqlPrepareRefusal(analysis.statements) ?? this.searchLimit.admit(searchedColumn(analysis.statements));
+    const sp = await this.sqlPrepared(analysis.statements, role, sql);
+    if (sp instanceof MamoriError) return { action: 'refuse', error: sp };
+    // A PREPARE searches nothing yet: each EXECUTE of it is a search.
+    let limited = this.searchLimit.admit(searchedColumn(analysis.statements.filter((st) => !st.prepare)));
+    for (const t of sp.targets) limited ??= this.searchLimit.admit(t.search ?? null);
     if (limited) return { action: 'refuse', error: limited };
     // Literals bound for protected columns are validated, normalized and encrypted, then spliced in.
-    const lits = await this.encryptLiterals(analysis.statements, catalog);
+    const lits = await this.encryptLiterals(analysis.statements, catalog, sp.sites);
     if ('action' in lits) return lits;
     const toEncrypt = lits.values;
     let raw: Buffer | null = null;
-    if (lits.edits.length > 0) {
-      const rewritten = this.spliced(sql, lits.edits);
+    const edits = [...sp.edits, ...lits.edits];
+    if (tplan) {
+      const rewritten = this.transitionSpliced(sql, tplan, lits, sp.edits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
+      raw = encodeQueryRaw(rewritten);
+    } else if (edits.length > 0) {
+      const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       raw = encodeQueryRaw(rewritten);
     }
     await this.loadKeysFor(analysis.statements, catalog);
-    const columns = this.columnDecisions(analysis.statements, role);
-    const handle = await this.intent(sql, analysis.statements, columns, hashValues(this.engine.subjects, toEncrypt));
+    const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
+    const extras = mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]);
+    const handle = await this.intent(fingerprint(sql), sp.commands.join(';'), columns, extras, hashValues(this.engine.subjects, toEncrypt));
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
     const copy = analysis.statements[0]?.copy;
     if (copy) {
       const t = this.copyTransform(copy, catalog, role, handle);
       return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
     }
-    const transform = new QueryResults(this, catalog, role, handle);
+    const transform = new QueryResults(this, catalog, role, handle, tplan?.fields);
     transform.decision = decisionLabel(columns);
-    return raw ? { action: 'replace', raw, transform } : { action: 'forward', transform };
+    const preparePlans = sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {};
+    return this.tracked(raw ? { action: 'replace', raw, transform, ...preparePlans } : { action: 'forward', transform, ...preparePlans });
+  }
+
+  /** A simple Query forwarded after analysis: `lastQuery` settles when it has finished. */
+  private tracked(d: Decision): Decision {
+    if (d.action === 'refuse') return d;
+    let done!: () => void;
+    this.lastQuery = new Promise<void>((r) => (done = r));
+    return { ...d, onOutcome: () => done() };
+  }
+
+  /**
+   * SQL PREPARE / EXECUTE in a statement string: the plan of each PREPARE (its protected parameters made
+   * bytea), and what each EXECUTE passes for the protected parameters of the statement it runs.
+   */
+  private async sqlPrepared(statements: readonly StatementPlan[], role: RolePolicy, sql: Buffer): Promise<SqlPrepared | MamoriError> {
+    const out: SqlPrepared = { preparePlans: [], edits: [], sites: [], targets: [], commands: [], executes: [] };
+    const local = new Map<string, StatementPlanInfo | null>(); // prepared earlier in this string
+    for (const st of statements) {
+      let command = st.command;
+      if (st.prepare) {
+        const pp = preparedParams({ ...st, prepare: st.prepare });
+        if (pp instanceof MamoriError) return pp;
+        const inner = { ...st, command: st.prepare.command };
+        const plan: StatementPlanInfo | null = st.touched.length === 0 && st.params.length === 0 && st.literals.length === 0 ? null : {
+          params: pp.params,
+          reads: st.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')),
+          columns: this.columnDecisions([inner], role),
+          command: st.prepare.command,
+          fingerprint: fingerprint(sql.subarray(st.start, st.end)),
+          declaredTypes: [],
+          extras: statementExtras([inner]),
+          search: searchedColumn([inner]),
+        };
+        out.preparePlans.push(plan);
+        out.edits.push(...pp.edits);
+        local.set(st.prepare.name, plan);
+      } else if (st.execute) {
+        const { name, args } = st.execute;
+        const target = await this.executeTarget(name, local);
+        if (!target.known) {
+          if (args.length > 0) return unknownStatementRefusal(name);
+        } else if (target.plan) {
+          const b = executeBinding(name, args, target.plan.params);
+          if (b instanceof MamoriError) return b;
+          out.sites.push(...b.sites);
+          out.targets.push(target.plan);
+          command = target.plan.command;
+        }
+        if (args.length > 0) out.executes.push({ name, plan: target.plan });
+      }
+      out.commands.push(command);
+    }
+    return out;
+  }
+
+  /** The statement `EXECUTE name` runs: prepared earlier in the same string, else as this session knows it. */
+  private async executeTarget(name: string, local: ReadonlyMap<string, StatementPlanInfo | null>): Promise<{ known: boolean; plan: StatementPlanInfo | null }> {
+    if (local.has(name)) return { known: true, plan: local.get(name)! };
+    // A Query sent before this one (pipelined) may still be preparing or deallocating it.
+    if (this.lastQuery) await this.lastQuery;
+    if (this.pendingParse.has(name)) {
+      const plan = await this.statementPlan(name);
+      return { known: plan !== null || this.session.pipeline.statements.has(name), plan };
+    }
+    const info = this.session.pipeline.statements.get(name);
+    return { known: info !== undefined, plan: (info?.plan as StatementPlanInfo | undefined) ?? null };
   }
 
   /**
    * Literals bound for protected columns: validated and normalized per logical type, encrypted (counted,
    * refused while the domain rotates), and turned into splice edits. A refusal Decision when one is invalid.
    */
-  private async encryptLiterals(statements: readonly StatementPlan[], catalog: DatabaseCatalog): Promise<
-    { edits: ReturnType<typeof byteaEdit>[]; values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] } | Decision> {
+  private async encryptLiterals(statements: readonly StatementPlan[], catalog: DatabaseCatalog, extra: readonly LiteralSite[] = []): Promise<
+    LiteralCells | Decision> {
     const values: { domain: string; canonical: Buffer; col: ProtectedColumn }[] = [];
-    const sites: { start: number; end: number }[] = [];
-    for (const st of statements) {
-      for (const lit of st.literals) {
+    const sites: LiteralSite[] = [];
+    for (const literals of [...statements.map((st) => st.literals), extra]) {
+      for (const lit of literals) {
         if (lit.value === null) continue;
         const cc = this.columnConfig(lit.column, catalog);
         if (!cc) return refusal('0A000', `column ${qualified(lit.column)} has no policy`);
         const canon = canonicalFromText(toLogicalType(lit.column.type), lit.value);
         if (!canon.ok) return refusal('22P02', `invalid value for protected column ${qualified(lit.column)}: ${canon.reason}`);
         values.push({ domain: cc.keyDomain, canonical: canon.value, col: lit.column });
-        sites.push({ start: lit.start, end: lit.end });
+        sites.push(lit);
       }
     }
-    if (values.length === 0) return { edits: [], values };
+    if (values.length === 0) return { edits: [], values, sites, cells: [] };
     let cells: Buffer[];
     try {
       cells = await this.engine.keys.encryptAll(values);
     } catch (err) {
       return refusal('55000', `protected column ${qualified(values[0]!.col)} cannot be encrypted now (for a write or a search): ${(err as Error).message}`);
     }
-    return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values };
+    return { edits: sites.map((site, i) => byteaEdit(site, cells[i]!)), values, sites, cells };
+  }
+
+  /** The transition rewrite of a statement touching a column `mamori protect` is converting; null when none. */
+  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], role: RolePolicy, declaredParams = 0): TransitionPlan | null | Decision {
+    if (catalog.transitions.size === 0) return null;
+    try {
+      const plan = planTransition(sql, statements, catalog, path, declaredParams);
+      // Decided before the statement runs: rows still in plaintext have no cell to hand out.
+      const ct = plan?.fields.find((f) => role.read(f.column) === 'ciphertext');
+      if (ct) {
+        return refusal('55000', `protected column ${qualified(ct.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished (docs/protect.md)`);
+      }
+      return plan;
+    } catch (err) {
+      if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+      throw err;
+    }
+  }
+
+  /** Transition edits with the constant edits (cells of consumed search constants go into the former). */
+  private transitionSpliced(sql: Buffer, plan: TransitionPlan, lits: LiteralCells, extra: ReturnType<typeof paramCastEdit>[] = []): Buffer | Decision {
+    const cellOf = new Map<LiteralSite, Buffer>(lits.sites.map((s, i) => [s, lits.cells[i]!]));
+    const byteEdits = [...lits.edits.filter((_, i) => !plan.consumed.has(lits.sites[i]!)), ...extra];
+    try {
+      return applyTransition(sql, plan, byteEdits, (site) => {
+        const c = cellOf.get(site);
+        if (!c) throw new TransitionRefusal('XX000', 'internal error: a search constant was not encrypted');
+        return c;
+      });
+    } catch (err) {
+      this.engine.log.error({ err: (err as Error).message }, 'transition rewrite failed');
+      if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+      return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
+    }
   }
 
   /** Splices and verifies by re-parse; a refusal when verification fails (never a half-rewritten statement). */
@@ -411,10 +564,10 @@ export class SessionPolicy {
   }
 
   /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
-  private async intent(sql: Buffer, statements: readonly StatementPlan[], columns: ColumnDecision[], subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
+  private async intent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
     if (!this.audit) return null;
     try {
-      return await this.writeIntent(fingerprint(sql), statements.map((s) => s.command).join(';'), columns, statementExtras(statements), subjects);
+      return await this.writeIntent(fp, command, columns, extras, subjects);
     } catch (err) {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
@@ -447,18 +600,27 @@ export class SessionPolicy {
     for (const d of domains) await this.engine.keys.load(d);
   }
 
-  /** Field plans for a RowDescription: protected fields by origin (table or view OID + attnum). */
-  fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy): FieldPlan[] {
+  /**
+   * Field plans for a RowDescription: protected fields by origin (table or view OID + attnum), and the fields a
+   * transition rewrite serves from a column `mamori protect` is converting, by position.
+   */
+  fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy, transition?: readonly TransitionField[]): FieldPlan[] {
     const rd = decodeRowDescription(rowDescription);
     const plans: FieldPlan[] = [];
     rd.fields.forEach((f, index) => {
-      if (f.tableOid === 0) return;
-      const derived = catalog.derivedByOrigin(f.tableOid, f.attnum);
+      const tf = transition?.find((t) => t.index === index);
+      if (f.tableOid === 0 && !tf) return;
+      const derived = tf ? undefined : catalog.derivedByOrigin(f.tableOid, f.attnum);
       if (derived) throw new MamoriError('feature_not_supported', `result column "${f.name}" is an expression over protected column ${qualified(derived.column)}`);
-      const pf = catalog.byOrigin(f.tableOid, f.attnum);
-      if (!pf) return;
+      const pf = tf ? catalog.byOrigin(tf.column.tableOid!, tf.column.attnum!) : catalog.byOrigin(f.tableOid, f.attnum);
+      if (!pf) {
+        if (tf) throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(tf.column)} changed while the statement ran; run it again`);
+        return;
+      }
       const decision: ReadDecision = role.read(pf.column);
       if (decision === 'deny') throw new MamoriError('insufficient_privilege', `permission denied to read column "${qualified(pf.column)}"`);
+      // Rows not yet moved have no cell to hand out.
+      if (tf && decision === 'ciphertext') throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished`);
       const cc = this.engine.config.columns[pf.policyKey];
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
@@ -470,7 +632,7 @@ export class SessionPolicy {
       if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
         throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is rendered only with client_encoding UTF8 (the session uses ${enc})`);
       }
-      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain) });
+      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
     });
     return plans;
   }
@@ -553,9 +715,11 @@ export class SessionPolicy {
     void frame;
     const r = await this.analyse(sql);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
-    const { analysis, catalog, role } = r;
+    const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
     if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
+    const shadowNamed = mentionsShadow(sql, catalog);
+    if (shadowNamed) return refusal('55000', shadowNamed);
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes are not allowed in a session that touches protected columns; identity stays the session user');
     }
@@ -563,44 +727,59 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role, paramTypes.length);
+    if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
-    const unsupported = sqlPrepareRefusal(analysis.statements);
-    if (unsupported) return { action: 'refuse', error: unsupported };
+    const sp = await this.sqlPrepared(analysis.statements, role, sql);
+    if (sp instanceof MamoriError) return { action: 'refuse', error: sp };
     const params: ParamPlan[] = [];
-    const edits = [];
-    for (const st of analysis.statements) {
+    const edits = [...sp.edits];
+    const direct = analysis.statements.filter((st) => !st.prepare); // a PREPARE's $n are its statement's, not this Parse's
+    for (const st of direct) {
       for (const ps of st.params) {
         const prev = params.find((x) => x.index === ps.index);
         if (prev && (prev.column !== ps.column || Boolean(prev.array) !== Boolean(ps.array))) {
           return refusal('0A000', `parameter $${ps.index} is used for two different protected positions`);
         }
         if (!prev) params.push({ index: ps.index, column: ps.column, purpose: ps.purpose, ...(ps.array ? { array: true } : {}) });
-        if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
+        // (A search parameter of a column in transition is rewritten with its whole comparison.)
+        if (ps.cast && !tplan?.consumedParams.has(ps)) edits.push(paramCastEdit(ps.cast, ps.index, ps.array === true));
       }
     }
-    const lits = await this.encryptLiterals(analysis.statements, catalog);
+    const lits = await this.encryptLiterals(analysis.statements, catalog, sp.sites);
     if ('action' in lits) return lits;
-    edits.push(...lits.edits);
     let newSql = sql;
-    if (edits.length > 0) {
+    if (tplan) {
+      const rewritten = this.transitionSpliced(sql, tplan, lits, edits);
+      if (!Buffer.isBuffer(rewritten)) return rewritten;
+      newSql = rewritten;
+      edits.length = 0;
+    }
+    edits.push(...lits.edits);
+    if (!tplan && edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       newSql = rewritten;
     }
     await this.loadKeysFor(analysis.statements, catalog);
-    const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')));
+    const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')))
+      || sp.targets.some((t) => t.reads);
     const plan: StatementPlanInfo = {
-      params, reads, columns: this.columnDecisions(analysis.statements, role),
-      command: analysis.statements.map((s) => s.command).join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
-      extras: statementExtras(analysis.statements),
-      search: searchedColumn(analysis.statements),
+      params, reads, columns: [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)],
+      command: sp.commands.join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
+      extras: mergeExtras([statementExtras(direct), ...sp.targets.map((t) => t.extras)]),
+      search: searchedColumn(direct) ?? sp.targets.find((t) => t.search)?.search ?? null,
       ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
+      ...(sp.executes.length > 0 ? { executes: sp.executes } : {}),
+      ...(tplan ? { transition: tplan.fields } : {}),
+      ...(tplan && tplan.extraParams.length > 0 ? { transitionParams: { extraParams: tplan.extraParams, clientParams: tplan.clientParams } } : {}),
     };
     const decision = this.trackParse(name, plan);
-    let body = encodeParseBody(name, newSql, paramTypes);
+    let body = encodeParseBody(name, newSql, tplan ? transitionParamTypes(paramTypes, tplan) : paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
-    return { ...decision, action: 'replace', raw: rewritten };
+    // A PREPARE run by this statement's Execute: its plan is kept once the server says PREPARE.
+    return { ...decision, action: 'replace', raw: rewritten, ...(sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {}) };
   }
 
   /** The plan of a statement as the server will use it at this point of the pipeline. */
@@ -636,6 +815,11 @@ export class SessionPolicy {
     const bind = decodeBind(frame.body);
     this.portals.set(portal, { plan, formats: bind.resultFormats });
     if (!plan) return FORWARD;
+    for (const x of plan.executes ?? []) {
+      if ((await this.statementPlan(x.name)) !== x.plan) {
+        return refusal('0A000', `EXECUTE ${x.name}: prepared statement "${x.name}" changed since the statement that executes it was parsed; parse it again`);
+      }
+    }
     const limited = this.searchLimit.checkArrays(frame.body, plan.params) ?? this.searchLimit.admit(plan.search ?? null);
     if (limited) return { action: 'refuse', error: limited };
     if (plan.params.length === 0) return { action: 'forward', plan };
@@ -667,7 +851,15 @@ export class SessionPolicy {
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
-    const raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    let raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    if (plan.transitionParams) {
+      try {
+        raw = appendTransitionParams(frame.body, raw, plan.transitionParams);
+      } catch (err) {
+        if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
+        throw err;
+      }
+    }
     return { action: 'replace', raw, plan };
   }
 
@@ -691,10 +883,11 @@ export class SessionPolicy {
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type === BE.ParameterDescription && plan.params.length > 0) {
-          return rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
+          const full = rewriteParameterDescription(f.body, plan.params.map((p) => ({ index: p.index - 1, column: p.column, ...(p.array ? { array: true } : {}) })));
+          return plan.transitionParams ? hideTransitionParams(full, plan.transitionParams.clientParams) : full;
         }
         if (f.type === BE.RowDescription) {
-          const plans = this.fieldPlans(f.body, entry.enforced, role);
+          const plans = this.fieldPlans(f.body, entry.enforced, role, plan.transition);
           return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
         }
         return null;
@@ -708,11 +901,12 @@ export class SessionPolicy {
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
     const role = this.rolePolicy(identity, entry.enforced);
+    const transition = this.portals.get(name)?.plan?.transition;
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type !== BE.RowDescription) return null;
         this.portalShapes.set(name, Buffer.from(f.body));
-        const plans = this.fieldPlans(f.body, entry.enforced, role);
+        const plans = this.fieldPlans(f.body, entry.enforced, role, transition);
         return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
       },
     };
@@ -755,7 +949,7 @@ export class SessionPolicy {
     let rewriterPlans: FieldPlan[] = [];
     if (shape) {
       try {
-        rewriterPlans = this.fieldPlans(shape, entry.enforced, role);
+        rewriterPlans = this.fieldPlans(shape, entry.enforced, role, plan?.transition);
       } catch (err) {
         if (err instanceof MamoriError) return { action: 'refuse', error: err };
         throw err;
@@ -814,6 +1008,7 @@ class QueryResults implements ResultTransform {
     private readonly catalog: DatabaseCatalog,
     private readonly role: RolePolicy,
     private readonly handle: StatementHandle | null,
+    private readonly transition?: readonly TransitionField[],
   ) {
     this.subjects = handle ? policy.subjectCollector() : null;
     this.recorded = handle !== null;
@@ -826,7 +1021,7 @@ class QueryResults implements ResultTransform {
   message(f: Frame): Buffer | null {
     switch (f.type) {
       case BE.RowDescription: {
-        const plans = this.policy.fieldPlans(f.body, this.catalog, this.role);
+        const plans = this.policy.fieldPlans(f.body, this.catalog, this.role, this.transition);
         if (plans.length === 0) {
           this.rewriter = null;
           return null;
@@ -894,6 +1089,12 @@ class ExecuteResults implements ResultTransform {
   }
 }
 
+/** Search and deletion records of several statements in one. */
+function mergeExtras(all: readonly StatementExtras[]): StatementExtras {
+  const searches = all.flatMap((x) => x.searches).filter((s, i, a) => a.findIndex((y) => y.column === s.column) === i);
+  return { searches, deletions: all.flatMap((x) => x.deletions) };
+}
+
 function rowsOf(body: Buffer): number | null {
   const tag = decodeCommandComplete(body).tag;
   const n = Number(tag.split(' ').at(-1));
@@ -923,6 +1124,14 @@ export function parseSearchPath(text: string): string[] {
     if (s.startsWith('"') && s.endsWith('"')) out.push(s.slice(1, -1).replace(/""/g, '"'));
     else out.push(s.toLowerCase());
   }
+  return out;
+}
+
+/** The Parse's declared types with mamori's added parameters: each declared as the client declared its source. */
+function transitionParamTypes(declared: readonly number[], plan: TransitionPlan): number[] {
+  if (plan.extraParams.length === 0) return [...declared];
+  const out = Array.from({ length: plan.clientParams + plan.extraParams.length }, (_, i) => declared[i] ?? 0);
+  for (const x of plan.extraParams) out[x.index - 1] = declared[x.from - 1] ?? 0;
   return out;
 }
 

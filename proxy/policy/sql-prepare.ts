@@ -1,20 +1,66 @@
-// SQL-level PREPARE / EXECUTE. Values passed by `EXECUTE name(args)` are bound by the server to the
-// statement prepared earlier; mamori does not (yet) track those statements per session to encrypt the
-// arguments bound for protected columns, so a PREPARE whose parameters reach a protected column is refused
-// before it exists. Then no EXECUTE can carry a protected value in plaintext to the server (the guard would
-// reject a write, but a search would silently match nothing, and the value would sit in the server's logs).
-// Protected literals inside the prepared body and protected result columns are handled like any statement.
+// SQL-level PREPARE / EXECUTE (docs/sql-support.md). `PREPARE name(types) AS <statement>` is analysed like a
+// Parse of its statement: which $n are bound for which protected column. Its declared types and `$n::type`
+// casts of those parameters become bytea (the columns store cells), and its plan is kept with the statement
+// once the server confirms it. `EXECUTE name(args)` then has the constants it passes for protected
+// parameters validated, encrypted and spliced in as bytea constants; anything else bound for a protected
+// parameter is refused, and so is an EXECUTE with arguments of a statement mamori does not know.
+// These are the pure parts; proxy/policy/session-policy.ts wires them in.
 import { MamoriError } from '../errors.js';
-import type { StatementPlan } from '../sql/types.js';
+import { paramCastEdit, typeNameEdit, type ExpectedEdit } from '../sql/index.js';
+import type { ExecuteArg, LiteralSite, ProtectedColumn, StatementPlan } from '../sql/types.js';
+import type { ParamPlan } from '../results/params.js';
 
-export function sqlPrepareRefusal(statements: readonly StatementPlan[]): MamoriError | null {
-  for (const st of statements) {
-    if (!st.prepare) continue;
-    const p = st.params[0];
-    if (!p && st.prepare.typeSpans.length === 0) continue;
-    const col = p ? `${p.column.schema}.${p.column.table}.${p.column.column}` : 'a protected column';
-    return new MamoriError('feature_not_supported',
-      `PREPARE ${st.prepare.name}: SQL-level prepared statements with parameters for protected columns are not supported (parameter $${p?.index ?? st.prepare.typeSpans[0]!.index} is bound for ${col}); use the driver's prepared statements (extended protocol) or literals`);
+const qualified = (c: ProtectedColumn): string => `${c.schema}.${c.table}.${c.column}`;
+
+/** The parameters of a PREPARE's statement bound for protected columns, and the edits that make them bytea. */
+export function preparedParams(st: StatementPlan & { prepare: NonNullable<StatementPlan['prepare']> }): { params: ParamPlan[]; edits: ExpectedEdit[] } | MamoriError {
+  const params: ParamPlan[] = [];
+  const edits: ExpectedEdit[] = [];
+  const name = st.prepare.name;
+  for (const ps of st.params) {
+    if (ps.array) {
+      return new MamoriError('feature_not_supported',
+        `PREPARE ${name}: parameter $${ps.index} is an array of values for protected column ${qualified(ps.column)} (= ANY); SQL-level prepared statements take protected values one per parameter (use IN ($1, $2, …)), or use the driver's prepared statements`);
+    }
+    const prev = params.find((x) => x.index === ps.index);
+    if (prev && prev.column !== ps.column) {
+      return new MamoriError('feature_not_supported', `PREPARE ${name}: parameter $${ps.index} is used for two different protected positions`);
+    }
+    if (!prev) params.push({ index: ps.index, column: ps.column, purpose: ps.purpose });
+    if (ps.cast) edits.push(paramCastEdit(ps.cast, ps.index, false));
   }
-  return null;
+  for (const t of st.prepare.typeSpans) edits.push(typeNameEdit(t));
+  return { params, edits };
+}
+
+/**
+ * Maps the arguments of `EXECUTE name(args)` onto the protected parameters of its statement: the constants
+ * (optionally cast; value null for NULL, left as it is) to validate, encrypt and splice in. Anything else
+ * bound for a protected parameter is refused; so is a `$n` of a Parse (PostgreSQL takes none there either).
+ */
+export function executeBinding(name: string, args: readonly ExecuteArg[], params: readonly ParamPlan[]): { sites: LiteralSite[] } | MamoriError {
+  const sites: LiteralSite[] = [];
+  for (const p of params) {
+    const arg = args[p.index - 1];
+    if (!arg) continue; // too few arguments: the server refuses the EXECUTE
+    const col = qualified(p.column);
+    if (p.array) {
+      return new MamoriError('feature_not_supported',
+        `EXECUTE ${name}: argument ${p.index} is an array of values for protected column ${col} (= ANY), which EXECUTE cannot encrypt; use the driver's prepared statements`);
+    }
+    if (arg.kind === 'literal') {
+      sites.push({ start: arg.start, end: arg.end, column: p.column, purpose: p.purpose, value: arg.value });
+      continue;
+    }
+    const what = arg.kind === 'param' ? `a parameter ($${arg.index ?? '?'}); PostgreSQL does not accept parameters in EXECUTE arguments` : 'an expression';
+    return new MamoriError('feature_not_supported',
+      `EXECUTE ${name}: argument ${p.index} is bound for protected column ${col} and is ${what}; only constants (optionally cast) can be encrypted for it`);
+  }
+  return { sites };
+}
+
+/** EXECUTE with arguments of a statement mamori has not seen prepared: its arguments could be protected values. */
+export function unknownStatementRefusal(name: string): MamoriError {
+  return new MamoriError('feature_not_supported',
+    `EXECUTE ${name}: prepared statement "${name}" is not known to mamori in this session (not prepared through it, or deallocated), so it cannot tell whether its arguments are bound for protected columns`);
 }

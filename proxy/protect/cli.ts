@@ -16,7 +16,7 @@ import { approvalsMacKey, approvalsPath, Approvals, grantView } from '../policy/
 import { readDecision } from '../policy/decide.js';
 import { inheritedRoles, readRoleGraph, type Identity } from '../policy/membership.js';
 import type { BackfillProgress } from './migrate.js';
-import { AFTERCARE, protectColumn, type MigrateResult, type ProtectTarget } from './protect.js';
+import { AFTERCARE, protectColumn, type MigratePhase, type MigrateResult, type ProtectTarget } from './protect.js';
 import { unprotectColumn } from './unprotect.js';
 
 export interface CliIo {
@@ -144,7 +144,7 @@ function report(io: CliIo, r: MigrateResult, verb: string): number {
     case 'incomplete': {
       const inv = r.progress.invalid;
       io.stderr.write(
-        `mamori ${verb}: ${r.remaining} row(s) still hold a value in the old column; the column stays in transition (writes of values to it are refused).\n` +
+        `mamori ${verb}: ${r.remaining} row(s) still hold a value in the old column; the column stays in transition (${verb === 'protect' ? 'mamori serves it from both columns; values written to the old column bypassing mamori are refused' : 'statements touching it through mamori are refused'}).\n` +
           (inv.length
             ? `  rows whose value is not a valid value of the configured type (primary key: reason):\n${inv.slice(0, 20).map((x) => `    ${x.key}: ${x.reason}\n`).join('')}${inv.length > 20 ? `    … and ${inv.length - 20} more\n` : ''}  fix them (directly in the database) and run the same command again.\n`
             : `  run the same command again to finish.\n`),
@@ -203,7 +203,7 @@ async function withSetup(
 }
 
 export function runProtectCommand(args: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
-  return withSetup(args, io, 'protect', async ({ parsed, key, col, pool, kr }) => {
+  return withSetup(args, io, 'protect', async ({ parsed, config, key, col, pool, kr }) => {
     const confirm = await confirmer(io, parsed, `protect ${key} now?`);
     if (confirm === 'refuse') {
       // Show the plan, change nothing.
@@ -215,17 +215,61 @@ export function runProtectCommand(args: string[], io: CliIo = { stdout: process.
       }
       return report(io, r, 'protect');
     }
-    const r = await protectColumn(pool, kr, targetOf(key, col), {
-      batchSize: parsed.batch,
-      throttleMs: parsed.throttleMs,
-      lockTimeoutMs: parsed.lockTimeoutMs,
-      onProgress: progressPrinter(io, `protect ${key}`),
-      ...(confirm ? { confirm } : {}),
-    });
-    const code = report(io, r, 'protect');
-    if (r.status === 'done') io.stdout.write(AFTERCARE);
-    return code;
+    // Recorded as a CLI instance of its own (like unprotect): the start, each step that changed the table, and
+    // the outcome, with the login and the column; a step whose record cannot be written stops the run.
+    const login = (await pool.query<{ u: string; d: string }>('SELECT session_user::text AS u, current_database()::text AS d')).rows[0]!;
+    const trail = await openCliTrail(config, 'protect');
+    const record = (detail: string): Promise<unknown> =>
+      trail.append({ kind: 'key_event', event: 'protect', keyId: col.keyDomain, detail: `protect ${key}: ${detail}`, user: login.u, database: login.d });
+    try {
+      await record('started');
+      let r: MigrateResult;
+      try {
+        r = await protectColumn(pool, kr, targetOf(key, col), {
+          batchSize: parsed.batch,
+          throttleMs: parsed.throttleMs,
+          lockTimeoutMs: parsed.lockTimeoutMs,
+          onProgress: progressPrinter(io, `protect ${key}`),
+          onPhase: (phase) => record(PHASE_TEXT[phase]).then(() => undefined),
+          ...(confirm ? { confirm } : {}),
+        });
+      } catch (err) {
+        // The SQLSTATE only: a server message can quote a value (a unique violation's Key (…)=(…)).
+        const code = (err as { code?: unknown }).code;
+        await record(`failed${typeof code === 'string' ? ` (SQLSTATE ${code})` : ''}`).catch(() => undefined);
+        throw err;
+      }
+      await record(outcomeText(r));
+      const code = report(io, r, 'protect');
+      if (r.status === 'done') io.stdout.write(AFTERCARE);
+      return code;
+    } finally {
+      await trail.close();
+    }
   });
+}
+
+const PHASE_TEXT: Record<MigratePhase, string> = {
+  shadow_added: 'shadow column added (column in transition)',
+  backfill_done: 'backfill done',
+  swap: 'swap done, old plaintext column dropped',
+  vacuum: 'vacuum done',
+};
+
+/** The outcome as recorded: status and counts, never reasons (they list primary keys) or values. */
+function outcomeText(r: MigrateResult): string {
+  switch (r.status) {
+    case 'done':
+      return `done, ${r.progress.done} row(s) encrypted`;
+    case 'incomplete':
+      return `incomplete, ${r.remaining} row(s) left in the old column`;
+    case 'refused':
+      return `refused (${r.reasons.length} reason(s), nothing changed)`;
+    case 'declined':
+      return 'not confirmed, nothing changed';
+    case 'nothing-to-do':
+      return 'nothing to do';
+  }
 }
 
 /** The invoking login as the policy sees it: the -d connection's session_user and its inherited roles. */
@@ -239,13 +283,13 @@ async function identityOf(pool: pg.Pool): Promise<Identity> {
 
 /**
  * The CLI's own audit instance, as `policy approve` opens it: file sinks get a `-cli` sibling file (the proxy may be
- * appending to the main one), closed fail mode (an unrecorded unprotect must not happen), no timers.
+ * appending to the main one), closed fail mode (an unrecorded protect or unprotect must not happen), no timers.
  */
-async function openCliTrail(config: MamoriConfig): Promise<AuditTrail> {
+async function openCliTrail(config: MamoriConfig, verb: 'protect' | 'unprotect'): Promise<AuditTrail> {
   const cfg = auditConfigSchema.parse(config.audit);
   const stem = (p: string): string => (p.split('/').pop() ?? p).replace(/\.jsonl$/, '');
   const sinks = cfg.sinks.filter((s) => s.type === 'file').map((s) => ({ ...s, path: join(dirname(s.path), `${stem(s.path)}-cli.jsonl`) }));
-  if (sinks.length === 0) throw new Error('no audit file sink to record the unprotect in');
+  if (sinks.length === 0) throw new Error(`no audit file sink to record the ${verb} in`);
   return AuditTrail.open(
     { ...cfg, sinks, checkpointSink: null, failMode: 'closed', heartbeatSeconds: 0, checkpointEverySeconds: 0 },
     { program: 'cli', version: version() },
@@ -278,7 +322,7 @@ export function runUnprotectCommand(args: string[], io: CliIo = { stdout: proces
     }
     const decision = readDecision(col, id, grantView(approvals, config.approval.passwords, id), config.approval.members === 'required');
     const database = (await pool.query<{ d: string }>('SELECT current_database()::text AS d')).rows[0]!.d;
-    const trail = await openCliTrail(config);
+    const trail = await openCliTrail(config, 'unprotect');
     try {
       if (decision !== 'plaintext') {
         await trail.append({ kind: 'refusal', reason: `unprotect ${key}: ${id.login} has no plaintext read (${decision})`, user: id.login, database });

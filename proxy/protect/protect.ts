@@ -1,6 +1,6 @@
 // `mamori protect`: a live plaintext column becomes cells in its guard domain, online (docs/protect.md).
-// The keyring encrypts; the database never sees a key. Writes of values to the column are refused by a
-// trigger while it is in transition (mamori cannot rewrite them into the shadow without keys in the database).
+// The keyring encrypts; the database never sees a key. While the column is in transition mamori serves it from
+// both columns (transition-rewrite.ts) and a trigger refuses values written to the old column by anything else.
 import type pg from 'pg';
 import type { Keyring } from '../../keyring/index.js';
 import { canonicalFromText, type LogicalTypeSpec } from '../../keyring/logical-types.js';
@@ -23,7 +23,15 @@ export interface MigrateOptions extends BackfillOptions {
   lockTimeoutMs?: number;
   /** Shown the plan; resolves true to go ahead. Absent: go ahead. */
   confirm?: (plan: string) => Promise<boolean>;
+  /**
+   * Called (and awaited) after each step that changed the table, before the next one starts: the CLI records
+   * each in the audit trail, so a step whose record cannot be written is not followed by another.
+   */
+  onPhase?: (phase: MigratePhase) => Promise<void>;
 }
+
+/** The steps of a migration, in order (docs/protect.md). `swap` includes dropping the old column (one transaction). */
+export type MigratePhase = 'shadow_added' | 'backfill_done' | 'swap' | 'vacuum';
 
 export type MigrateResult =
   | { status: 'done'; plan: string; progress: BackfillProgress; note?: string }
@@ -122,11 +130,15 @@ export async function protectColumn(pool: pg.Pool, kr: Keyring, target: ProtectT
   await ensureStateTable(pool); // only now: a declined or refused run changes nothing
   await prepare(pool, spec, lockTimeoutMs, (c) => writeState(c, stateRow(target, ins, notNull, 'protecting', state?.attnum ?? ins.attnum)));
   await buildShadowIndexes(pool, spec);
+  await opts.onPhase?.('shadow_added');
   const progress = await backfill(pool, spec, opts);
   if (progress.invalid.length > 0) return { status: 'incomplete', plan, progress, remaining: progress.invalid.length };
+  await opts.onPhase?.('backfill_done');
   const sw = await swap(pool, spec, lockTimeoutMs, (c, attnum) => writeState(c, stateRow(target, ins, notNull, 'protected', attnum)));
   if (!sw.swapped) return { status: 'incomplete', plan, progress, remaining: sw.remaining };
+  await opts.onPhase?.('swap');
   await vacuum(pool, spec);
+  await opts.onPhase?.('vacuum');
   return { status: 'done', plan, progress };
 }
 

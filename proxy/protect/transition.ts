@@ -1,16 +1,17 @@
 // What the proxy does with a configured column whose storage is still plaintext: before `mamori protect`, and
-// while it runs (the values are then split between the old column and the shadow, so no read of either alone is
-// right). Statements that touch such a column are refused with a clear error instead of being served wrong:
-// values would be read as NULL (moved rows) or fail to decrypt (rows not yet moved), and writes would put cells
-// into a plaintext column. The same while `mamori unprotect` runs (the table then has the plaintext shadow
-// `<col>__mamori_plain`). Columns with `enforce: false` are exempt (they are meant to stay plaintext).
+// after protect has started if its shadow column or state row is not what the catalog expects. Statements that
+// touch such a column are refused with a clear error instead of being served wrong: values would fail to
+// decrypt, and writes would put cells into a plaintext column. A column in protect's transition (the catalog's
+// `transitions`) is left to proxy/protect/transition-rewrite.ts, which serves the common forms from both
+// columns. While `mamori unprotect` runs (the table then has the plaintext shadow `<col>__mamori_plain`)
+// statements touching the column are refused. Columns with `enforce: false` are exempt (they stay plaintext).
 import type { ColumnStorage } from '../policy/catalog.js';
 import type { CatalogSnapshot, ProtectedColumn, StatementPlan } from '../sql/types.js';
 import { PLAIN_SHADOW_SUFFIX } from './plan.js';
 
 export function plaintextStorageRefusal(
   statements: readonly StatementPlan[],
-  catalog: Pick<CatalogSnapshot, 'resolveRelation'> & { storage: ReadonlyMap<string, ColumnStorage> },
+  catalog: Pick<CatalogSnapshot, 'resolveRelation'> & { storage: ReadonlyMap<string, ColumnStorage>; transitions?: ReadonlyMap<string, unknown> },
   enforced: (c: ProtectedColumn) => boolean,
 ): string | null {
   for (const st of statements) {
@@ -22,6 +23,7 @@ export function plaintextStorageRefusal(
         return `protected column ${c.schema}.${c.table}.${c.column} is being decrypted by \`mamori unprotect\`: statements that touch it are refused until that has finished (docs/protect.md)`;
       }
       if (s?.kind !== 'plaintext') continue;
+      if (catalog.transitions?.has(`${c.tableOid}:${c.attnum}`)) continue;
       return (
         `protected column ${c.schema}.${c.table}.${c.column} is stored as ${s.type}, not encrypted yet or being converted by ` +
         '`mamori protect`: statements that touch it are refused until protect has finished (docs/protect.md)'

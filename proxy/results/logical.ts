@@ -71,3 +71,18 @@ export function logicalTypeOid(t: LogicalTypeSpec): { oid: number; typlen: numbe
       return { oid: OID.bytea, typlen: -1, typmod: -1 };
   }
 }
+
+const TEXT_LIKE: ReadonlySet<string> = new Set(['text', 'varchar', 'char', 'mynumber', 'corporate_number']);
+const TEXT_OIDS: ReadonlySet<number> = new Set([OID.text, OID.varchar, OID.bpchar]);
+
+/**
+ * The type a client sees for a protected column whose original type `mamori protect` recorded: that type when
+ * the logical type renders as it (any of text / varchar(n) / char(n) for the text-like types, the same type for
+ * the others), else null (the logical type's default applies). Values are rendered the same either way.
+ */
+export function recordedDisplayType(t: LogicalTypeSpec, original: { oid: number; typmod: number }): { oid: number; typlen: number; typmod: number } | null {
+  const dflt = logicalTypeOid(t);
+  if (TEXT_LIKE.has(t.type) && TEXT_OIDS.has(original.oid)) return { oid: original.oid, typlen: -1, typmod: original.typmod };
+  if (original.oid === dflt.oid) return { ...dflt, typmod: original.typmod };
+  return null;
+}

@@ -4,6 +4,7 @@
 import { isCell, decryptCell } from '../../keyring/cells/index.js';
 import {
   binaryFromCanonical,
+  canonicalFromText,
   maskCanonical,
   textFromCanonical,
   type LogicalTypeSpec as KeyringTypeSpec,
@@ -27,15 +28,21 @@ export interface FieldPlan {
   action: FieldAction;
   /** Expected key domain of the cells in this field. */
   domainId: number;
+  /**
+   * Served from a column in protect's transition (proxy/protect/transition-rewrite.ts): each value is a cell, or
+   * 0x00 followed by the plaintext still held in the old column (rendered by the same decision).
+   */
+  transition?: boolean;
 }
 
-export type RowErrorReason = 'not_a_cell' | 'wrong_domain' | 'undecryptable' | 'key_unavailable';
+export type RowErrorReason = 'not_a_cell' | 'wrong_domain' | 'undecryptable' | 'key_unavailable' | 'invalid_plaintext';
 
 const REASON_TEXT: Record<RowErrorReason, string> = {
   not_a_cell: 'the stored value is not a mamori cell',
   wrong_domain: 'the cell belongs to another key domain',
   undecryptable: 'the cell cannot be decrypted',
   key_unavailable: 'the key of the cell is not available',
+  invalid_plaintext: 'the plaintext still stored (the column is being converted) is not a valid value of its type',
 };
 
 /** A protected field that cannot be read; the row must not be sent (fail closed). Names the column, never a value. */
@@ -77,7 +84,12 @@ export function rewriteRowDescription(body: Buffer, plans: readonly FieldPlan[])
   for (const p of plans) {
     if (p.index < 0 || p.index >= n) throw new ProtocolError('RowDescription: planned field out of range');
     if (p.action === 'ciphertext') continue;
-    const t = p.action === 'mask' ? { oid: OID.text, typlen: -1, typmod: -1 } : logicalTypeOid(p.column.type);
+    const t = p.action === 'mask' ? { oid: OID.text, typlen: -1, typmod: -1 } : p.column.display ?? logicalTypeOid(p.column.type);
+    // A transition field is an expression (origin 0): it is reported as the column it serves.
+    if (p.transition && p.column.tableOid !== undefined && p.column.attnum !== undefined) {
+      out.writeUInt32BE(p.column.tableOid, 5 + fixed[p.index]!);
+      out.writeInt16BE(p.column.attnum, 5 + fixed[p.index]! + 4);
+    }
     const at = 5 + fixed[p.index]! + 6; // after table OID (4) and attnum (2)
     out.writeUInt32BE(t.oid, at);
     out.writeInt16BE(t.typlen, at + 4);
@@ -100,7 +112,7 @@ export function rewriteParameterDescription(
   body.copy(out, 5);
   for (const p of params) {
     if (p.index < 0 || p.index >= n) throw new ProtocolError('ParameterDescription: parameter out of range');
-    const oid = logicalTypeOid(p.column.type).oid;
+    const oid = (p.column.display ?? logicalTypeOid(p.column.type)).oid;
     out.writeUInt32BE(p.array === true ? arrayOid(oid) : oid, 5 + 2 + 4 * p.index);
   }
   return out;
@@ -146,6 +158,7 @@ interface Slot {
   type: KeyringTypeSpec;
   column: ProtectedColumn;
   name: string;
+  transition: boolean;
 }
 
 function actionCode(a: FieldAction): number {
@@ -204,6 +217,7 @@ export class RowRewriter {
         type,
         column: p.column,
         name: columnName(p.column),
+        transition: p.transition === true,
       });
     }
     this.maxIndex = last;
@@ -262,7 +276,9 @@ export class RowRewriter {
 
   /** One stored field (bytea in the client's format) → the rendered value, or null for NULL. */
   private render(s: Slot, stored: Buffer): Buffer | null {
-    const canonical = openStoredCell(s, stored, s.binary, this.escape, this.keys, this.onShredded);
+    const canonical = s.transition
+      ? openTransitionField(s, stored, s.binary, this.escape, this.keys, this.onShredded)
+      : openStoredCell(s, stored, s.binary, this.escape, this.keys, this.onShredded);
     if (canonical === null) return null;
     if (s.action !== A_MASK) this.onPlaintext?.(s.column, canonical);
     return renderCanonical(s, canonical, s.action === A_MASK, s.binary, this.escape);
@@ -308,6 +324,26 @@ export function openStoredCell(s: CellField, stored: Buffer, binary: boolean, es
   } catch {
     throw new RowError(s.name, 'undecryptable');
   }
+}
+
+/**
+ * A field served from a column in protect's transition: a cell (opened as any stored cell), or 0x00 + the
+ * UTF-8 plaintext still in the old column, validated and normalized for the logical type like a written value.
+ * Either way the caller renders the canonical value by the field's decision.
+ */
+export function openTransitionField(s: CellField, stored: Buffer, binary: boolean, escape: boolean, keys: CellKeys,
+  onShredded?: (column: ProtectedColumn) => void): Buffer | null {
+  let value: Buffer;
+  try {
+    value = binary ? stored : decodeByteaText(stored, escape);
+  } catch (e) {
+    if (e instanceof ByteaSyntaxError) throw new RowError(s.name, 'not_a_cell');
+    throw e;
+  }
+  if (value.length === 0 || value[0] !== 0) return openStoredCell(s, value, true, escape, keys, onShredded);
+  const c = canonicalFromText(s.type, value.toString('utf8', 1));
+  if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
+  return c.value;
 }
 
 const TEXT_CANONICAL = new Set(['text', 'varchar', 'char', 'mynumber', 'corporate_number']);

@@ -23,6 +23,8 @@ export interface StatementInfo {
   paramTypes: number[];
   /** What policy code decided about the statement (opaque here); kept only once the server confirms it. */
   plan?: unknown;
+  /** Plans of the SQL PREPAREs the statement runs (see Expectation.preparePlans). */
+  preparePlans?: readonly unknown[];
 }
 
 export interface PortalInfo {
@@ -51,8 +53,13 @@ export interface Expectation {
   sql?: string;
   /** Count of CommandCompletes seen so far (a simple Query may run several statements). */
   completed?: number;
-  /** Told whether the server accepted the message (ParseComplete / BindComplete) or not (error, skipped). */
+  /**
+   * Told whether the server accepted the message (ParseComplete / BindComplete) or not (error, skipped);
+   * for a simple Query, told true at its ReadyForQuery (it has finished, whatever its statements did).
+   */
   onOutcome?: (ok: boolean) => void;
+  /** Policy plans of the SQL PREPAREs of a simple Query, in statement order: kept with each once its tag confirms it. */
+  preparePlans?: readonly unknown[];
   /** Rewrites the responses routed to the client (protected result sets); absent on the fast path. */
   transform?: ResultTransform;
   /** PREPARE / DEALLOCATE tags seen so far, to pair each with its statement. */
@@ -253,6 +260,7 @@ export class Pipeline {
           // A simple Query destroys the unnamed statement and portal.
           this.statements.delete('');
           this.portals.delete('');
+          e.onOutcome?.(true);
         }
         if (status === 'I') this.portals.clear(); // portals die at transaction end
         return this.routeOf(e);
@@ -315,7 +323,10 @@ export class Pipeline {
     const idx = (tag === 'PREPARE' ? (e.prepares = (e.prepares ?? 0) + 1) : (e.deallocs = (e.deallocs ?? 0) + 1)) - 1;
     const eff = effects[idx];
     if (!eff) return;
-    if (eff.kind === 'prepare') this.statements.set(eff.name, { sql, paramTypes: [] });
+    if (eff.kind === 'prepare') {
+      const plan = e.preparePlans?.[idx];
+      this.statements.set(eff.name, { sql, paramTypes: [], ...(plan !== undefined && plan !== null ? { plan } : {}) });
+    }
     else if (eff.kind === 'deallocate') {
       if (eff.name === null) this.statements.clear();
       else this.statements.delete(eff.name);

@@ -27,6 +27,8 @@ export interface DecisionExtras {
   transform?: ResultTransform;
   plan?: unknown;
   onOutcome?: (ok: boolean) => void;
+  /** A simple Query's SQL PREPAREs: their plans in statement order, kept with each statement the server confirms. */
+  preparePlans?: readonly unknown[];
 }
 
 export type Decision =
@@ -578,6 +580,10 @@ export class Session {
     if (e) {
       if (d.transform) e.transform = d.transform;
       if (d.onOutcome) e.onOutcome = d.onOutcome;
+      if (d.preparePlans) {
+        e.preparePlans = d.preparePlans;
+        if (e.statement) e.statement.preparePlans = d.preparePlans; // Parse: its Executes run the PREPAREs
+      }
       if (d.plan !== undefined) {
         if (e.statement) e.statement.plan = d.plan;
         if (e.portal) e.portal.plan = d.plan;
@@ -659,8 +665,8 @@ export class Session {
         const x = decodeExecute(f.body);
         reserved(x.portal, 'portal');
         const portal = this.pipeline.portals.get(x.portal);
-        const sql = portal ? this.pipeline.statements.get(portal.statement)?.sql : undefined;
-        return { kind: 'execute', name: x.portal, ...(sql !== undefined ? { sql } : {}) };
+        const st = portal ? this.pipeline.statements.get(portal.statement) : undefined;
+        return { kind: 'execute', name: x.portal, ...(st ? { sql: st.sql } : {}), ...(st?.preparePlans ? { preparePlans: st.preparePlans } : {}) };
       }
       case FE.Close: {
         const c = decodeClose(f.body);

@@ -1204,7 +1204,8 @@ function statementAnalysis(st: StatementState, node: AstNode): Partial<Statement
           }
         }
       }
-      return { prepare: { name: v.name, typeSpans } };
+      const innerType = Object.keys(v.query)[0]!;
+      return { prepare: { name: v.name, typeSpans, command: commandOf(innerType, v.query[innerType]) } };
     }
     case 'ExecuteStmt': {
       const args = (v.params ?? []).map((p: AstNode) => {
@@ -1215,7 +1216,7 @@ function statementAnalysis(st: StatementState, node: AstNode): Partial<Statement
         }
         if (vo) {
           const { start, end } = st.span(p);
-          return { start, end, value: null, kind: 'param' as const };
+          return { start, end, value: null, kind: 'param' as const, index: vo.index, cast: vo.cast };
         }
         a.expr(p, emptyScope());
         return { start: -1, end: -1, value: null, kind: 'other' as const };

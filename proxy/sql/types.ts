@@ -14,6 +14,9 @@ export interface ProtectedColumn {
   domain: string; // key domain; columns that may be joined share one
   attnum?: number;
   tableOid?: number;
+  // The type clients see for it (RowDescription, ParameterDescription): the type recorded by `mamori protect`
+  // when compatible with the logical type (e.g. char(12) for a mynumber); absent: the logical type's default.
+  display?: { oid: number; typlen: number; typmod: number };
 }
 
 export type RelationKind = 'table' | 'view' | 'matview' | 'partitioned' | 'foreign' | 'other';
@@ -92,6 +95,17 @@ export interface Setting {
   action: 'set' | 'reset';
 }
 
+// One argument of `EXECUTE name(args)`: a constant (optionally cast; value null for NULL), a parameter of
+// the enclosing statement ($n, extended protocol), or any other expression.
+export interface ExecuteArg {
+  start: number;
+  end: number;
+  value: string | null;
+  kind: 'literal' | 'param' | 'other';
+  index?: number; // param: its $n
+  cast?: boolean; // param: written with a cast ($n::type)
+}
+
 export interface StatementPlan {
   command: string; // SELECT, INSERT, UPDATE, DELETE, TRUNCATE, EXPLAIN, DECLARE CURSOR, PREPARE, EXECUTE, DDL …
   start: number; // byte span of the statement inside the query string
@@ -100,8 +114,9 @@ export interface StatementPlan {
   literals: LiteralSite[];
   params: ParamSite[];
   deleteOfProtected?: boolean; // DELETE / UPDATE … = NULL / TRUNCATE of a protected table → deletion record
-  prepare?: { name: string; typeSpans: { index: number; start: number; end: number }[] }; // declared types of protected params to replace by bytea
-  execute?: { name: string; args: { start: number; end: number; value: string | null; kind: 'literal' | 'param' | 'other' }[] };
+  // PREPARE: the declared types of protected params to replace by bytea, and the prepared statement's command.
+  prepare?: { name: string; typeSpans: { index: number; start: number; end: number }[]; command: string };
+  execute?: { name: string; args: ExecuteArg[] };
   ddl?: boolean; // DDL on a protected table, allowed because ctx.allowDdl
   copy?: CopyPlan; // COPY … FROM STDIN / TO STDOUT touching protected columns (docs/copy.md)
 }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { defaultConfig } from '../../config/load.js';
 import { configSchema, type MamoriConfigInput } from '../../config/schema.js';
 import { fromZodIssues } from '../../config/issues.js';
+import { parseLogicalType } from '../../config/column-type.js';
 
 const BASE = '/etc/mamori';
 
@@ -215,6 +216,11 @@ describe('errors', () => {
     assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'varchar' } } }), [
       { path: 'columns["a.b.c"].type', message: 'varchar needs a length, e.g. varchar(20); use text for unbounded strings' },
     ]);
+    // A bare bpchar is unbounded in PostgreSQL (not char(1)): refused like a bare varchar.
+    assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'bpchar' } } }), [
+      { path: 'columns["a.b.c"].type', message: 'bpchar needs a length, e.g. bpchar(20); use text for unbounded strings' },
+    ]);
+    assert.deepEqual(parseLogicalType('bpchar(12)'), { ok: true, type: { name: 'char', length: 12 } });
     assert.deepEqual(issuesOf({ columns: { 'a.b.c': { type: 'int4(3)' } } }), [
       { path: 'columns["a.b.c"].type', message: 'int4 takes no length' },
     ]);

@@ -7,6 +7,10 @@ import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import postgres from 'postgres';
+import { RawClient } from '../../harness/raw-client.js';
+import { encodeBind, encodeDescribe, encodeExecute, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
+import { BE } from '../../../proxy/wire/types.js';
 import { Keyring, keyringConfigFrom } from '../../../keyring/index.js';
 import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
 import { defaultConfig } from '../../../config/load.js';
@@ -17,10 +21,14 @@ import { unprotectColumn } from '../../../proxy/protect/unprotect.js';
 import { CONTROL_USER, startStack, type Stack } from '../../harness/mamori.js';
 import { startCluster, type Cluster } from '../../harness/cluster.js';
 import { runMamori } from '../../harness/child-mamori.js';
+import { runAuditCommand } from '../../../proxy/audit/cli.js';
 
 const PASSWORD = 'pw-for-protect-tests';
 const CLERK = 'hr_clerk';
 const VIEWER = 'hr_viewer';
+const OUTSIDER = 'hr_outsider'; // SELECT on the tables, no read policy: deny
+const BACKUP = 'hr_backup'; // ciphertext
+const NULLED = 'hr_nulled'; // null
 
 /** A valid My Number from a seed: 11 digits and the check digit. */
 function myNumber(i: number): string {
@@ -38,7 +46,7 @@ let admin: pg.Pool;
 const policy = (extraPlain: string[] = []) => ({
   type: 'mynumber',
   mode: 'deterministic' as const,
-  read: { plaintext: [CLERK, ...extraPlain], mask: [VIEWER] },
+  read: { plaintext: [CLERK, ...extraPlain], mask: [VIEWER], ciphertext: [BACKUP], null: [NULLED] },
   search: [CLERK],
   write: [CLERK],
   others: 'deny' as const,
@@ -53,12 +61,13 @@ before(async () => {
   const keyring = { keyFile: join(dir, 'root.key'), store: { type: 'file' as const, path: join(dir, 'keystore.json') } };
   const krCfg = keyringConfigFrom(defaultConfig({ keyring }).keyring);
   kr = await Keyring.init(krCfg, { databaseIdentity: 'protect-test' });
-  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number']) await kr.ensureDomain(d, 'deterministic');
+  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number', 'public.fixed_t.my_number']) await kr.ensureDomain(d, 'deterministic');
   const columns = {
     'public.employees.my_number': policy(),
     // The owner (superuser) is named by login: superusers count only so (docs/policy.md); it runs unprotect here.
     'public.resume_t.my_number': policy([cluster.superuser]),
     'public.viewed.my_number': policy(),
+    'public.fixed_t.my_number': policy(),
   };
   const audit = {
     statements: 'none' as const,
@@ -82,9 +91,11 @@ before(async () => {
         await a.query(`CREATE TABLE viewed (id int PRIMARY KEY, my_number text)`);
         await a.query(`CREATE VIEW viewed_v AS SELECT id, my_number FROM viewed`);
         await a.query(`INSERT INTO viewed VALUES (1, '${myNumber(1)}')`);
-        for (const r of [CLERK, VIEWER]) {
+        await a.query(`CREATE TABLE fixed_t (id int PRIMARY KEY, my_number char(12))`);
+        await a.query(`INSERT INTO fixed_t VALUES (1, '${myNumber(1)}'), (2, NULL)`);
+        for (const r of [CLERK, VIEWER, OUTSIDER, BACKUP, NULLED]) {
           await a.query(`CREATE ROLE ${r} LOGIN PASSWORD '${PASSWORD}'`);
-          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t TO ${r}`);
+          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t TO ${r}`);
         }
       } finally {
         await a.end();
@@ -126,14 +137,222 @@ function auditRecords(): Record<string, unknown>[] {
   return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
+/** Retries until the running mamori has reloaded its catalog after protect's DDL (the epoch moved). */
+async function eventually<T>(f: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      return await f();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
 async function connect(role: string): Promise<pg.Client> {
   const c = new pg.Client(stack.client(role, PASSWORD, { ssl: { ca: cluster.ca.cert, servername: 'localhost' } }));
   await c.connect();
   return c;
 }
 
+/** What each employees row's My Number reads as through mamori (rows 1..EMP_ROWS start with myNumber(id)). */
+const employeesExpected = new Map<number, string>(Array.from({ length: EMP_ROWS }, (_, i) => [i + 1, myNumber(i + 1)]));
+
+/**
+ * Mid-backfill (rows 1..150 moved, the rest still plaintext), through mamori: reads from whichever column holds
+ * the value, per role; equality search over both; writes go to the shadow; other uses are refused.
+ */
+async function checkInTransition(expected: Map<number, string>): Promise<void> {
+  const state = await admin.query(`SELECT count(*) FILTER (WHERE my_number IS NULL AND my_number__mamori IS NOT NULL)::int AS moved,
+                                          count(*) FILTER (WHERE my_number IS NOT NULL)::int AS plain FROM employees WHERE id <= ${EMP_ROWS}`);
+  assert.ok(state.rows[0].moved > 0 && state.rows[0].plain > 0, JSON.stringify(state.rows[0]));
+  const [moved, plain] = [2, 180]; // row 2 is in the first batches; 180 is not reached yet and not updated by the loop
+  assert.equal((await admin.query(`SELECT my_number IS NULL AS m FROM employees WHERE id = ${moved}`)).rows[0].m, true);
+  assert.equal((await admin.query(`SELECT my_number IS NULL AS m FROM employees WHERE id = ${plain}`)).rows[0].m, false);
+  const clerk = await connect(CLERK);
+  const viewer = await connect(VIEWER);
+  const outsider = await connect(OUTSIDER);
+  try {
+    // Reads, simple and extended protocol, from either column; `SELECT *` shows the column once, no shadow.
+    const simple = await clerk.query(`SELECT id, my_number FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
+    assert.deepEqual(simple.rows, [{ id: moved, my_number: expected.get(moved) }, { id: plain, my_number: expected.get(plain) }]);
+    assert.deepEqual(simple.fields.map((f) => [f.name, f.dataTypeID]), [['id', 23], ['my_number', 25]]);
+    const ext = await clerk.query('SELECT e.my_number AS n FROM employees e WHERE e.id = $1 OR e.id = $2 ORDER BY e.id', [moved, plain]);
+    assert.deepEqual(ext.rows, [{ n: expected.get(moved) }, { n: expected.get(plain) }]);
+    const star = await clerk.query(`SELECT * FROM employees WHERE id = ${plain}`);
+    assert.deepEqual(star.fields.map((f) => f.name), ['id', 'name', 'my_number']);
+    assert.equal(star.rows[0].my_number, expected.get(plain));
+    const every = await clerk.query(`SELECT id, my_number FROM employees WHERE id <= ${EMP_ROWS}`);
+    assert.equal(every.rows.length, EMP_ROWS);
+    for (const row of every.rows) assert.equal(row.my_number, expected.get(row.id), `row ${row.id}`);
+    // The mask role sees masks for rows in either column; the deny role is refused.
+    const masked = await viewer.query(`SELECT id, my_number FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
+    assert.deepEqual(masked.rows.map((r) => r.my_number), [moved, plain].map((id) => '********' + expected.get(id)!.slice(8)));
+    const maskedStar = await viewer.query({ text: 'SELECT * FROM employees WHERE id = $1', values: [plain] });
+    assert.equal(maskedStar.rows[0].my_number, '********' + expected.get(plain)!.slice(8));
+    for (const q of [`SELECT my_number FROM employees WHERE id = ${plain}`, `SELECT * FROM employees WHERE id = ${moved}`]) {
+      await assert.rejects(outsider.query(q), { code: '42501' });
+    }
+    // The null role gets NULL for both kinds of row; ciphertext is refused (rows still in plaintext have no cell).
+    const nulled = await connect(NULLED);
+    const backup = await connect(BACKUP);
+    try {
+      const n = await nulled.query(`SELECT id, my_number FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
+      assert.deepEqual(n.rows, [{ id: moved, my_number: null }, { id: plain, my_number: null }]);
+      await assert.rejects(backup.query(`SELECT my_number FROM employees WHERE id = ${moved}`), (e: pg.DatabaseError) => {
+        assert.equal(e.code, '55000');
+        assert.match(e.message, /public\.employees\.my_number is being converted by `mamori protect`: ciphertext reads/);
+        return true;
+      });
+      // Refused before it ran: the session goes on.
+      assert.deepEqual((await backup.query(`SELECT id FROM employees WHERE id = ${moved}`)).rows, [{ id: moved }]);
+    } finally {
+      await nulled.end();
+      await backup.end();
+    }
+    // Equality and IN with constants find rows in either column (a hyphenated spelling still stored as typed
+    // matches as typed; the shadow side matches the canonical form).
+    const found = await clerk.query(`SELECT id FROM employees WHERE my_number = '${expected.get(moved)}' OR my_number IN ('${expected.get(plain)}', '${myNumber(999_999)}') ORDER BY id`);
+    assert.deepEqual(found.rows, [{ id: moved }, { id: plain }]);
+    // With parameters: the cell goes in the client's parameter, the plaintext comparison gets one mamori adds
+    // (and hides from ParameterDescription: postgres.js describes the statement and binds by it).
+    assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [expected.get(moved)])).rows, [{ id: moved }]);
+    const byParams = await clerk.query('SELECT id FROM employees WHERE id > $1 AND my_number IN ($2, $3::text) ORDER BY id', [0, expected.get(moved), expected.get(plain)]);
+    assert.deepEqual(byParams.rows, [{ id: moved }, { id: plain }]);
+    const hyphenated = 161; // still plaintext, stored as typed with hyphens: found by that spelling
+    const h = expected.get(hyphenated)!;
+    assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [`${h.slice(0, 4)}-${h.slice(4, 8)}-${h.slice(8)}`])).rows, [{ id: hyphenated }]);
+    const pj = postgres({ host: '127.0.0.1', port: stack.mamori.port, user: CLERK, password: PASSWORD, database: 'postgres',
+      ssl: { ca: cluster.ca.cert, servername: 'localhost' }, max: 1, prepare: true, onnotice: () => undefined });
+    try {
+      for (let round = 0; round < 2; round++) {
+        const rows = await pj`SELECT id, my_number FROM employees WHERE my_number IN (${expected.get(moved)!}, ${expected.get(plain)!}) AND id > ${0} ORDER BY id`;
+        assert.deepEqual(rows.map((r) => ({ ...r })), [{ id: moved, my_number: expected.get(moved) }, { id: plain, my_number: expected.get(plain) }]);
+      }
+    } finally {
+      await pj.end();
+    }
+    // On the wire: the statement's ParameterDescription lists the client's one parameter (as text), not mamori's.
+    const wire = await RawClient.connect('127.0.0.1', stack.mamori.port, { user: CLERK, password: PASSWORD, tls: { ca: cluster.ca.cert, servername: 'localhost' } });
+    try {
+      wire.send(encodeParse({ name: 'tr1', sql: 'SELECT id FROM employees WHERE my_number = $1', paramTypes: [25] }), encodeDescribe({ target: 'S', name: 'tr1' }), encodeSync());
+      const described = await wire.until(BE.ReadyForQuery);
+      const pd = described.find((f) => f.type === BE.ParameterDescription)!;
+      assert.deepEqual([pd.body.readUInt16BE(0), pd.body.readUInt32BE(2)], [1, 25]);
+      wire.send(encodeBind({ portal: '', statement: 'tr1', paramFormats: [], params: [Buffer.from(expected.get(plain)!)], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }), encodeSync());
+      const ran = await wire.until(BE.ReadyForQuery);
+      const rowsOut = ran.filter((f) => f.type === BE.DataRow).map((f) => f.body.toString('utf8', 6));
+      assert.deepEqual(rowsOut, [String(plain)], ran.map((f) => String.fromCharCode(f.type)).join(''));
+      // Binary results: the value of a moved row and of a row still in plaintext, rendered alike.
+      wire.send(
+        encodeParse({ name: 'tr2', sql: 'SELECT my_number FROM employees WHERE id = $1', paramTypes: [23] }),
+        ...[moved, plain].flatMap((id) => {
+          const v = Buffer.alloc(4);
+          v.writeInt32BE(id);
+          return [encodeBind({ portal: '', statement: 'tr2', paramFormats: [1], params: [v], resultFormats: [1] }), encodeExecute({ portal: '', maxRows: 0 })];
+        }),
+        encodeSync(),
+      );
+      const bin = await wire.until(BE.ReadyForQuery);
+      assert.deepEqual(bin.filter((f) => f.type === BE.DataRow).map((f) => f.body.toString('utf8', 6)), [expected.get(moved), expected.get(plain)]);
+    } finally {
+      wire.close();
+    }
+    const nulls = await clerk.query(`SELECT count(*)::int AS n FROM employees WHERE id <= ${EMP_ROWS} AND my_number IS NULL`);
+    assert.equal(nulls.rows[0].n, 0);
+    // Writes go to the shadow: the old column stays empty for them.
+    const v = myNumber(400_001);
+    const ins = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (100005, 'x', '${v}') RETURNING *`);
+    assert.deepEqual(ins.rows, [{ id: 100005, name: 'x', my_number: v }]);
+    const upd = await clerk.query({ text: 'UPDATE employees SET my_number = $1 WHERE id = $2 RETURNING my_number', values: [myNumber(400_002), 100005] });
+    assert.deepEqual(upd.rows, [{ my_number: myNumber(400_002) }]);
+    expected.set(100005, myNumber(400_002));
+    const raw = await admin.query(`SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = 100005`);
+    assert.deepEqual(raw.rows, [{ my_number: null, cell: true }]);
+    // Searches in UPDATE and DELETE find rows in either column too.
+    const multi = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (100007, 'a', '${myNumber(400_007)}'), (100008, 'b', NULL) RETURNING id`);
+    assert.equal(multi.rowCount, 2);
+    const renamed = await clerk.query(`UPDATE employees SET name = name WHERE my_number IN ('${expected.get(plain)}', '${myNumber(400_007)}') RETURNING id`);
+    assert.deepEqual(renamed.rows.map((r) => r.id).sort((a, b) => a - b), [plain, 100007]);
+    const gone = await clerk.query(`DELETE FROM employees WHERE my_number = '${myNumber(400_007)}' OR (id = 100008 AND my_number IS NULL) RETURNING id, my_number`);
+    assert.deepEqual(gone.rows.sort((a, b) => a.id - b.id), [{ id: 100007, my_number: myNumber(400_007) }, { id: 100008, my_number: null }]);
+    // Everything else touching the column is refused, naming it; the rest of the table is served.
+    for (const [q, code] of [
+      ['SELECT my_number FROM employees ORDER BY my_number', '0A000'],
+      ['SELECT upper(my_number) FROM employees', '0A000'],
+      [`SELECT id FROM employees WHERE my_number = ANY($1)`, '55000'],
+      ['SELECT my_number__mamori FROM employees', '55000'],
+      ['TABLE employees', '55000'],
+      [`SELECT id FROM employees WHERE my_number <> '${myNumber(1)}'`, '55000'],
+      ['SELECT my_number FROM employees; SELECT 1', '55000'],
+      ['SELECT e.my_number FROM employees e JOIN employees f ON f.id = e.id', '55000'],
+      ['COPY employees (id, name, my_number) FROM STDIN', '55000'],
+      [`INSERT INTO employees VALUES (100006, 'y', '${myNumber(400_003)}')`, '55000'],
+    ] as const) {
+      const params = q.includes('$1') ? [[expected.get(moved)]] : [];
+      await assert.rejects(clerk.query(q, params), (e: pg.DatabaseError) => {
+        assert.equal(e.code, code, `${q}: ${e.message}`);
+        assert.match(e.message, /public\.employees\.my_number|my_number__mamori/, q);
+        if (code === '55000') assert.match(e.message, /mamori protect/, q);
+        return true;
+      });
+    }
+    assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE id = 2')).rows, [{ id: 2 }]);
+  } finally {
+    await clerk.end();
+    await viewer.end();
+    await outsider.end();
+  }
+}
+
 describe('protect a live column', () => {
   test('under concurrent writes to other columns: nothing lost, no plaintext left, UNIQUE rebuilt, mamori reads it', async () => {
+    const expected = employeesExpected;
+    const served = { inserts: 0, updates: 0, reads: 0 };
+    let stopServed = false;
+    let servedLoop: Promise<void> | null = null;
+    const clerkLoop = await connect(CLERK);
+    // The loop and the mid-backfill checks take turns, so `expected` is exact when compared.
+    let turn: Promise<void> = Promise.resolve();
+    const exclusive = async (f: () => Promise<void>): Promise<void> => {
+      const prev = turn;
+      let release!: () => void;
+      turn = new Promise((r) => (release = r));
+      await prev;
+      try {
+        await f();
+      } finally {
+        release();
+      }
+    };
+    // Through mamori while the column is in transition: inserts, updates of the column and reads, one after
+    // the other on one connection (so `expected` is exact), until the backfill is done.
+    const startServed = (): void => {
+      servedLoop = (async () => {
+        for (let k = 0; !stopServed; k++) await exclusive(async () => {
+          if (k % 3 === 0) {
+            const id = 200_000 + k;
+            await clerkLoop.query('INSERT INTO employees (id, name, my_number) VALUES ($1, $2, $3)', [id, 'served', myNumber(id)]);
+            expected.set(id, myNumber(id));
+            served.inserts++;
+          } else if (k % 3 === 1) {
+            const id = 201 + ((k * 53) % 200);
+            const v = myNumber(300_000 + k);
+            const r = await clerkLoop.query(`UPDATE employees SET my_number = '${v}' WHERE id = ${id} RETURNING id, my_number`);
+            assert.deepEqual(r.rows, [{ id, my_number: v }]);
+            expected.set(id, v);
+            served.updates++;
+          } else {
+            const id = 1 + ((k * 31) % EMP_ROWS);
+            const r = await clerkLoop.query('SELECT my_number FROM employees WHERE id = $1', [id]);
+            assert.deepEqual(r.rows, [{ my_number: expected.get(id) }], `row ${id} during the backfill`);
+            served.reads++;
+          }
+        });
+      })();
+    };
+    let transitionChecked = false;
     const writer = new pg.Client({ host: cluster.host, port: cluster.port, user: cluster.superuser, password: cluster.superPassword, database: 'postgres' });
     await writer.connect();
     const bumps = new Map<number, number>();
@@ -152,8 +371,33 @@ describe('protect a live column', () => {
     try {
       const r = await protectColumn(admin, kr, target('employees'), {
         batchSize: 50,
+        throttleMs: 40, // room for the statements through mamori between batches
+        onPhase: async (phase) => {
+          if (phase === 'shadow_added') {
+            // Once the running mamori has seen the shadow column (the DDL epoch moved), it serves the column.
+            await eventually(() => clerkLoop.query('SELECT my_number FROM employees WHERE id = 1'));
+            startServed();
+          }
+          if (phase === 'backfill_done') {
+            stopServed = true;
+            await servedLoop;
+          }
+        },
         beforeBatchUpdate: async () => {
           batches += 1;
+          if (batches === 4 && !transitionChecked) {
+            transitionChecked = true;
+            await exclusive(() => checkInTransition(expected));
+          }
+          if (batches === 5) {
+            // Race the batch just read (rows 201..250, still plaintext) through mamori: the backfill's
+            // compare-and-swap must leave row 210 to the value written here.
+            await exclusive(async () => {
+              const v = myNumber(500_210);
+              await clerkLoop.query(`UPDATE employees SET my_number = '${v}' WHERE id = 210`);
+              expected.set(210, v);
+            });
+          }
           // Race the batch just read: rows of it get their other column changed between read and update.
           for (let id = (batches - 1) * 50 + 1; id <= (batches - 1) * 50 + 5 && id <= EMP_ROWS; id++) {
             await admin.query(`UPDATE employees SET name = name || '+' WHERE id = $1`, [id]);
@@ -169,22 +413,6 @@ describe('protect a live column', () => {
               return true;
             });
             await assert.rejects(admin.query(`UPDATE employees SET my_number = '${myNumber(100002)}' WHERE id = 400`), { code: '55000' });
-            // Through mamori the column is refused while in transition (no wrong NULLs, no cells into the old
-            // column); the rest of the table is served as usual.
-            const c = await connect(CLERK);
-            try {
-              for (const q of ['SELECT my_number FROM employees WHERE id = 1', `INSERT INTO employees VALUES (100004, 'x', '${myNumber(100004)}')`]) {
-                await assert.rejects(c.query(q), (e: pg.DatabaseError) => {
-                  assert.equal(e.code, '55000');
-                  assert.match(e.message, /public\.employees\.my_number is stored as text, not encrypted yet or being converted by `mamori protect`/);
-                  return true;
-                });
-              }
-              await assert.rejects(c.query('SELECT my_number FROM employees WHERE id = $1', [1]), { code: '55000' });
-              assert.deepEqual((await c.query('SELECT id FROM employees WHERE id = 2')).rows, [{ id: 2 }]);
-            } finally {
-              await c.end();
-            }
             // A row without a value is fine.
             await admin.query(`INSERT INTO employees VALUES (100003, 'no number', NULL)`);
           }
@@ -192,16 +420,21 @@ describe('protect a live column', () => {
       });
       assert.equal(r.status, 'done', JSON.stringify(r));
       if (r.status === 'done') {
-        assert.equal(r.progress.total, EMP_ROWS);
-        assert.equal(r.progress.done, EMP_ROWS);
+        // Rows updated through mamori before the backfill reached them were moved by mamori (not counted).
+        assert.ok(r.progress.done <= EMP_ROWS && r.progress.done >= EMP_ROWS - served.updates, JSON.stringify(r.progress));
         assert.match(r.plan, /unique index employees_my_number_key__mamori/);
       }
     } finally {
       stop = true;
+      stopServed = true;
       await background;
+      await servedLoop;
       await writer.end();
+      await clerkLoop.end();
     }
     assert.ok(batches >= EMP_ROWS / 50);
+    assert.ok(transitionChecked);
+    assert.ok(served.inserts > 0 && served.updates > 0 && served.reads > 0, JSON.stringify(served));
 
     // No lost update: every name carries exactly the bumps made.
     const names = await admin.query<{ id: number; name: string }>(`SELECT id, name FROM employees WHERE id <= ${EMP_ROWS}`);
@@ -210,8 +443,9 @@ describe('protect a live column', () => {
     // No plaintext in the live table: the column is the guard domain and each value a cell.
     const col = await admin.query(`SELECT format_type(atttypid, atttypmod) AS t FROM pg_attribute WHERE attrelid = 'employees'::regclass AND attname = 'my_number'`);
     assert.equal(col.rows[0].t, 'mamori.mynumber');
-    const cells = await admin.query(`SELECT count(*)::int AS n FROM employees WHERE my_number IS NOT NULL AND substring(my_number::bytea from 1 for 3) = '\\xff6d01'::bytea`);
-    assert.equal(cells.rows[0].n, EMP_ROWS);
+    const cells = await admin.query(`SELECT count(*) FILTER (WHERE substring(my_number::bytea from 1 for 3) = '\\xff6d01'::bytea)::int AS n, count(my_number)::int AS total FROM employees`);
+    assert.equal(cells.rows[0].n, EMP_ROWS + served.inserts + 1);
+    assert.equal(cells.rows[0].total, EMP_ROWS + served.inserts + 1);
     const leftovers = await admin.query(`SELECT attname FROM pg_attribute WHERE attrelid = 'employees'::regclass AND attname LIKE '%mamori%' AND NOT attisdropped`);
     assert.deepEqual(leftovers.rows, []);
     const trig = await admin.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'employees'::regclass AND NOT tgisinternal`);
@@ -241,13 +475,42 @@ describe('protect a live column', () => {
         }
       }
       assert.equal(rows.length, EMP_ROWS);
-      rows.forEach((row, i) => assert.equal(row.my_number, myNumber(i + 1)));
+      // No lost update: every row reads what was last written, through mamori or by the backfill.
+      for (const row of rows) assert.equal(row.my_number, expected.get(row.id), `row ${row.id}`);
+      const all = await clerk.query('SELECT id, my_number FROM employees WHERE id >= 200000');
+      assert.equal(all.rows.length, served.inserts);
+      for (const row of all.rows) assert.equal(row.my_number, expected.get(row.id), `row ${row.id}`);
       const v = await viewer.query('SELECT my_number FROM employees WHERE id = 2');
-      assert.equal(v.rows[0].my_number, '********' + myNumber(2).slice(8));
+      assert.equal(v.rows[0].my_number, '********' + expected.get(2)!.slice(8));
       const m = myNumber(5);
       await assert.rejects(clerk.query('INSERT INTO employees VALUES ($1, $2, $3)', [100010, 'dup', `${m.slice(0, 4)} ${m.slice(4, 8)} ${m.slice(8)}`]), { code: '23505' });
       await clerk.query('INSERT INTO employees VALUES ($1, $2, $3)', [100011, 'new', myNumber(100011)]);
       assert.equal((await clerk.query('SELECT my_number FROM employees WHERE id = 100011')).rows[0].my_number, myNumber(100011));
+    } finally {
+      await clerk.end();
+      await viewer.end();
+    }
+  });
+
+  test('RowDescription shows the recorded original type: char(12) as bpchar typmod 16 (simple and extended protocol)', async () => {
+    const r = await protectColumn(admin, kr, { ...target('fixed_t') });
+    assert.equal(r.status, 'done', JSON.stringify(r));
+    const st = await admin.query(`SELECT original_type, original_type_oid::int AS oid, typmod FROM mamori.protected_columns WHERE table_name = 'fixed_t'`);
+    assert.deepEqual(st.rows, [{ original_type: 'character(12)', oid: 1042, typmod: 16 }]);
+    const clerk = await connect(CLERK);
+    const viewer = await connect(VIEWER);
+    try {
+      const res = await eventually(() => clerk.query('SELECT id, my_number FROM fixed_t ORDER BY id'));
+      assert.deepEqual(res.fields.map((f) => [f.name, f.dataTypeID, f.dataTypeModifier]), [['id', 23, -1], ['my_number', 1042, 16]]);
+      assert.deepEqual(res.rows, [{ id: 1, my_number: myNumber(1) }, { id: 2, my_number: null }]);
+      // Extended protocol (Describe of the statement and of the portal) shows the same.
+      const ext = await clerk.query({ text: 'SELECT my_number FROM fixed_t WHERE id = $1', values: [1] });
+      assert.deepEqual(ext.fields.map((f) => [f.dataTypeID, f.dataTypeModifier]), [[1042, 16]]);
+      assert.equal(ext.rows[0].my_number, myNumber(1));
+      // A mask is text (it is not a value of the column's type).
+      const m = await viewer.query('SELECT my_number FROM fixed_t WHERE id = 1');
+      assert.deepEqual(m.fields.map((f) => [f.dataTypeID, f.dataTypeModifier]), [[25, -1]]);
+      assert.equal(m.rows[0].my_number, '********' + myNumber(1).slice(8));
     } finally {
       await clerk.end();
       await viewer.end();
@@ -338,6 +601,32 @@ describe('the CLI', () => {
     assert.deepEqual(st.rows[0], { original_type: 'character varying(20)', typmod: 24, not_null: true, state: 'protected' });
     const checks = await admin.query(`SELECT conname FROM pg_constraint WHERE conrelid = 'resume_t'::regclass AND contype = 'c'`);
     assert.deepEqual(checks.rows, []);
+
+    // Both runs are in the audit trail, with the login and the column: the killed one up to its last step,
+    // the resumed one through every step to the outcome. No value is in it, and the chain verifies.
+    const events = auditRecords().filter((r) => r.kind === 'key_event' && r.event === 'protect' && String(r.detail).startsWith('protect public.resume_t.my_number'));
+    const p = 'protect public.resume_t.my_number: ';
+    const last = String(events.at(-1)?.detail);
+    assert.match(last, /: done, \d+ row\(s\) encrypted$/); // the killed run's last batch may have committed after the kill
+    assert.deepEqual(events.map((r) => [r.keyId, r.user, r.database, r.detail]), [
+      ...[`${p}started`, `${p}shadow column added (column in transition)`],
+      ...[`${p}started`, `${p}shadow column added (column in transition)`, `${p}backfill done`, `${p}swap done, old plaintext column dropped`, `${p}vacuum done`, last],
+    ].map((d) => ['public.resume_t.my_number', cluster.superuser, 'postgres', d]));
+    const raw = readFileSync(join(dir, 'audit', 'mamori-cli.jsonl'), 'utf8');
+    for (const id of [1, 2, RESUME_ROWS]) assert.ok(!raw.includes(myNumber(id)), 'a My Number reached the audit trail');
+    const out: string[] = [];
+    assert.equal(await runAuditCommand(['verify', join(dir, 'audit'), '--no-registry'], { stdout: (t: string) => out.push(t), stderr: (t: string) => out.push(t) }), 0, out.join(''));
+  });
+
+  test('after protect of a varchar(20) column, RowDescription shows varchar(20) (typmod 24)', async () => {
+    const clerk = await connect(CLERK);
+    try {
+      const res = await eventually(() => clerk.query('SELECT id, my_number FROM resume_t WHERE id = 7'));
+      assert.deepEqual(res.fields.map((f) => [f.name, f.dataTypeID, f.dataTypeModifier]), [['id', 23, -1], ['my_number', 1043, 24]]);
+      assert.deepEqual(res.rows, [{ id: 7, my_number: myNumber(7) }]);
+    } finally {
+      await clerk.end();
+    }
   });
 
   test('unprotect is refused for a login without plaintext read, and recorded', async () => {
@@ -391,7 +680,7 @@ describe('the CLI', () => {
     }
     assert.ok(checked);
     const rows = await admin.query<{ id: number; my_number: string }>(`SELECT id, my_number FROM employees WHERE id <= ${EMP_ROWS} ORDER BY id`);
-    rows.rows.forEach((row) => assert.equal(row.my_number, myNumber(row.id)));
+    rows.rows.forEach((row) => assert.equal(row.my_number, employeesExpected.get(row.id)));
     const con = await admin.query(`SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'employees'::regclass AND contype = 'u'`);
     assert.deepEqual(con.rows, [{ conname: 'employees_my_number_key', def: 'UNIQUE (my_number)' }]);
     const col = await admin.query(`SELECT format_type(atttypid, atttypmod) AS t FROM pg_attribute WHERE attrelid = 'employees'::regclass AND attname = 'my_number'`);

@@ -312,11 +312,13 @@ describe('allow-list', () => {
     const buf = Buffer.from('PREPARE ins(text, character varying(12)) AS INSERT INTO employees (name, my_number) VALUES ($1, $2)');
     const ts = plans[0]!.prepare!.typeSpans;
     assert.deepEqual(ts.map((t) => [t.index, buf.subarray(t.start, t.end).toString()]), [[2, 'character varying(12)']]);
+    assert.equal(plans[0]!.prepare!.command, 'INSERT');
     const { a } = run("EXECUTE ins('x', '123456789018', $1, 1 + 1)");
     assert.equal(a.kind, 'protected');
     if (a.kind === 'protected') {
       const args = a.statements[0]!.execute!.args;
       assert.deepEqual(args.map((x) => [x.kind, x.value]), [['literal', 'x'], ['literal', '123456789018'], ['param', null], ['other', null]]);
+      assert.deepEqual([args[2]!.index, args[2]!.cast], [1, false]);
     }
   });
   test('temp table shadowing a protected one is not protected; qualified and folded names resolve', () => {
