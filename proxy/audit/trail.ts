@@ -321,8 +321,10 @@ export class AuditTrail {
     for (const it of b.items) {
       if (typeof it === 'function' || it.kind === 'heartbeat' || (it.subjects !== undefined && it.subjects.length > max)) return false;
     }
-    const sealed = this.chain.seal(b.items, b.contexts, this.now().toISOString());
+    let sealed: SealedBatch;
     try {
+      // sealing can throw too (a non-finite number in an event): that batch fails, the writer goes on
+      sealed = this.chain.seal(b.items, b.contexts, this.now().toISOString());
       if (!file.appendSync(sinkBatch(sealed))) return false;
     } catch (e) {
       this.batches.shift();

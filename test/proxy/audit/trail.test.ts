@@ -192,6 +192,23 @@ describe('AuditTrail', () => {
     }
   });
 
+  test('an event that cannot be serialized (a non-finite number) fails its own batch; the trail goes on and verifies', async () => {
+    const t = await tempDir();
+    try {
+      const trail = await AuditTrail.open(fileConfig(t.dir));
+      await trail.append(intent(1));
+      await assert.rejects(trail.append({ ...intent(2), rows: Number.NaN }), AuditUnavailableError);
+      await trail.append(intent(3));
+      await trail.close();
+      const rs = await records(join(t.dir, 'mamori.jsonl'));
+      assert.deepEqual(rs.filter((r) => r.kind === 'statement_intent').map((r) => (r as { statement: string }).statement), [intent(1).statement, intent(3).statement]);
+      assert.deepEqual(rs.map((r) => r.seq), rs.map((_, i) => i + 1));
+      assert.equal((await verifyAuditTrail(t.dir)).ok, true);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
   test('a full pending buffer refuses (closed) instead of queueing without bound', async () => {
     const t = await tempDir();
     try {
