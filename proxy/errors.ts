@@ -12,6 +12,8 @@ export const SQLSTATES = {
   feature_not_supported: { code: '0A000', description: 'a protocol feature or statement mamori does not support (e.g. replication)' },
   invalid_parameter_value: { code: '22023', description: 'a startup or session parameter value mamori cannot accept' },
   invalid_text_representation: { code: '22P02', description: 'a value for a protected column is not valid for its logical type' },
+  character_not_in_repertoire: { code: '22021', description: 'a value for a protected column is not valid in the client encoding (invalid byte sequence)' },
+  untranslatable_character: { code: '22P05', description: 'a protected value has a character with no equivalent in the client encoding' },
   invalid_binary_representation: { code: '22P03', description: 'a binary-format value for a protected column is malformed' },
   invalid_authorization_specification: { code: '28000', description: 'login refused before any password check (no user, TLS required, client certificate)' },
   invalid_password: { code: '28P01', description: 'password / SCRAM proof did not verify (PostgreSQL wording)' },

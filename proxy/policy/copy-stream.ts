@@ -22,6 +22,7 @@ import {
   type CopyValue,
 } from '../results/copy.js';
 import { columnName } from '../results/logical.js';
+import type { ClientCodec } from '../results/client-encoding.js';
 import type { CellKeys } from '../results/keys.js';
 import type { CopyPlan, ProtectedColumn, ReadDecision } from '../sql/types.js';
 import type { StatementHandle } from '../audit/session.js';
@@ -77,7 +78,8 @@ export class CopyInStream implements ResultTransform {
     try {
       batch = parse();
     } catch (e) {
-      if (e instanceof CopyError) return this.fail(new MamoriError('invalid_text_representation', e.message));
+      // 22021: bytes invalid in the COPY's encoding (or a NUL), as PostgreSQL reports them; else 22P02.
+      if (e instanceof CopyError) return this.fail(new MamoriError(e.sqlstate === '22021' ? 'character_not_in_repertoire' : 'invalid_text_representation', e.message));
       throw e;
     }
     if (batch.values.length === 0) return this.emit(batch.render([]), trailer);
@@ -191,6 +193,8 @@ export interface CopySetup {
   keys: CellKeys;
   encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]>;
   byteaOutput: 'hex' | 'escape';
+  /** The codec of the COPY data's encoding (undefined: the session's client_encoding); null if none. */
+  codecFor(encoding: string | undefined): ClientCodec | null;
   handle: StatementHandle | null;
   /** Collects the subjects of the values a COPY writes or the plaintext it sends (null: no subject hashing). */
   subjects: SubjectCollector | null;
@@ -204,7 +208,7 @@ export interface CopySetup {
 export function copyTransform(plan: CopyPlan, s: CopySetup): ResultTransform | MamoriError {
   let fmt;
   try {
-    fmt = copyFormat(plan.options, plan.columnNames);
+    fmt = copyFormat(plan.options, plan.columnNames, (e) => s.codecFor(e));
   } catch (e) {
     if (e instanceof CopyOptionError) return new MamoriError('feature_not_supported', e.message);
     throw e;

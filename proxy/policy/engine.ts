@@ -302,7 +302,7 @@ export class PolicyEngine {
   }
 
   /** The catalog when loaded and fresh: the synchronous fast path; null means "take the slow path". */
-  catalogSync(database: string): { catalog: DatabaseCatalog; names: ProtectedNameIndex } | null {
+  catalogSync(database: string): { catalog: DatabaseCatalog; enforced: DatabaseCatalog; names: ProtectedNameIndex } | null {
     const e = this.catalogs.get(database);
     return e && !e.stale && this.listeners.has(database) ? e : null;
   }

@@ -6,7 +6,7 @@
 import type { Frame } from '../wire/framer.js';
 import { BE, FE } from '../wire/types.js';
 import { decodeBind, decodeDescribe, decodeExecute, decodeParse, expandFormats, encodeDescribe } from '../wire/frontend.js';
-import { decodeRowDescription, decodeCommandComplete } from '../wire/backend.js';
+import { decodeRowDescription, decodeCommandComplete, decodeCopyResponse } from '../wire/backend.js';
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
@@ -16,6 +16,8 @@ import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
 import { toLogicalType } from '../results/logical.js';
 import { RowRewriter, rewriteRowDescription, rewriteParameterDescription, type FieldPlan, type FieldAction } from '../results/rows.js';
+import { COPY_ORIGIN, OriginInspector, OriginRefusal, copyCellDomain, describeOrigin, mayCarryCells, originFields, someField, carrierKind, type DomainDecision } from '../results/origin.js';
+import type { FieldDescription } from '../wire/types.js';
 import { encryptBindParams, rewriteParseTypes, ParamError, type ParamPlan } from '../results/params.js';
 import { readDecision, canSearch, canWrite, canExport, type ReadDecision } from './decide.js';
 import { copyTransform, type CopyInStream } from './copy-stream.js';
@@ -30,6 +32,21 @@ import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectColle
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 import { executeBinding, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
+import { clientCodec, maskMultibyte, type ClientCodec } from '../results/client-encoding.js';
+
+/**
+ * A statement's text as mamori reads it: UTF-8 (`encoding` UTF8: converted from the client encoding, or
+ * ASCII) or the raw bytes under the session's encoding name; `codec` converts a rewrite back (null: none
+ * needed or possible); `lexable` is what the fast path may lex when it is not `text` (raw bytes with
+ * multibyte characters masked; null: nothing is known, analyse).
+ */
+interface Readable {
+  text: Buffer;
+  encoding: string;
+  codec: ClientCodec | null;
+  lexable?: Buffer | null;
+}
+
 import {
   appendTransitionParams, applyTransition, hideTransitionParams, mentionsShadow, planTransition, TransitionRefusal, type TransitionField, type TransitionPlan,
 } from '../protect/transition-rewrite.js';
@@ -40,6 +57,15 @@ interface LiteralCells {
   values: { domain: string; canonical: Buffer; col: ProtectedColumn }[];
   sites: LiteralSite[];
   cells: Buffer[];
+}
+
+/** A portal as bound through mamori: its statement's plan (null on the fast path), the result formats asked for. */
+interface BoundPortal {
+  plan: StatementPlanInfo | null;
+  formats: readonly number[];
+  subjects?: Subjects;
+  /** The statement it was bound from. */
+  stmt?: string;
 }
 
 /** What mamori keeps with a prepared statement once the server confirms it. */
@@ -93,7 +119,14 @@ const TEMP_CREATE = /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i;
 
 const TEXT_TYPES = new Set(['text', 'varchar', 'char']);
 
-const NO_PLAN_PORTAL = { plan: null, formats: [] as readonly number[] };
+/** The catalog and role policy that decide cells of unknown origin. */
+interface OriginContext {
+  catalog: DatabaseCatalog;
+  role: RolePolicy;
+}
+
+/** What a session gets from a catalog when its identity cannot be resolved: nothing (cells of unknown origin are refused). */
+const DENY_ALL: RolePolicy = { read: () => 'deny', canSearch: () => false, canWrite: () => false, canExport: () => false };
 
 const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
   '0A000': 'feature_not_supported',
@@ -103,13 +136,16 @@ const SQLSTATE_CODES: Record<string, MamoriErrorCode> = {
   '42601': 'syntax_error',
   '54000': 'program_limit_exceeded',
   '55000': 'object_not_in_prerequisite_state',
-  '22021': 'invalid_text_representation',
+  '22021': 'character_not_in_repertoire',
   'XX000': 'internal_error',
 };
 
 function refusal(sqlstate: string, message: string): Decision {
   return { action: 'refuse', error: new MamoriError(SQLSTATE_CODES[sqlstate] ?? 'feature_not_supported', message) };
 }
+
+/** The refusal when an audit intent cannot be written and failMode is closed. */
+const AUDIT_UNAVAILABLE = new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
 
 export class SessionPolicy {
   private identity: Identity | null = null;
@@ -122,12 +158,22 @@ export class SessionPolicy {
   /** Parse messages in flight, by statement name: their plan, until the server confirms or rejects them. */
   private readonly pendingParse = new Map<string, { plan: StatementPlanInfo | null; synced: boolean; settled: Promise<boolean> }>();
   /** RowDescriptions seen for portals (Describe P), by portal name: used to rewrite the Execute's rows. */
-  private readonly portalShapes = new Map<string, Buffer>();
+  private readonly portalShapes = new Map<string, Buffer | null>();
   /**
    * Portals as bound through mamori, before the server confirms them (a failed Bind makes the server skip
    * the Execute that follows it in the batch): the statement's plan and the result formats asked for.
    */
-  private readonly portals = new Map<string, { plan: StatementPlanInfo | null; formats: readonly number[]; subjects?: Subjects }>();
+  private readonly portals = new Map<string, BoundPortal>();
+  /**
+   * Result shapes of statements on the fast path (from the client's Describe, or mamori's own before an
+   * Execute), by statement name: their rows are inspected for cells of unknown origin (DESIGN.md §5).
+   */
+  private readonly statementShapes = new Map<string, { rowDescription: Buffer | null; searchPath: string }>();
+  /** Fast-path Describes sent but not yet answered: an Execute behind one reads its shape when rows come. */
+  private readonly describingStatements = new Set<string>();
+  private readonly describingPortals = new Set<string>();
+  private roleCache: { identity: Identity; catalog: DatabaseCatalog; approvals: unknown; role: RolePolicy } | null = null;
+
   private tempSchema: string | null | undefined;
   /** The session ran CREATE TEMP …: its temp schema is announced asynchronously. */
   private tempPending = false;
@@ -160,6 +206,25 @@ export class SessionPolicy {
   }
 
   private roleChangedAtStartup = false;
+  /**
+   * A statement that changes client_encoding (SET, set_config, RESET/DISCARD ALL) was sent and the server may
+   * not have run it yet: a pipelined statement after it is converted by the server in the new encoding,
+   * which mamori learns only from the ParameterStatus. Until the pipeline drains, text that is not ASCII is
+   * not read in either (protected statements with such text are refused).
+   */
+  private encodingInFlight = false;
+
+  private pathKeyOf: string[] | null | undefined;
+  private pathKeyText = '';
+
+  /** The search_path as a cache key (PostgreSQL re-plans a prepared statement when it changes). */
+  private get pathKey(): string {
+    if (this.pathKeyOf !== this.searchPath) {
+      this.pathKeyOf = this.searchPath;
+      this.pathKeyText = (this.searchPath ?? []).join(',');
+    }
+    return this.pathKeyText;
+  }
 
   clientMessage(frame: Frame): Decision | Promise<Decision> {
     switch (frame.type) {
@@ -177,6 +242,7 @@ export class SessionPolicy {
         for (const p of this.pendingParse.values()) p.synced = true;
         return FORWARD;
       case FE.Close: {
+        if (frame.body[0] === 0x53) this.statementShapes.delete(frame.body.toString('utf8', 1, frame.body.length - 1)); // 'S'
         return FORWARD;
       }
       case FE.CopyData:
@@ -259,7 +325,7 @@ export class SessionPolicy {
    * Fast path, then full analysis. Returns null when the statement cannot reach a protected object (and
    * changes no setting mamori tracks); else the analysis and what it needs.
    */
-  private async analyse(sql: Buffer): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity; path: string[] } | MamoriError> {
+  private async analyse(sql: Buffer, encoding: string): Promise<{ analysis: Analysis; catalog: DatabaseCatalog; role: RolePolicy; identity: Identity; path: string[] } | MamoriError> {
     const entry = await this.engine.catalog(this.session.database);
     // Enforced decisions leave out shadow-mode columns (enforce: false, still plaintext): their decision is
     // computed against the full catalog below and logged, never enforced.
@@ -278,7 +344,7 @@ export class SessionPolicy {
       role,
       maxInListItems: this.engine.config.search.maxInListItems,
       standardConformingStrings: (params.get('standard_conforming_strings') ?? 'on') === 'on',
-      clientEncoding: params.get('client_encoding') ?? 'UTF8',
+      clientEncoding: encoding,
       allowDdl: this.engine.config.adminRoles.some((r) => identity.roles.has(r)),
     };
     const analysis = this.engine.analysisCache.getOrAnalyse(sql, {
@@ -317,6 +383,48 @@ export class SessionPolicy {
     }).catch(() => undefined);
   }
 
+  /** The session's client encoding, or null when mamori has no faithful converter for it. */
+  codec(): ClientCodec | null {
+    const client = this.session.params.get('client_encoding');
+    const server = this.session.params.get('server_encoding');
+    if (client !== this.codecKey.client || server !== this.codecKey.server) {
+      this.codecKey = { client, server, codec: clientCodec(client, server) };
+    }
+    return this.codecKey.codec;
+  }
+
+  /** The last codec looked up, by the parameters it came from (looked up per statement and per value). */
+  private codecKey: { client: string | undefined; server: string | undefined; codec: ClientCodec | null } = { client: '', server: '', codec: null };
+
+  /**
+   * Statement text as the server's parser reads it. PostgreSQL converts a query string from the client
+   * encoding to the database's before parsing, so mamori does the same: the analysis sees UTF-8 and the
+   * encoding it names is UTF8. Without a converter (or for bytes invalid in the encoding) the raw bytes
+   * are analysed under the session's encoding name, and the analyser refuses any that are not ASCII.
+   */
+  private readable(sql: Buffer): Readable {
+    if (this.encodingInFlight && this.session.pipeline.idle) this.encodingInFlight = false;
+    const codec = this.codec();
+    if (codec?.utf8 === true && !this.encodingInFlight) return { text: sql, encoding: 'UTF8', codec };
+    let name = this.session.params.get('client_encoding') ?? 'UTF8';
+    // ASCII reads the same in every client encoding, even one mamori has no converter for.
+    if (isAscii(sql)) return { text: sql, encoding: 'UTF8', codec };
+    if (this.encodingInFlight) {
+      name += ' (a change of client_encoding is still running)';
+      return { text: sql, encoding: name, codec: null, lexable: null };
+    }
+    if (codec?.utf8 === true) return { text: sql, encoding: 'UTF8', codec };
+    const decoded = codec?.decode(sql) ?? null;
+    if (decoded === null) return { text: sql, encoding: name, codec: null, lexable: maskMultibyte(sql, name) };
+    return { text: Buffer.from(decoded, 'utf8'), encoding: 'UTF8', codec };
+  }
+
+  /** Fast path on what the server's lexer reads; null (not known) takes the slow path. */
+  private mayTouchReadable(r: Readable): boolean | null {
+    const lexable = r.lexable === undefined ? r.text : r.lexable;
+    return lexable === null ? null : this.mayTouch(lexable);
+  }
+
   private mayTouch(sql: Buffer): boolean | null {
     const entry = this.engine.catalogSync(this.session.database);
     if (!entry) return null; // not loaded (or stale): take the slow path
@@ -333,21 +441,24 @@ export class SessionPolicy {
         if (s.name === '?') this.searchPath = null;
       }
       if (s.name === 'bytea_output') this.byteaOutput = s.value === 'escape' ? 'escape' : 'hex';
+      if (s.name === 'client_encoding' || s.name === '*' || s.name === '?') this.encodingInFlight = true;
     }
   }
 
   // ---------------------------------------------------------------------------------------------------
   // Simple Query (and the SQL of Parse)
 
-  private sql(sql: Buffer): Decision | Promise<Decision> {
-    const may = this.mayTouch(sql);
-    if (may === false && !this.roleChangedAtStartup) return FORWARD;
-    return this.sqlSlow(sql);
+  private sql(raw: Buffer): Decision | Promise<Decision> {
+    const readable = this.readable(raw);
+    const may = this.mayTouchReadable(readable);
+    if (may === false && !this.roleChangedAtStartup) return this.watchedQuery();
+    return this.sqlSlow(readable);
   }
 
-  private async sqlSlow(sql: Buffer): Promise<Decision> {
+  private async sqlSlow(readable: Readable): Promise<Decision> {
+    const sql = readable.text;
     if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
-    const r = await this.analyse(sql);
+    const r = await this.analyse(sql, readable.encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
     const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
@@ -359,9 +470,9 @@ export class SessionPolicy {
     }
     if (analysis.kind === 'unprotected') {
       // FETCH from a cursor, EXECUTE of a prepared statement, a function returning rows: nothing in the text
-      // names a protected column, but the rows can still come from one. Once the session has touched
-      // protected data, such results are mapped by their origin like any other.
-      return this.tracked(this.touched ? { action: 'forward', transform: new QueryResults(this, catalog, role, null) } : FORWARD);
+      // names a protected column, but the rows can still come from one (by origin, or as cells of unknown
+      // origin), so they are mapped like any other.
+      return this.tracked(catalog.protectedColumns.length > 0 ? { action: 'forward', transform: new QueryResults(this, catalog, role, null) } : FORWARD);
     }
     if (this.roleChangedAtStartup) {
       return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
@@ -386,11 +497,15 @@ export class SessionPolicy {
     if (tplan) {
       const rewritten = this.transitionSpliced(sql, tplan, lits, sp.edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      raw = encodeQueryRaw(rewritten);
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      raw = encodeQueryRaw(back);
     } else if (edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      raw = encodeQueryRaw(rewritten);
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      raw = encodeQueryRaw(back);
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
@@ -475,6 +590,147 @@ export class SessionPolicy {
   }
 
   /**
+   * The fast path of a simple Query: forwarded as is, with a transform that maps its result fields by origin
+   * and looks at the fields that can carry a cell (DESIGN.md §5); rows of results without such fields pass
+   * untouched. Waits only when the catalog or the session's identity must be (re)loaded.
+   */
+  private watchedQuery(): Decision | Promise<Decision> {
+    const withContext = (ctx: { catalog: DatabaseCatalog; role: RolePolicy }): Decision =>
+      ctx.catalog.protectedColumns.length === 0 ? FORWARD : { action: 'forward', transform: new QueryResults(this, ctx.catalog, ctx.role, null) };
+    const ctx = this.originContextSync();
+    return ctx ? withContext(ctx) : this.originContext().then(withContext);
+  }
+
+  /** Catalog and role policy without waiting; null when either must be (re)loaded first. */
+  private originContextSync(): { catalog: DatabaseCatalog; role: RolePolicy } | null {
+    const entry = this.engine.catalogSync(this.session.database);
+    if (!entry || !this.identity || Date.now() - this.identityAt > 1000) return null;
+    return { catalog: entry.enforced, role: this.cachedRole(this.identity, entry.enforced) };
+  }
+
+  /**
+   * Catalog and role policy, loaded as needed. When the identity cannot be resolved (control connection
+   * down) statements on the fast path still run, but any cell of unknown origin in their results is refused.
+   */
+  private async originContext(): Promise<{ catalog: DatabaseCatalog; role: RolePolicy }> {
+    const entry = await this.engine.catalog(this.session.database);
+    try {
+      return { catalog: entry.enforced, role: this.cachedRole(await this.ensureIdentity(), entry.enforced) };
+    } catch (err) {
+      this.engine.log.warn({ session: this.session.id, err: (err as Error).message }, 'identity not resolved; cells of unknown origin are refused');
+      return { catalog: entry.enforced, role: DENY_ALL };
+    }
+  }
+
+  private cachedRole(identity: Identity, catalog: DatabaseCatalog): RolePolicy {
+    const c = this.roleCache;
+    const approvals = this.engine.approvals;
+    if (c && c.identity === identity && c.catalog === catalog && c.approvals === approvals) return c.role;
+    const role = this.rolePolicy(identity, catalog);
+    this.roleCache = { identity, catalog, approvals, role };
+    return role;
+  }
+
+  /**
+   * What this session gets for the cells of one key domain reaching it through a field of unknown origin:
+   * the read decision of the protected columns that use the domain (one policy per domain; should they
+   * differ, deny if any denies, else NULL), refused for a domain no protected column of this database uses.
+   */
+  originDecision(domainId: number, catalog: DatabaseCatalog, role: RolePolicy): DomainDecision {
+    const cols = catalog.protectedColumns.filter((c) => this.domainIdOf(c.domain) === domainId);
+    if (cols.length === 0) {
+      return { refuse: (f) => new MamoriError('insufficient_privilege', `${describeOrigin(f)} carries a mamori cell of key domain id ${domainId}, which no protected column of this database uses; refused`) };
+    }
+    const names = cols.map(qualified).join('", "');
+    const decisions = cols.map((c) => role.read(c));
+    const decision = decisions.every((d) => d === decisions[0]) ? decisions[0]! : decisions.includes('deny') ? 'deny' : 'null';
+    if (decision === 'deny') {
+      return { refuse: (f) => new MamoriError('insufficient_privilege', `permission denied to read column "${names}": its cell arrived through ${describeOrigin(f)}`) };
+    }
+    const column = cols[0]!;
+    const refuseRender = this.renderRefusal(column, decision);
+    if (refuseRender) return { refuse: (f) => new MamoriError('object_not_in_prerequisite_state', `${refuseRender} (a cell that arrived through ${describeOrigin(f)})`) };
+    return { action: decision, column };
+  }
+
+  private domainIdOf(domain: string): number {
+    try {
+      return this.engine.keys.domainId(domain);
+    } catch {
+      return -1; // a domain the keystore does not know: its cells cannot be told apart, so none match it
+    }
+  }
+
+  /** Why a decision cannot be rendered in this session's settings (DateStyle, client_encoding), or null. */
+  private renderRefusal(c: ProtectedColumn, decision: ReadDecision): string | null {
+    if (decision !== 'plaintext') return null;
+    if (c.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
+      return `protected date column ${qualified(c)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`;
+    }
+    // Text columns are rendered in the session's client encoding; where mamori has no faithful converter
+    // for it they are refused rather than sent in the wrong encoding (as fieldPlans does).
+    if (TEXT_TYPES.has(c.type.type) && this.codec() === null) return noConverter(c, this.session.params.get('client_encoding') ?? 'UTF8');
+    return null;
+  }
+
+  /**
+   * The inspector of a result set's fields that can carry a cell and are not planned as protected columns
+   * (null when there are none: its rows then pass untouched). Released cells are audited per result set.
+   */
+  originInspector(fields: readonly FieldDescription[], plans: readonly FieldPlan[], formats: readonly number[],
+    catalog: DatabaseCatalog, role: RolePolicy, subjects: SubjectCollector | null, reads: OriginReads): OriginInspector | null {
+    const candidates = originFields(fields, new Set(plans.map((p) => p.index)), formats);
+    if (candidates.length === 0) return null;
+    return new OriginInspector(candidates, (id) => this.originDecision(id, catalog, role), this.engine.keys, {
+      byteaOutput: this.byteaOutput,
+      codec: () => this.codec(),
+      onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
+      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
+      onRelease: (col, action) => reads.release(col, action),
+    });
+  }
+
+  /**
+   * A COPY TO row carrying a cell of unknown origin: COPY rows are not rewritten here, so only a role that
+   * reads the domain as ciphertext gets it as is (null); any other decision ends the COPY with an error.
+   */
+  copyOriginRefusal(domainId: number, catalog: DatabaseCatalog, role: RolePolicy): MamoriError | null {
+    const d = this.originDecision(domainId, catalog, role);
+    if ('refuse' in d) return d.refuse(COPY_ORIGIN);
+    if (d.action === 'ciphertext') return null;
+    return new MamoriError('feature_not_supported', `COPY TO carries a cell of column "${qualified(d.column)}" through ${describeOrigin(COPY_ORIGIN)}; only a role that reads it as ciphertext may copy it (use SELECT)`);
+  }
+
+  /** Whether a result set needs a look: a field mapped to a protected column by origin, or one that can carry a cell. */
+  needsLook(rowDescription: Buffer, catalog: DatabaseCatalog): boolean {
+    return someField(rowDescription, (tableOid, attnum, typeOid) => carrierKind(typeOid) !== null
+      || (tableOid !== 0 && (catalog.byOrigin(tableOid, attnum) !== undefined || catalog.derivedByOrigin(tableOid, attnum) !== undefined)));
+  }
+
+  /** Audit of the cells of unknown origin one result set releases (see OriginReads). */
+  originReadsAudit(): OriginReads {
+    const audit = this.audit;
+    if (!audit) return new OriginReads(null);
+    return new OriginReads(
+      (columns) => audit.intent({ fingerprint: 'unknown-origin', command: 'unknown-origin', columns, mode: 'protected' }),
+      (gate) => this.session.holdOutput(gate, AUDIT_UNAVAILABLE),
+      this.engine.config.audit.failMode === 'open',
+    );
+  }
+
+  /**
+   * A result ended by a cell this session may not receive: the refusal is logged and audited (never the
+   * value), the session drops the server's further answers up to ReadyForQuery; returns the ErrorResponse
+   * that replaces the row.
+   */
+  endResult(err: MamoriError): Buffer {
+    this.engine.log.info({ session: this.session.id, sqlstate: err.sqlstate, reason: err.message }, 'result ended: cell of unknown origin refused');
+    void this.audit?.record({ kind: 'refusal', reason: err.code, sqlstate: err.sqlstate, command: 'unknown-origin' }).catch(() => undefined);
+    this.session.endResultWithError();
+    return errorResponse(err);
+  }
+
+  /**
    * Literals bound for protected columns: validated and normalized per logical type, encrypted (counted,
    * refused while the domain rotates), and turned into splice edits. A refusal Decision when one is invalid.
    */
@@ -547,6 +803,19 @@ export class SessionPolicy {
     }
   }
 
+  /**
+   * A rewritten statement (UTF-8) → the client encoding it came in, which the server converts from. The
+   * splices are ASCII and the rest was checked to convert back byte for byte when it was read, so this is
+   * the client's own text with the literals replaced; checked again here all the same.
+   */
+  private backToClient(utf8: Buffer, codec: ClientCodec | null): Buffer | Decision {
+    if (codec === null || codec.utf8) return utf8;
+    const text = utf8.toString('utf8');
+    const out = codec.encode(text);
+    if (out === null || codec.decode(out) !== text) return refusal('0A000', 'mamori could not rewrite this statement safely in the session\'s client_encoding; it was not run');
+    return out;
+  }
+
   private refused(sqlstate: string, message: string, sql: Buffer): Decision {
     void sql; // the refusal record is written by the session's observer (proxy/observe.ts), for every refusal
     return refusal(sqlstate, message);
@@ -571,7 +840,7 @@ export class SessionPolicy {
     } catch (err) {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
-      return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
+      return AUDIT_UNAVAILABLE;
     }
   }
 
@@ -605,9 +874,12 @@ export class SessionPolicy {
    * transition rewrite serves from a column `mamori protect` is converting, by position.
    */
   fieldPlans(rowDescription: Buffer, catalog: DatabaseCatalog, role: RolePolicy, transition?: readonly TransitionField[]): FieldPlan[] {
-    const rd = decodeRowDescription(rowDescription);
+    return this.fieldPlansOf(decodeRowDescription(rowDescription).fields, catalog, role, transition);
+  }
+
+  fieldPlansOf(fields: readonly FieldDescription[], catalog: DatabaseCatalog, role: RolePolicy, transition?: readonly TransitionField[]): FieldPlan[] {
     const plans: FieldPlan[] = [];
-    rd.fields.forEach((f, index) => {
+    fields.forEach((f, index) => {
       const tf = transition?.find((t) => t.index === index);
       if (f.tableOid === 0 && !tf) return;
       const derived = tf ? undefined : catalog.derivedByOrigin(f.tableOid, f.attnum);
@@ -625,12 +897,11 @@ export class SessionPolicy {
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
       }
-      // Plaintext is rendered as UTF-8: text columns (which may hold any characters) are refused to a session
-      // whose client_encoding differs rather than sent in the wrong encoding. My Numbers, integers and dates
-      // are ASCII and need no conversion.
-      const enc = (this.session.params.get('client_encoding') ?? 'UTF8').toUpperCase();
-      if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && enc !== 'UTF8' && enc !== 'UNICODE') {
-        throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is rendered only with client_encoding UTF8 (the session uses ${enc})`);
+      // Text columns (which may hold any characters) are rendered in the session's client encoding; where
+      // mamori has no faithful converter for it they are refused rather than sent in the wrong encoding.
+      // My Numbers, integers and dates are ASCII and need no conversion.
+      if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && this.codec() === null) {
+        throw new MamoriError('object_not_in_prerequisite_state', noConverter(pf.column, this.session.params.get('client_encoding') ?? 'UTF8'));
       }
       plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
     });
@@ -647,6 +918,8 @@ export class SessionPolicy {
       keys: this.engine.keys,
       encryptAll: (items) => this.engine.keys.encryptAll(items),
       byteaOutput: this.byteaOutput,
+      // COPY … (ENCODING 'x') converts the data from/to x instead of the client_encoding.
+      codecFor: (e) => (e === undefined ? this.codec() : clientCodec(e, this.session.params.get('server_encoding'))),
       handle,
       subjects: handle ? this.subjectCollector() : null,
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
@@ -665,6 +938,7 @@ export class SessionPolicy {
   rewriter(plans: FieldPlan[], formats: readonly number[], subjects: SubjectCollector | null = null): RowRewriter {
     const r = new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
+      codec: () => this.codec(),
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
     });
@@ -689,14 +963,18 @@ export class SessionPolicy {
 
   private parse(frame: Frame): Decision | Promise<Decision> {
     const p = decodeParse(frame.body);
-    const sql = Buffer.from(p.sql, 'utf8');
-    const may = this.mayTouch(sql);
+    // The query text as bytes (decodeParse's string would mangle any other client encoding).
+    const nameEnd = frame.body.indexOf(0);
+    const sqlEnd = frame.body.indexOf(0, nameEnd + 1);
+    const readable = this.readable(frame.body.subarray(nameEnd + 1, sqlEnd));
+    const may = this.mayTouchReadable(readable);
+    this.statementShapes.delete(p.name);
     if (may === false && !this.roleChangedAtStartup) {
       // The outcome must settle the pending entry: a Bind after a Sync (libpq's PQprepare, then
       // PQexecPrepared) waits for it in statementPlan(); dropping onOutcome made it wait forever.
       return this.trackParse(p.name, null);
     }
-    return this.parseSlow(frame, p.name, sql, p.paramTypes);
+    return this.parseSlow(frame.body.subarray(0, nameEnd), p.name, readable, p.paramTypes);
   }
 
   private trackParse(name: string, plan: StatementPlanInfo | null): Decision {
@@ -711,9 +989,9 @@ export class SessionPolicy {
     return { action: 'forward', plan: plan ?? undefined, onOutcome };
   }
 
-  private async parseSlow(frame: Frame, name: string, sql: Buffer, paramTypes: number[]): Promise<Decision> {
-    void frame;
-    const r = await this.analyse(sql);
+  private async parseSlow(nameBytes: Buffer, name: string, readable: Readable, paramTypes: number[]): Promise<Decision> {
+    const sql = readable.text;
+    const r = await this.analyse(sql, readable.encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
     const { analysis, catalog, role, path } = r;
     this.applySettings(analysis);
@@ -752,14 +1030,18 @@ export class SessionPolicy {
     if (tplan) {
       const rewritten = this.transitionSpliced(sql, tplan, lits, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      newSql = rewritten;
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      newSql = back;
       edits.length = 0;
     }
     edits.push(...lits.edits);
     if (!tplan && edits.length > 0) {
       const rewritten = this.spliced(sql, edits);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
-      newSql = rewritten;
+      const back = this.backToClient(rewritten, readable.codec);
+      if (!Buffer.isBuffer(back)) return back;
+      newSql = back;
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')))
@@ -775,7 +1057,7 @@ export class SessionPolicy {
       ...(tplan && tplan.extraParams.length > 0 ? { transitionParams: { extraParams: tplan.extraParams, clientParams: tplan.clientParams } } : {}),
     };
     const decision = this.trackParse(name, plan);
-    let body = encodeParseBody(name, newSql, tplan ? transitionParamTypes(paramTypes, tplan) : paramTypes);
+    let body = encodeParseBody(nameBytes, newSql, tplan ? transitionParamTypes(paramTypes, tplan) : paramTypes);
     const rewritten = params.length > 0 ? rewriteParseTypes(body, params) : encodeParseFromBody(body);
     body = rewritten;
     // A PREPARE run by this statement's Execute: its plan is kept once the server says PREPARE.
@@ -803,8 +1085,9 @@ export class SessionPolicy {
     const portal = frame.body.toString('utf8', 0, portalEnd);
     const stmt = frame.body.toString('utf8', portalEnd + 1, stmtEnd);
     this.portalShapes.delete(portal);
+    this.describingPortals.delete(portal);
     if (!this.pendingParse.has(stmt) && !this.session.pipeline.statements.get(stmt)?.plan) {
-      this.portals.set(portal, NO_PLAN_PORTAL);
+      this.portals.set(portal, { plan: null, formats: bindResultFormats(frame.body, stmtEnd + 1), stmt });
       return FORWARD;
     }
     return this.bindSlow(frame, portal, stmt);
@@ -813,7 +1096,7 @@ export class SessionPolicy {
   private async bindSlow(frame: Frame, portal: string, stmt: string): Promise<Decision> {
     const plan = await this.statementPlan(stmt);
     const bind = decodeBind(frame.body);
-    this.portals.set(portal, { plan, formats: bind.resultFormats });
+    this.portals.set(portal, { plan, formats: bind.resultFormats, stmt });
     if (!plan) return FORWARD;
     for (const x of plan.executes ?? []) {
       if ((await this.statementPlan(x.name)) !== x.plan) {
@@ -831,7 +1114,7 @@ export class SessionPolicy {
       encryptBindParams(frame.body, plan.params, (col, canonical) => {
         collected.push({ domain: '', canonical, col });
         return placeholder;
-      }, plan.declaredTypes);
+      }, plan.declaredTypes, this.codec());
     } catch (err) {
       if (err instanceof ParamError) return refusal(err.sqlstate, err.message);
       throw err;
@@ -851,7 +1134,7 @@ export class SessionPolicy {
     const bound = this.portals.get(portal);
     if (bound) bound.subjects = hashValues(this.engine.subjects, collected);
     let i = 0;
-    let raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes);
+    let raw = encryptBindParams(frame.body, plan.params, () => cells[i++]!, plan.declaredTypes, this.codec());
     if (plan.transitionParams) {
       try {
         raw = appendTransitionParams(frame.body, raw, plan.transitionParams);
@@ -866,17 +1149,47 @@ export class SessionPolicy {
   private describe(frame: Frame): Decision | Promise<Decision> {
     const d = decodeDescribe(frame.body);
     if (d.target === 'S') {
-      if (!this.pendingParse.has(d.name) && !this.session.pipeline.statements.get(d.name)?.plan) return FORWARD;
+      if (!this.pendingParse.has(d.name) && !this.session.pipeline.statements.get(d.name)?.plan) return this.captureShape('S', d.name);
       return this.describeStatement(d.name);
     }
     const bound = this.portals.get(d.name);
-    if (bound && !bound.plan) return FORWARD;
+    if (bound && !bound.plan) return this.captureShape('P', d.name);
     return this.describePortal(d.name, bound?.formats ?? []);
+  }
+
+  /**
+   * The client's Describe of a statement or portal on the fast path: its result shape is kept (copied) so
+   * that an Execute of it knows which fields can carry cells without asking the server itself.
+   */
+  private captureShape(target: 'S' | 'P', name: string): Decision {
+    const searchPath = this.pathKey;
+    if (target === 'P') {
+      // A statement's rows have its shape whatever portal runs it: known already, nothing to capture.
+      const stmt = this.portals.get(name)?.stmt;
+      if (stmt !== undefined && this.statementShapes.get(stmt)?.searchPath === searchPath) return FORWARD;
+    }
+    const inFlight = target === 'S' ? this.describingStatements : this.describingPortals;
+    inFlight.add(name);
+    const keep = (rd: Buffer | null): void => {
+      inFlight.delete(name);
+      const stmt = target === 'S' ? name : this.portals.get(name)?.stmt;
+      if (stmt !== undefined) this.statementShapes.set(stmt, { rowDescription: rd, searchPath });
+      if (target === 'P') this.portalShapes.set(name, rd);
+    };
+    const transform: ResultTransform = {
+      message: (f) => {
+        // Kept (copied) only when some field can carry a cell: null means its rows need no look.
+        if (f.type === BE.RowDescription) keep(mayCarryCells(f.body) ? Buffer.from(f.body) : null);
+        else if (f.type === BE.NoData) keep(null);
+        return null;
+      },
+    };
+    return { action: 'forward', transform };
   }
 
   private async describeStatement(name: string): Promise<Decision> {
     const plan = await this.statementPlan(name);
-    if (!plan) return FORWARD;
+    if (!plan) return this.captureShape('S', name);
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
     const role = this.rolePolicy(identity, entry.enforced);
@@ -916,12 +1229,75 @@ export class SessionPolicy {
   private execute(frame: Frame): Decision | Promise<Decision> {
     const x = decodeExecute(frame.body);
     const bound = this.portals.get(x.portal);
-    if (bound && !bound.plan) return FORWARD;
+    if (bound && !bound.plan) return this.watchedExecute(x.portal, bound);
     // A portal mamori did not bind (a SQL cursor, say) is looked at too: its rows may be protected.
     return this.executeSlow(x.portal, bound ?? null);
   }
 
-  private async executeSlow(portalName: string, bound: { plan: StatementPlanInfo | null; formats: readonly number[]; subjects?: Subjects } | null): Promise<Decision> {
+  /**
+   * Execute of a portal on the fast path: forwarded as is; when its result has fields that can carry a cell,
+   * their values are inspected (DESIGN.md §5). The shape comes from the client's Describe of the portal or
+   * statement, else mamori describes the portal itself once and keeps the shape with the statement.
+   */
+  private watchedExecute(portal: string, bound: BoundPortal): Decision | Promise<Decision> {
+    const ctx = this.originContextSync();
+    return ctx ? this.watchedExecuteWith(portal, bound, ctx) : this.originContext().then((c) => this.watchedExecuteWith(portal, bound, c));
+  }
+
+  private watchedExecuteWith(portal: string, bound: BoundPortal, ctx: OriginContext): Decision | Promise<Decision> {
+    if (ctx.catalog.protectedColumns.length === 0) return FORWARD;
+    const searchPath = this.pathKey;
+    const known = (): Buffer | null | undefined => {
+      const p = this.portalShapes.get(portal);
+      if (p !== undefined || bound.stmt === undefined) return p;
+      const st = this.statementShapes.get(bound.stmt);
+      return st && st.searchPath === searchPath ? st.rowDescription : undefined;
+    };
+    const shape = known();
+    if (shape !== undefined) return this.watchedRows(shape, bound.formats, ctx) ?? FORWARD;
+    if (this.describingPortals.has(portal) || (bound.stmt !== undefined && this.describingStatements.has(bound.stmt))) {
+      // The client's own Describe is answered before this Execute's rows: read the shape then.
+      return { action: 'forward', transform: new LazyResults(() => {
+        const s = known();
+        return s === undefined ? null : this.watchedRows(s, bound.formats, ctx)?.transform ?? null;
+      }) };
+    }
+    return this.describeThenWatch(portal, bound, ctx, searchPath);
+  }
+
+  /** No Describe from the client (nor a kept shape): mamori describes the portal once, kept with the statement. */
+  private async describeThenWatch(portal: string, bound: BoundPortal, ctx: OriginContext, searchPath: string): Promise<Decision> {
+    const shape = await this.describeShape(portal);
+    if (shape === undefined) return FORWARD; // skipped or failed: the server skips this Execute too
+    if (bound.stmt !== undefined) this.statementShapes.set(bound.stmt, { rowDescription: shape, searchPath });
+    return this.watchedRows(shape, bound.formats, ctx) ?? FORWARD;
+  }
+
+  /** The transform of a fast-path Execute (only fields of unknown origin are looked at, by their cell header), or null. */
+  private watchedRows(shape: Buffer | null, bindFormats: readonly number[], ctx: OriginContext): { action: 'forward'; transform: ExecuteResults } | null {
+    if (shape === null) return null;
+    const fields = decodeRowDescription(shape).fields;
+    const formats = expandFormats(bindFormats, fields.length);
+    const reads = this.originReadsAudit();
+    const origin = this.originInspector(fields, [], formats, ctx.catalog, ctx.role, null, reads);
+    return origin ? { action: 'forward', transform: new ExecuteResults(this, null, null, null, origin, reads) } : null;
+  }
+
+  /** Describe(portal) injected before the client's Execute: its RowDescription, null (NoData), undefined (skipped or failed). */
+  private describeShape(portal: string): Promise<Buffer | null | undefined> {
+    return new Promise((resolve) => {
+      this.session.inject([encodeDescribe({ target: 'P', name: portal })], ['describe'], {
+        response: (f) => {
+          if (f.type === BE.RowDescription) resolve(Buffer.from(f.body));
+          else if (f.type === BE.NoData) resolve(null);
+          else if (f.type === BE.ErrorResponse) resolve(undefined);
+        },
+        skipped: () => resolve(undefined),
+      });
+    });
+  }
+
+  private async executeSlow(portalName: string, bound: BoundPortal | null): Promise<Decision> {
     await this.engine.refreshKeys(); // versions added by another process (mamori keys rotate) since the Parse
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
@@ -937,19 +1313,19 @@ export class SessionPolicy {
     // else mamori asks the server first (and caches it with the statement).
     let shape = this.portalShapes.get(portalName) ?? null;
     // (PostgreSQL re-analyses a prepared statement when search_path changes, so that is part of the key.)
-    const pathKey = (this.searchPath ?? []).join(',');
+    const pathKey = this.pathKey;
     if (!shape && plan?.shape && plan.shape.catalogLoadedAt === entry.catalog.loadedAt && plan.shape.searchPath === pathKey) {
       shape = plan.shape.rowDescription;
     } else if (!shape) {
       shape = await this.describeFirst(portalName);
       if (plan) plan.shape = { rowDescription: shape, catalogLoadedAt: entry.catalog.loadedAt, searchPath: pathKey };
     }
-    const nfields = shape ? decodeRowDescription(shape).fields.length : 0;
-    const formats = expandFormats(bound?.formats ?? [], nfields);
+    const fields = shape ? decodeRowDescription(shape).fields : [];
+    const formats = expandFormats(bound?.formats ?? [], fields.length);
     let rewriterPlans: FieldPlan[] = [];
     if (shape) {
       try {
-        rewriterPlans = this.fieldPlans(shape, entry.enforced, role, plan?.transition);
+        rewriterPlans = this.fieldPlansOf(fields, entry.enforced, role, plan?.transition);
       } catch (err) {
         if (err instanceof MamoriError) return { action: 'refuse', error: err };
         throw err;
@@ -961,10 +1337,13 @@ export class SessionPolicy {
       if (h instanceof MamoriError) return { action: 'refuse', error: h };
       handle = h;
     }
-    if (rewriterPlans.length === 0 && !handle) return FORWARD;
     const collector = handle ? this.subjectCollector() : null;
+    const reads = this.originReadsAudit();
+    const origin = entry.enforced.protectedColumns.length > 0
+      ? this.originInspector(fields, rewriterPlans, formats, entry.enforced, role, collector, reads) : null;
+    if (rewriterPlans.length === 0 && !handle && !origin) return FORWARD;
     const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, formats, collector) : null;
-    const transform = new ExecuteResults(rewriter, handle, collector);
+    const transform = new ExecuteResults(this, rewriter, handle, collector, origin, reads);
     transform.decision = decisionLabel(plan?.columns ?? rewriterPlans.map((p) => ({ column: qualified(p.column), decision: p.action })));
     return { action: 'forward', transform };
   }
@@ -997,6 +1376,14 @@ export class SessionPolicy {
 /** Rows of a simple Query: each RowDescription starts a result set whose protected fields are rewritten. */
 class QueryResults implements ResultTransform {
   private rewriter: RowRewriter | null = null;
+  private origin: OriginInspector | null = null;
+  private reads: OriginReads | null = null;
+  /** No field of the current result set needs a look (read by the session's framer: rows may stream). */
+  passRows = true;
+  /** mamori ended the result with its own error: the rest of the Query's answers are dropped by the session. */
+  private ended = false;
+  /** A COPY TO in progress that is not a protected table's (a protected one takes copyTransform): binary or text. */
+  private copyOut: { binary: boolean } | null = null;
   private rows = 0;
   /** Rows as the command tags count them (DELETE 3 …), summed over the Query's statements; null if none said. */
   private tagged: number | null = null;
@@ -1019,28 +1406,65 @@ class QueryResults implements ResultTransform {
   private failed = false;
 
   message(f: Frame): Buffer | null {
+    if (this.ended && f.type !== BE.ReadyForQuery) return null;
     switch (f.type) {
       case BE.RowDescription: {
-        const plans = this.policy.fieldPlans(f.body, this.catalog, this.role, this.transition);
-        if (plans.length === 0) {
+        this.reads?.done(this.rows, null);
+        this.reads = null;
+        // Nothing protected by origin or in transition and no field that can carry a cell: rows pass (and may stream).
+        if (!this.transition?.length && !this.policy.needsLook(f.body, this.catalog)) {
           this.rewriter = null;
+          this.origin = null;
+          this.passRows = true;
           return null;
         }
+        const fields = decodeRowDescription(f.body).fields;
+        let plans: FieldPlan[];
+        try {
+          plans = this.policy.fieldPlansOf(fields, this.catalog, this.role, this.transition);
+        } catch (err) {
+          if (err instanceof MamoriError) return this.end(err);
+          throw err;
+        }
         // A simple Query's RowDescription carries the real formats (binary for a BINARY cursor's FETCH).
-        const formats = decodeRowDescription(f.body).fields.map((x) => x.format);
-        this.rewriter = this.policy.rewriter(plans, formats, this.subjects);
-        return rewriteRowDescription(f.body, plans);
+        const formats = fields.map((x) => x.format);
+        this.rewriter = plans.length > 0 ? this.policy.rewriter(plans, formats, this.subjects) : null;
+        this.reads = this.policy.originReadsAudit();
+        this.origin = this.policy.originInspector(fields, plans, formats, this.catalog, this.role, this.subjects, this.reads);
+        this.passRows = this.rewriter === null && this.origin === null;
+        return plans.length > 0 ? rewriteRowDescription(f.body, plans) : null;
       }
       case BE.DataRow:
         this.rows++;
-        return this.rewriter ? this.rewriter.rewrite(f.body) : null;
+        if (this.passRows) return null;
+        try {
+          return rowOut(f.body, this.rewriter, this.origin);
+        } catch (err) {
+          if (err instanceof OriginRefusal) return this.end(err.error);
+          throw err;
+        }
+      case BE.CopyOutResponse:
+        this.copyOut = { binary: decodeCopyResponse(f.body, 'CopyOutResponse').format === 1 };
+        this.passRows = false;
+        return null;
+      case BE.CopyData: {
+        if (!this.copyOut) return null;
+        const d = copyCellDomain(f.body, this.copyOut.binary);
+        const refused = d >= 0 ? this.policy.copyOriginRefusal(d, this.catalog, this.role) : null;
+        return refused ? this.end(refused) : null;
+      }
       case BE.CommandComplete: {
+        this.copyOut = null;
         this.rewriter = null;
+        this.origin = null;
+        this.passRows = true;
+        if (!this.handle) return null;
         const n = rowsOf(f.body);
         if (n !== null) this.tagged = (this.tagged ?? 0) + n;
         return null;
       }
       case BE.ReadyForQuery:
+        this.reads?.done(this.rows, this.ended ? '42501' : null);
         // once per Query: an ErrorResponse already completed it (the ReadyForQuery after it must not again)
         if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
@@ -1052,6 +1476,15 @@ class QueryResults implements ResultTransform {
         return null;
     }
   }
+
+  /** Ends the Query with mamori's error in place of the message being routed (see SessionPolicy.endResult). */
+  private end(err: MamoriError): Buffer {
+    this.ended = true;
+    this.passRows = true;
+    if (!this.failed) void this.handle?.complete({ rows: this.rows, sqlstate: err.sqlstate, ...this.subjects?.take() }).catch(() => undefined);
+    this.failed = true;
+    return this.policy.endResult(err);
+  }
 }
 
 /** Rows of one Execute. */
@@ -1059,33 +1492,137 @@ class ExecuteResults implements ResultTransform {
   private rows = 0;
   /** The metrics decision label (proxy/observe.ts reads it). */
   decision = 'none';
+  /** No field needs a look (read by the session's framer: rows may stream). */
+  passRows: boolean;
+  private ended = false;
   constructor(
+    private readonly policy: SessionPolicy,
     private readonly rewriter: RowRewriter | null,
     private readonly handle: StatementHandle | null,
     private readonly subjects: SubjectCollector | null = null,
+    private readonly origin: OriginInspector | null = null,
+    private readonly reads: OriginReads | null = null,
   ) {
     this.recorded = handle !== null;
+    this.passRows = rewriter === null && origin === null;
   }
 
   /** True when this statement has its own intent/completion records (`statements: all` skips it). */
   readonly recorded: boolean;
 
   message(f: Frame): Buffer | null {
+    if (this.ended) return null;
     switch (f.type) {
       case BE.DataRow:
         this.rows++;
-        return this.rewriter ? this.rewriter.rewrite(f.body) : null;
+        if (this.passRows) return null;
+        try {
+          return rowOut(f.body, this.rewriter, this.origin);
+        } catch (err) {
+          if (!(err instanceof OriginRefusal)) throw err;
+          this.ended = true;
+          void this.handle?.complete({ rows: this.rows, sqlstate: err.error.sqlstate, ...this.subjects?.take() }).catch(() => undefined);
+          this.reads?.done(this.rows, err.error.sqlstate);
+          return this.policy.endResult(err.error);
+        }
       case BE.CommandComplete:
         void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
+        this.reads?.done(this.rows, null);
         return null;
       case BE.PortalSuspended:
+        this.reads?.done(this.rows, null);
         return null;
       case BE.ErrorResponse:
         void this.handle?.complete({ rows: this.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        this.reads?.done(this.rows, sqlstateOf(f.body));
         return null;
       default:
         return null;
     }
+  }
+}
+
+/** The result formats of a Bind body, read past its parameters without copying them (`at`: after the statement name). */
+function bindResultFormats(body: Buffer, at: number): number[] {
+  let pos = at;
+  const nParamFormats = body.readUInt16BE(pos);
+  pos += 2 + 2 * nParamFormats;
+  const nParams = body.readUInt16BE(pos);
+  pos += 2;
+  for (let i = 0; i < nParams; i++) {
+    const len = body.readInt32BE(pos);
+    pos += 4 + (len > 0 ? len : 0);
+  }
+  const n = body.readUInt16BE(pos);
+  pos += 2;
+  if (pos + 2 * n > body.length) throw new RangeError('Bind: message is truncated');
+  const out = new Array<number>(n);
+  for (let i = 0; i < n; i++) out[i] = body.readUInt16BE(pos + 2 * i);
+  return out;
+}
+
+/**
+ * The results of an Execute whose shape is known only once the client's own Describe is answered (which the
+ * server does before the Execute's rows): the real transform is made at the first message routed to it.
+ */
+class LazyResults implements ResultTransform {
+  private inner: ResultTransform | null | undefined;
+  constructor(private readonly make: () => ResultTransform | null) {}
+
+  private get resolved(): ResultTransform | null {
+    if (this.inner === undefined) this.inner = this.make();
+    return this.inner;
+  }
+
+  get passRows(): boolean {
+    const t = this.resolved;
+    return t === null || t.passRows === true;
+  }
+
+  message(f: Frame): Buffer | null {
+    return this.resolved?.message(f) ?? null;
+  }
+}
+
+/** One DataRow through the protected-field rewriter and the unknown-origin inspector; null: unchanged. */
+function rowOut(body: Buffer, rewriter: RowRewriter | null, origin: OriginInspector | null): Buffer | null {
+  const out = rewriter ? rewriter.rewrite(body) : null;
+  if (!origin) return out;
+  return origin.inspect(out ? out.subarray(5) : body) ?? out;
+}
+
+/**
+ * The audit of cells of unknown origin released by one result set: an intent record per column, written when
+ * the first cell of that column is found; the session holds its output to the client (the row carrying the
+ * cell and everything after it) until the record has reached the OS — or ends, fail closed, when it cannot.
+ * Completed with the row count when the result set ends.
+ */
+export class OriginReads {
+  private columns = new Set<string>();
+  private handles: Array<Promise<StatementHandle | null>> = [];
+
+  constructor(
+    private readonly intent: ((columns: ColumnDecision[]) => Promise<StatementHandle>) | null,
+    /** Holds the client's output until the gate settles (false: the intent is lost and failMode is closed). */
+    private readonly hold: ((gate: Promise<boolean>) => void) | null = null,
+    private readonly failOpen = false,
+  ) {}
+
+  release(column: ProtectedColumn, action: FieldAction): void {
+    if (!this.intent) return;
+    const name = qualified(column);
+    if (this.columns.has(name)) return;
+    this.columns.add(name);
+    const written = this.intent([{ column: name, decision: action } as ColumnDecision]);
+    this.handles.push(written.catch(() => null));
+    this.hold?.(written.then(() => true, () => this.failOpen));
+  }
+
+  done(rows: number, sqlstate: string | null): void {
+    const hs = this.handles;
+    this.handles = [];
+    this.columns = new Set();
+    for (const h of hs) void h.then((x) => x?.complete({ rows, sqlstate })).catch(() => undefined);
   }
 }
 
@@ -1127,6 +1664,15 @@ export function parseSearchPath(text: string): string[] {
   return out;
 }
 
+function noConverter(c: ProtectedColumn, encoding: string): string {
+  return `protected column ${qualified(c)} cannot be rendered in client_encoding ${encoding}: mamori has no converter for it (docs/results.md lists the encodings it converts)`;
+}
+
+function isAscii(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i]! >= 0x80) return false;
+  return true;
+}
+
 /** The Parse's declared types with mamori's added parameters: each declared as the client declared its source. */
 function transitionParamTypes(declared: readonly number[], plan: TransitionPlan): number[] {
   if (plan.extraParams.length === 0) return [...declared];
@@ -1145,10 +1691,10 @@ function encodeQueryRaw(sql: Buffer): Buffer {
 }
 
 /** A Parse body (no header) for name + SQL bytes + declared types. */
-function encodeParseBody(name: string, sql: Buffer, types: readonly number[]): Buffer {
-  const nameBuf = Buffer.from(name + '\0', 'utf8');
-  const body = Buffer.allocUnsafe(nameBuf.length + sql.length + 1 + 2 + 4 * types.length);
-  let o = nameBuf.copy(body, 0);
+function encodeParseBody(name: Buffer, sql: Buffer, types: readonly number[]): Buffer {
+  const body = Buffer.allocUnsafe(name.length + 1 + sql.length + 1 + 2 + 4 * types.length);
+  let o = name.copy(body, 0);
+  body[o++] = 0;
   o += sql.copy(body, o);
   body[o++] = 0;
   body.writeUInt16BE(types.length, o);

@@ -9,6 +9,7 @@ import type { CopyOptions, ProtectedColumn } from '../sql/types.js';
 import type { CellKeys } from './keys.js';
 import { columnName, toLogicalType } from './logical.js';
 import { RowError, openStoredCell, renderCanonical, type FieldAction } from './rows.js';
+import { clientCodec, type ClientCodec } from './client-encoding.js';
 
 export type { CopyOptions };
 
@@ -24,6 +25,8 @@ export interface CopyFormat {
   forceQuote: readonly boolean[];
   forceNotNull: readonly boolean[];
   forceNull: readonly boolean[];
+  /** The encoding of the COPY data: its ENCODING option, else the session's client_encoding. */
+  codec: ClientCodec;
 }
 
 /** Options mamori cannot honour (or the server would reject); the message names the option. */
@@ -61,15 +64,23 @@ function flags(list: readonly string[] | '*' | undefined, names: readonly string
   return names.map((n) => list.includes(n));
 }
 
-/** Resolves the statement's options against the COPY column list; the checks follow PostgreSQL's. */
-export function copyFormat(opts: CopyOptions, columnNames: readonly string[]): CopyFormat {
+/**
+ * Resolves the statement's options against the COPY column list; the checks follow PostgreSQL's.
+ * `codecFor` gives the codec of an encoding name (undefined: the session's client_encoding), or null when
+ * mamori cannot convert it.
+ */
+export function copyFormat(opts: CopyOptions, columnNames: readonly string[],
+  codecFor: (encoding: string | undefined) => ClientCodec | null = (e) => clientCodec(e)): CopyFormat {
   if (opts.format === 'binary') throw new CopyOptionError('binary COPY is not supported on protected tables');
-  if (opts.encoding !== undefined && !/^utf-?8$|^unicode$/i.test(opts.encoding)) {
-    throw new CopyOptionError(`COPY ENCODING ${opts.encoding} is not supported on protected tables (UTF8 only)`);
-  }
+  const codec = codecFor(opts.encoding);
+  const encName = opts.encoding === undefined ? 'the session\'s client_encoding' : `ENCODING ${opts.encoding}`;
+  if (codec === null) throw new CopyOptionError(`COPY of protected columns in ${encName} is not supported: mamori has no converter for it (docs/results.md lists the encodings it converts)`);
+  // The record scanner reads bytes: an SJIS, BIG5, GBK, UHC or GB18030 trail byte can be a backslash,
+  // quote or delimiter, so mamori and the server could split a row differently.
+  if (!codec.asciiSafe) throw new CopyOptionError(`COPY of protected columns in ${encName} (${codec.name}) is not supported: its multibyte characters can contain ASCII bytes; use ENCODING 'UTF8' (or an EUC encoding)`);
   const csv = opts.format === 'csv';
   const delimiter = oneByte('delimiter', opts.delimiter ?? (csv ? ',' : '\t'));
-  const nul = Buffer.from(opts.null ?? (csv ? '' : '\\N'), 'utf8');
+  const nul = inEncoding(codec, 'null', opts.null ?? (csv ? '' : '\\N'));
   if (delimiter === 0x0a || delimiter === 0x0d) throw new CopyOptionError('COPY delimiter cannot be newline or carriage return');
   if (nul.includes(0x0a) || nul.includes(0x0d)) throw new CopyOptionError('COPY null representation cannot use newline or carriage return');
   if (!csv && (delimiter === 0x5c || 'abcdefghijklmnopqrstuvwxyz0123456789.'.includes(String.fromCharCode(delimiter)))) {
@@ -81,7 +92,7 @@ export function copyFormat(opts: CopyOptions, columnNames: readonly string[]): C
   const quote = csv ? oneByte('quote', opts.quote ?? '"') : 0x22;
   const escape = csv ? oneByte('escape', opts.escape ?? opts.quote ?? '"') : 0x5c;
   if (csv && delimiter === quote) throw new CopyOptionError('COPY delimiter and quote must be different');
-  const def = opts.default === undefined ? null : Buffer.from(opts.default, 'utf8');
+  const def = opts.default === undefined ? null : inEncoding(codec, 'default', opts.default);
   if (def !== null && def.equals(nul)) throw new CopyOptionError('NULL specification and DEFAULT specification cannot be the same');
   return {
     csv,
@@ -94,7 +105,15 @@ export function copyFormat(opts: CopyOptions, columnNames: readonly string[]): C
     forceQuote: flags(opts.forceQuote, columnNames, 'FORCE_QUOTE'),
     forceNotNull: flags(opts.forceNotNull, columnNames, 'FORCE_NOT_NULL'),
     forceNull: flags(opts.forceNull, columnNames, 'FORCE_NULL'),
+    codec,
   };
+}
+
+/** An option string as it appears in the data (the client encoding's bytes). */
+function inEncoding(codec: ClientCodec, name: string, s: string): Buffer {
+  const b = codec.encode(s);
+  if (b === null) throw new CopyOptionError(`COPY ${name} string has no equivalent in encoding "${codec.name}"`);
+  return b;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -457,8 +476,6 @@ export function encodeCsvField(v: Uint8Array, fmt: Pick<CopyFormat, 'delimiter' 
   return out;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
 // ---------------------------------------------------------------------------------------------------------
 // COPY FROM STDIN
 
@@ -562,11 +579,9 @@ export class CopyInRewriter {
         }
         // NULL (FORCE_NULL included, which the server applies to the quoted marker itself): sent as is.
         if (isNull) continue;
-        let text: string;
-        try {
-          text = utf8.decode(raw!);
-        } catch {
-          throw new CopyError(r.line, slot.name, `invalid value for protected column ${columnName(slot.column)}: value is not valid UTF-8`, '22021');
+        const text = fmt.codec.decode(raw!);
+        if (text === null) {
+          throw new CopyError(r.line, slot.name, `invalid value for protected column ${columnName(slot.column)}: invalid byte sequence for encoding "${fmt.codec.name}"`, '22021');
         }
         if (text.includes('\0')) throw new CopyError(r.line, slot.name, `invalid value for protected column ${columnName(slot.column)}: value contains a NUL byte`, '22021');
         const canon = canonicalFromText(slot.type, text);
@@ -716,6 +731,6 @@ export class CopyOutRewriter {
     const canonical = openStoredCell(s, stored, false, this.escape, this.keys, this.opts.onShredded);
     if (canonical === null) return null;
     if (s.action === 'plaintext') this.opts.onPlaintext?.(s.column, canonical);
-    return renderCanonical(s, canonical, s.action === 'mask', false, this.escape);
+    return renderCanonical(s, canonical, s.action === 'mask', false, this.escape, () => this.fmt.codec);
   }
 }

@@ -24,3 +24,4 @@ export {
   type ParamPlan,
 } from './params.js';
 export { redactServerError } from './errors.js';
+export { canonicalEncodingName, clientCodec, maskMultibyte, type ClientCodec } from './client-encoding.js';

@@ -11,6 +11,7 @@ import { FE, ProtocolError, type Field } from '../wire/types.js';
 import type { ProtectedColumn } from '../sql/types.js';
 import { ByteaSyntaxError, parseByteaInput } from './bytea.js';
 import { OID, columnName, toLogicalType } from './logical.js';
+import type { ClientCodec } from './client-encoding.js';
 
 export interface ParamPlan {
   /** 1-based $n. */
@@ -25,9 +26,9 @@ export type Encrypt = (col: ProtectedColumn, canonical: Buffer) => Buffer;
 
 /** A value for a protected column that cannot be stored or searched; names the column and the problem, never the value. */
 export class ParamError extends Error {
-  readonly sqlstate: '22P02' | '22P03';
+  readonly sqlstate: '22P02' | '22P03' | '22021';
   readonly column: string;
-  constructor(sqlstate: '22P02' | '22P03', column: string, reason: string) {
+  constructor(sqlstate: '22P02' | '22P03' | '22021', column: string, reason: string) {
     super(`invalid value for protected column ${column}: ${reason}`);
     this.name = 'ParamError';
     this.sqlstate = sqlstate;
@@ -48,15 +49,16 @@ function decodeUtf8(b: Uint8Array): string | null {
 const INT_WIDTHS: Record<number, number> = { [OID.int2]: 2, [OID.int4]: 4, [OID.int8]: 8 };
 const TEXTLIKE = new Set(['text', 'varchar', 'char', 'mynumber', 'corporate_number']);
 
-/** The column's logical type and name, resolved once per call. */
+/** The column's logical type and name, resolved once per call, and the session's client encoding. */
 interface Target {
   col: ProtectedColumn;
   type: KeyringTypeSpec;
   name: string;
+  codec: ClientCodec | null;
 }
 
-function target(col: ProtectedColumn): Target {
-  return { col, type: toLogicalType(col.type), name: columnName(col) };
+function target(col: ProtectedColumn, codec: ClientCodec | null): Target {
+  return { col, type: toLogicalType(col.type), name: columnName(col), codec };
 }
 
 function fromText(t: Target, text: string): Buffer {
@@ -70,6 +72,22 @@ function textOf(t: Target, bytes: Uint8Array, sqlstate: '22P02' | '22P03'): stri
   if (s === null) throw new ParamError(sqlstate, t.name, 'value is not valid UTF-8');
   return s;
 }
+
+/**
+ * A value as the client sent it (text format, or binary text-family, which PostgreSQL's textrecv converts
+ * too) → its text, read in the session's client encoding as the server would convert it.
+ */
+function clientText(t: Target, bytes: Uint8Array): string {
+  if (t.codec === null) {
+    // No converter: only ASCII means the same in every client encoding.
+    for (const b of bytes) if (b >= 0x80) throw new ParamError('22021', t.name, 'the value cannot be converted from the session\'s client_encoding (use UTF8 or an encoding listed in docs/results.md)');
+  }
+  const s = (t.codec ?? UTF8_ONLY).decode(bytes);
+  if (s === null) throw new ParamError('22021', t.name, `invalid byte sequence for encoding "${t.codec?.name ?? 'UTF8'}"`);
+  return s;
+}
+
+const UTF8_ONLY = { decode: decodeUtf8 };
 
 /** bytea input text (`\x…` or escape format) → bytes, as the server would read a bytea parameter. */
 function byteaInput(t: Target, bytes: Uint8Array): Buffer {
@@ -88,10 +106,12 @@ function byteaInput(t: Target, bytes: Uint8Array): Buffer {
 function canonicalOf(t: Target, v: Buffer, binary: boolean, declared: number): Buffer {
   const lt = t.type.type;
   if (declared === OID.bytea && lt !== 'bytea') {
-    const bytes = binary ? v : byteaInput(t, v);
+    // bytea input text is converted from the client encoding like any text parameter; the bytes it
+    // stands for (and binary bytea) are the value's UTF-8 text, unconverted.
+    const bytes = binary ? v : byteaInput(t, Buffer.from(clientText(t, v), 'utf8'));
     return fromText(t, textOf(t, bytes, '22P02'));
   }
-  if (!binary) return fromText(t, textOf(t, v, '22P02'));
+  if (!binary) return fromText(t, clientText(t, v));
   // Binary format: the declared type (when it is an integer) says the width on the wire.
   const width = INT_WIDTHS[declared];
   if (width !== undefined && lt !== 'bytea' && lt !== 'date') {
@@ -99,7 +119,7 @@ function canonicalOf(t: Target, v: Buffer, binary: boolean, declared: number): B
     const n = width === 2 ? v.readInt16BE(0) : width === 4 ? v.readInt32BE(0) : v.readBigInt64BE(0);
     return fromText(t, String(n)); // range-checked against the logical type (or validated as its text)
   }
-  if (TEXTLIKE.has(lt)) return fromText(t, textOf(t, v, '22P03'));
+  if (TEXTLIKE.has(lt)) return fromText(t, clientText(t, v));
   if (lt === 'int2' || lt === 'int4' || lt === 'int8' || lt === 'date') {
     const want = lt === 'int2' ? 2 : lt === 'int8' ? 8 : 4;
     if (v.length !== want) throw new ParamError('22P03', t.name, `binary ${lt} must be ${want} bytes`);
@@ -270,16 +290,23 @@ function encryptArray(t: Target, v: Buffer, binary: boolean, declared: number, e
     const { elemType, items } = parseArrayBinary(t, v);
     for (const it of items) cells.push(it === null ? null : encrypt(t.col, canonicalOf(t, it, true, elemType)));
   } else {
-    const parsed = parseArrayText(textOf(t, v, '22P02'));
+    const parsed = parseArrayText(clientText(t, v));
     if (!parsed.ok) throw malformed(t, parsed.reason);
     // Elements of a declared bytea[] are bytea input text; of anything else, the logical type's text.
     const elemDeclared = declared === OID.byteaArray ? OID.bytea : 0;
     for (const it of parsed.items) {
-      cells.push(it === null ? null : encrypt(t.col, canonicalOf(t, Buffer.from(it, 'utf8'), false, elemDeclared)));
+      cells.push(it === null ? null : encrypt(t.col, canonicalOf(utf8Target(t), Buffer.from(it, 'utf8'), false, elemDeclared)));
     }
   }
   return encodeByteaArray(cells);
 }
+
+/** The same target for text that is already UTF-8 (array elements after the array text was converted). */
+function utf8Target(t: Target): Target {
+  return t.codec?.utf8 === true ? t : { ...t, codec: UTF8_CODEC };
+}
+
+const UTF8_CODEC: ClientCodec = { name: 'UTF8', utf8: true, asciiSafe: true, decode: decodeUtf8, encode: (s) => Buffer.from(s, 'utf8') };
 
 function sameTarget(a: ParamPlan, b: ParamPlan): boolean {
   return (
@@ -296,7 +323,8 @@ function sameTarget(a: ParamPlan, b: ParamPlan): boolean {
 /**
  * Bind body → full 'B' message: every planned parameter validated, normalized, encrypted and sent in binary
  * format as the raw cell (a bytea[] for arrays); the format codes are expanded to one per parameter so the
- * others keep their format and bytes. NULL stays NULL. `declaredTypes` are the parameter types from Parse.
+ * others keep their format and bytes. NULL stays NULL. `declaredTypes` are the parameter types from Parse;
+ * `codec` is the session's client encoding (null: one mamori cannot convert, so only ASCII text is accepted).
  * Throws ParamError (22P02 / 22P03) on an invalid value, ProtocolError on a malformed message.
  */
 export function encryptBindParams(
@@ -304,6 +332,7 @@ export function encryptBindParams(
   plans: readonly ParamPlan[],
   encrypt: Encrypt,
   declaredTypes?: readonly number[],
+  codec: ClientCodec | null = UTF8_CODEC,
 ): Buffer {
   const bind = decodeBind(body);
   const n = bind.params.length;
@@ -325,7 +354,7 @@ export function encryptBindParams(
     if (formats[i] !== 0 && formats[i] !== 1) throw new ProtocolError('Bind: invalid parameter format code');
     formats[i] = 1;
     if (v === null) continue;
-    const t = target(p.column);
+    const t = target(p.column, codec);
     const declared = declaredTypes?.[i] ?? 0;
     params[i] = p.array === true ? encryptArray(t, v, binary, declared, encrypt) : encrypt(t.col, canonicalOf(t, v, binary, declared));
   }

@@ -15,6 +15,8 @@ import type { ProtectedColumn } from '../sql/types.js';
 import { ByteaSyntaxError, decodeByteaText, encodeByteaEscape, encodeByteaHex } from './bytea.js';
 import type { CellKeys } from './keys.js';
 import { OID, columnName, logicalTypeOid, toLogicalType } from './logical.js';
+import { MamoriError } from '../errors.js';
+import type { ClientCodec } from './client-encoding.js';
 
 export { logicalTypeOid } from './logical.js';
 export { decodeByteaText } from './bytea.js';
@@ -181,6 +183,11 @@ export interface RowRewriterOptions {
   byteaOutput?: 'hex' | 'escape';
   /** Called with each value released in plaintext (canonical bytes; the caller hashes them for the subject trail, never keeps them). */
   onPlaintext?(column: ProtectedColumn, canonical: Buffer): void;
+  /**
+   * The session's client encoding at the time a row is rendered (a SET earlier in the same query string
+   * changes it between result sets); null when mamori has no converter for it. Default UTF-8.
+   */
+  codec?(): ClientCodec | null;
 }
 
 /**
@@ -193,6 +200,7 @@ export class RowRewriter {
   private readonly escape: boolean;
   private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
   private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer) => void) | undefined;
+  private readonly codec: (() => ClientCodec | null) | undefined;
   private readonly maxIndex: number;
 
   constructor(
@@ -225,6 +233,7 @@ export class RowRewriter {
     this.escape = opts.byteaOutput === 'escape';
     this.onShredded = opts.onShredded?.bind(opts);
     this.onPlaintext = opts.onPlaintext?.bind(opts);
+    this.codec = opts.codec?.bind(opts);
   }
 
   /** DataRow body → full 'D' message. Throws RowError (fail closed) or ProtocolError (malformed row). */
@@ -281,7 +290,7 @@ export class RowRewriter {
       : openStoredCell(s, stored, s.binary, this.escape, this.keys, this.onShredded);
     if (canonical === null) return null;
     if (s.action !== A_MASK) this.onPlaintext?.(s.column, canonical);
-    return renderCanonical(s, canonical, s.action === A_MASK, s.binary, this.escape);
+    return renderCanonical(s, canonical, s.action === A_MASK, s.binary, this.escape, this.codec);
   }
 }
 
@@ -350,15 +359,19 @@ const TEXT_CANONICAL = new Set(['text', 'varchar', 'char', 'mynumber', 'corporat
 
 /**
  * Canonical plaintext → the value as the client asked for it: the mask (null where the type has none), or
- * the logical type's binary or text rendering (text-like types: the canonical bytes are both).
+ * the logical type's binary or text rendering (text-like types: the canonical bytes are both), text in the
+ * session's client encoding (PostgreSQL converts a text column's binary send too). `codec` gives that
+ * encoding when the value is not ASCII; without it the value stays UTF-8.
  */
-export function renderCanonical(s: CellField, canonical: Buffer, mask: boolean, binary: boolean, escape: boolean): Buffer | null {
+export function renderCanonical(s: CellField, canonical: Buffer, mask: boolean, binary: boolean, escape: boolean,
+  codec?: () => ClientCodec | null): Buffer | null {
   try {
     if (mask) {
       const m = maskCanonical(s.type, canonical);
-      return m === null ? null : Buffer.from(m, 'utf8');
+      return m === null ? null : inClientEncoding(s, Buffer.from(m, 'utf8'), codec);
     }
-    if (binary || TEXT_CANONICAL.has(s.type.type)) return binaryFromCanonical(s.type, canonical);
+    if (TEXT_CANONICAL.has(s.type.type)) return inClientEncoding(s, binaryFromCanonical(s.type, canonical), codec);
+    if (binary) return binaryFromCanonical(s.type, canonical);
     if (s.type.type === 'bytea') return escape ? encodeByteaEscape(canonical) : encodeByteaHex(canonical);
     return Buffer.from(textFromCanonical(s.type, canonical), 'latin1');
   } catch (e) {
@@ -368,3 +381,24 @@ export function renderCanonical(s: CellField, canonical: Buffer, mask: boolean, 
   }
 }
 
+
+function isAscii(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i]! >= 0x80) return false;
+  return true;
+}
+
+/**
+ * UTF-8 text of a protected field → the client encoding's bytes. A character the encoding cannot represent
+ * is PostgreSQL's 22P05, but the error names the column instead of printing the character's bytes.
+ */
+function inClientEncoding(s: CellField, utf8: Buffer, codec: (() => ClientCodec | null) | undefined): Buffer {
+  if (codec === undefined || isAscii(utf8)) return utf8;
+  const c = codec();
+  if (c === null) {
+    throw new MamoriError('object_not_in_prerequisite_state', `protected column ${s.name} holds text that mamori cannot convert to the session's client_encoding (use UTF8 or an encoding listed in docs/results.md)`);
+  }
+  if (c.utf8) return utf8;
+  const out = c.encode(utf8.toString('utf8'));
+  if (out === null) throw new MamoriError('untranslatable_character', `a character in protected column ${s.name} has no equivalent in encoding "${c.name}"`);
+  return out;
+}

@@ -73,6 +73,11 @@ export interface Expectation {
  */
 export interface ResultTransform {
   message(frame: Frame): Buffer | null;
+  /**
+   * True while the current result set's DataRows need no inspection (no protected field, no field that can
+   * carry a cell): large rows may then stream through unbuffered. Absent means every row is inspected.
+   */
+  readonly passRows?: boolean;
 }
 
 export type Route =

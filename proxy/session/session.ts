@@ -347,7 +347,7 @@ export class Session {
         streamable: (t) => {
           if (t !== BE.DataRow && t !== BE.CopyData) return false;
           const e = this.pipeline.peek();
-          return !e?.owner && !e?.transform;
+          return !e?.owner && (!e?.transform || e.transform.passRows === true);
         },
       },
     );
@@ -368,7 +368,9 @@ export class Session {
     upstream.on('data', (chunk: Buffer) => this.feed(this.serverFramer!, chunk, 'server'));
     client.on('data', (chunk: Buffer) => this.feed(this.clientFramer!, chunk, 'client'));
     // Backpressure: a slow reader pauses the socket that feeds it.
-    client.on('drain', () => upstream.resume());
+    client.on('drain', () => {
+      if (!this.outputHold) upstream.resume();
+    });
     upstream.on('drain', () => {
       if (!this.deciding) client.resume();
     });
@@ -437,8 +439,14 @@ export class Session {
     }
     switch (route.to) {
       case 'client': {
+        // After mamori ended a result with its own error, the server's further answers up to ReadyForQuery
+        // are not the client's to see (their transforms still run, for the audit).
+        const dropping = this.discarding && f.type !== BE.ReadyForQuery && !ASYNC_MESSAGES.has(f.type)
+          && !(f.type === BE.ErrorResponse && isFatal(f.body));
         const transform = this.pipeline.last?.transform;
         let out = transform ? transform.message(f) ?? f.raw : f.raw;
+        if (dropping) break;
+        if (f.type === BE.ReadyForQuery && this.discarding) out = this.endDiscard(out);
         if ((f.type === BE.ErrorResponse || f.type === BE.NoticeResponse) && this.env.hooks.serverNotice) {
           out = this.env.hooks.serverNotice(this, { type: f.type, body: out.subarray(5), raw: out }) ?? out;
         }
@@ -455,7 +463,7 @@ export class Session {
         break;
       }
       case 'replace':
-        this.toClient(route.raw);
+        if (!this.discarding) this.toClient(route.raw);
         break;
       case 'owner':
         route.owner.response(f);
@@ -464,6 +472,59 @@ export class Session {
         break;
     }
     if (f.type === BE.ReadyForQuery) this.armIdleTimer();
+  }
+
+  /** Set by endResultWithError until the next ReadyForQuery reaches the client. */
+  private discarding = false;
+
+  /**
+   * A result transform ends the current result with mamori's own error (the ErrorResponse it returns
+   * for the message being routed): from here to ReadyForQuery the server's answers are dropped, as the
+   * client expects after an error. The server did not fail, so a failing message of mamori's own puts its
+   * transaction block in the failed state too (inside the client's extended batch it also makes the server
+   * skip the client's messages up to its Sync, as a real error would).
+   */
+  endResultWithError(): void {
+    if (this.discarding) return;
+    this.discarding = true;
+    this.inject([encodeParse({ name: `${RESERVED_PREFIX}refused`, sql: REFUSAL_SQL, paramTypes: [] })], ['parse'], { response: () => undefined, skipped: () => undefined });
+  }
+
+  /** The ReadyForQuery that ends a discarded result: a block the client saw fail is reported failed. */
+  private endDiscard(rfq: Buffer): Buffer {
+    this.discarding = false;
+    if (rfq[5] !== 0x54) return rfq; // 'T'
+    const out = Buffer.from(rfq);
+    out[5] = 0x45; // 'E'
+    return out;
+  }
+
+  /** Set while output for the client waits on a gate (see holdOutput). */
+  private outputHold: Promise<void> | null = null;
+
+  /**
+   * Output for the client waits until `gate` settles: a result transform that finds protected data mid-result
+   * (a cell of unknown origin) must have its audit intent reach the OS before the row carrying it is released.
+   * The upstream is paused meanwhile; frames already received queue behind the held ones, in order. A gate
+   * that resolves false (the intent could not be written, failMode closed) ends the session with `refusal`
+   * and nothing held is released.
+   */
+  holdOutput(gate: Promise<boolean>, refusal: MamoriError): void {
+    const before = this.outputHold ?? Promise.resolve();
+    const hold: Promise<void> = before.then(() => gate).catch(() => false).then((ok) => {
+      if (this.outputHold !== hold) return; // a later hold chained behind this one releases everything
+      this.outputHold = null;
+      if (this.closed) return;
+      if (!ok) {
+        this.out = [];
+        this.fatal(errorResponse(new MamoriError(refusal.code, refusal.message, { severity: 'FATAL' })), 'audit unavailable');
+        return;
+      }
+      this.flushOut();
+      if (this.client.writableNeedDrain !== true) this.upstream?.resume();
+    });
+    this.outputHold = hold;
+    this.upstream?.pause();
   }
 
   /** Queues bytes for the client; adjacent subarrays of one chunk are merged into one write. */
@@ -477,7 +538,7 @@ export class Session {
   }
 
   private flushOut(): void {
-    if (this.out.length === 0) {
+    if (this.out.length === 0 || this.outputHold) {
       if (this.sentUpstream > 0 || this.sentClient > 0) this.reportSent();
       return;
     }
@@ -708,6 +769,8 @@ export class Session {
 }
 
 const SYNC = encodeSync();
+/** Backend messages that may arrive at any time; never part of a statement's answer. */
+const ASYNC_MESSAGES = new Set<number>([BE.NoticeResponse, BE.NotificationResponse, BE.ParameterStatus]);
 const FLUSH = encodeFlush();
 
 /** Text the server rejects at parse time, used as the substitute for a refused message. */

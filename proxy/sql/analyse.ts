@@ -1354,9 +1354,8 @@ function copyAnalysis(st: StatementState, a: Analyser, v: AstNode): Partial<Stat
   }
   if (opts.format === 'binary') throw notSupported(first, 'binary COPY');
   if (onError !== null && onError !== 'stop') throw notSupported(first, `COPY ON_ERROR ${onError}`);
-  if (opts.encoding !== undefined && !/^(utf-?8|unicode)$/i.test(opts.encoding)) {
-    throw new Refusal('0A000', `COPY ENCODING '${opts.encoding}' is not supported on protected tables (UTF8 only)`);
-  }
+  // ENCODING is honoured or refused when the COPY runs (proxy/results/copy.ts copyFormat): it depends on
+  // which encodings mamori can convert, not on the statement.
   if (from && v.whereClause) throw notSupported(first, 'COPY FROM … WHERE');
   for (const c of columns) {
     if (!c) continue;
@@ -1392,6 +1391,10 @@ function normEncoding(e: string | undefined): string {
   return (e ?? 'UTF8').toUpperCase().replace(/[-_]/g, '');
 }
 
+function unreadable(encoding: string | undefined): string {
+  return `statements that may reach protected columns must be readable by mamori: the text is not valid in client_encoding ${encoding ?? 'UTF8'}, or mamori has no converter for it (docs/results.md lists the encodings it converts; UTF8 always works)`;
+}
+
 export function analyse(sql: Buffer, ctx: AnalysisContext): Analysis {
   try {
     return analyseInner(sql, ctx);
@@ -1405,11 +1408,14 @@ function analyseInner(sql: Buffer, ctx: AnalysisContext): Analysis {
   const ix = catalogIndex(ctx.catalog);
   const enc = normEncoding(ctx.clientEncoding);
   const utf8 = enc === 'UTF8' || enc === 'UNICODE';
-  // The parser lexes UTF-8 with standard_conforming_strings on. When the session differs and the bytes could be
-  // read differently by the server (high bytes in another encoding; backslashes with scs off), refuse as soon as
-  // a protected name may be involved, since neither the parse nor the names it finds can be trusted.
+  // The parser lexes UTF-8 with standard_conforming_strings on. `clientEncoding` is the encoding of these
+  // bytes: the session converts what it can to UTF-8 first (proxy/results/client-encoding.ts), as the server
+  // does before it parses. Bytes still in another encoding could be read differently by the server (an SJIS
+  // trail byte can be a backslash), so neither the parse nor the names it finds could be trusted: refused.
+  // ASCII reads the same in every client encoding. Backslashes with scs off: refused as soon as a protected
+  // name may be involved.
   if (!utf8 && sql.some((x) => x >= 0x80))
-    throw new Refusal('0A000', `statements that may reach protected columns need client_encoding UTF8 (the session uses ${ctx.clientEncoding})`);
+    throw new Refusal('0A000', unreadable(ctx.clientEncoding));
   if (ctx.standardConformingStrings === false && sql.includes(0x5c) && (mentionsName(sql, ix.names, { standardConformingStrings: false }) || mentionsName(sql, ix.names)))
     throw new Refusal('0A000', 'protected columns cannot be used while standard_conforming_strings is off');
   let text: string;
@@ -1417,7 +1423,7 @@ function analyseInner(sql: Buffer, ctx: AnalysisContext): Analysis {
     text = decodeSql(sql);
   } catch (e) {
     if (!(e instanceof SqlDecodeError)) throw e;
-    if (!utf8) throw new Refusal('0A000', `statements that may reach protected columns need client_encoding UTF8 (the session uses ${ctx.clientEncoding})`);
+    if (!utf8) throw new Refusal('0A000', unreadable(ctx.clientEncoding));
     throw new Refusal('22021', `invalid query text: ${e.message}`);
   }
   let stmts: AstNode[];
@@ -1485,6 +1491,5 @@ function analyseInner(sql: Buffer, ctx: AnalysisContext): Analysis {
   if (roleChange) throw new Refusal('42501', 'role changes are not allowed in a query string that reaches protected columns');
   if (ctx.standardConformingStrings === false)
     throw new Refusal('0A000', 'protected columns cannot be used while standard_conforming_strings is off');
-  if (!utf8) throw new Refusal('0A000', `protected columns cannot be used while client_encoding is ${ctx.clientEncoding} (UTF8 is required)`);
   return { kind: 'protected', statements: plans, settings, roleChange };
 }

@@ -17,6 +17,8 @@ import {
   type CopyValue,
 } from '../../../proxy/results/copy.js';
 import { RowError, StaticCellKeys, type FieldAction } from '../../../proxy/results/index.js';
+import { MamoriError } from '../../../proxy/errors.js';
+import iconv from 'iconv-lite';
 import { canonical, column, newKey, seal } from './fixtures.js';
 
 const MYNUMBER = column({ type: 'mynumber' }, 'deterministic', 'my_number');
@@ -324,5 +326,41 @@ describe('CopyOutRewriter', () => {
     const r2 = new CopyOutRewriter(fmt, 3, [{ index: 1, column: MYNUMBER, action: 'plaintext', domainId: 7 }], shreddedKeys, { onShredded: () => shredded++ });
     assert.equal(r2.push(Buffer.from(`1\t\\${cellText('000000000019')}\tx\n`)).toString(), '1\t\\N\tx\n');
     assert.equal(shredded, 1);
+  });
+});
+
+describe('COPY in other client encodings', () => {
+  const NAME = column({ type: 'text' }, 'deterministic', 'name');
+  const k = newKey('deterministic', 9);
+  const keys = new StaticCellKeys().set(9, 1, k.key);
+  const JA = '山田ソ太郎ｱ';
+
+  test('EUC_JP data: protected fields decoded before normalization, other bytes untouched; an SJIS COPY is refused', () => {
+    const fmt = copyFormat({ format: 'text', encoding: 'EUC_JP' }, ['id', 'name', 'note']);
+    assert.equal(fmt.codec.name, 'EUC_JP');
+    const euc = iconv.encode(JA, 'euc-jp');
+    const input = Buffer.concat([Buffer.from('1\t'), euc, Buffer.from('\t'), euc, Buffer.from('\n')]);
+    const values: CopyValue[] = [];
+    const out = rewriteCopyIn(new CopyInRewriter(fmt, [null, NAME, null]), input, (v) => {
+      values.push(v);
+      return Buffer.from([1, 2]);
+    });
+    assert.deepEqual(values.map((v) => v.canonical.toString('utf8')), [JA]);
+    assert.deepEqual(out, Buffer.concat([Buffer.from('1\t\\\\x0102\t'), euc, Buffer.from('\n')]));
+    const bad = new CopyInRewriter(fmt, [null, NAME, null]);
+    assert.throws(() => rewriteCopyIn(bad, Buffer.from([0x31, 0x09, 0xa4, 0x09, 0x78, 0x0a]), fakeCell),
+      (e: unknown) => e instanceof CopyError && e.sqlstate === '22021' && /invalid byte sequence for encoding "EUC_JP"/.test(e.message));
+    assert.throws(() => copyFormat({ format: 'text', encoding: 'SJIS' }, NAMES), /multibyte characters can contain ASCII bytes/);
+    assert.throws(() => copyFormat({ format: 'text' }, NAMES, () => null), /mamori has no converter for it/);
+  });
+
+  test('COPY TO renders plaintext in the COPY encoding; a character with no equivalent is 22P05 naming the column', () => {
+    const cell = '\\\\x' + seal(k, Buffer.from(JA, 'utf8')).toString('hex');
+    const plans = [{ index: 1, column: NAME, action: 'plaintext' as const, domainId: 9 }];
+    const euc = new CopyOutRewriter(copyFormat({ format: 'text', encoding: 'euc-jp' }, ['id', 'name']), 2, plans, keys);
+    assert.deepEqual(euc.push(Buffer.from(`1\t${cell}\n`)), Buffer.concat([Buffer.from('1\t'), iconv.encode(JA, 'euc-jp'), Buffer.from('\n')]));
+    const latin1 = new CopyOutRewriter(copyFormat({ format: 'text', encoding: 'LATIN1' }, ['id', 'name']), 2, plans, keys);
+    assert.throws(() => latin1.push(Buffer.from(`1\t${cell}\n`)), (e: unknown) => e instanceof MamoriError && e.sqlstate === '22P05'
+      && e.message === 'a character in protected column public.people.name has no equivalent in encoding "LATIN1"');
   });
 });

@@ -17,6 +17,9 @@ import {
   type FieldPlan,
 } from '../../../proxy/results/index.js';
 import { encodeParameterDescription } from '../../../proxy/wire/backend.js';
+import { MamoriError } from '../../../proxy/errors.js';
+import { clientCodec } from '../../../proxy/results/client-encoding.js';
+import iconv from 'iconv-lite';
 import { SAMPLES, byteaEscape, canonical, column, newKey, seal } from './fixtures.js';
 
 type Wire = 'hex' | 'escape' | 'binary';
@@ -301,3 +304,32 @@ describe('bytea text codecs', () => {
   });
 });
 
+
+describe('RowRewriter: client encodings', () => {
+  const k = newKey('deterministic', 61);
+  const keys = new StaticCellKeys().set(k.domainId, k.version, k.key);
+  const col = column({ type: 'text' });
+  const JA = '山田ソ太郎ｱ';
+  const cell = seal(k, Buffer.from(JA, 'utf8'));
+
+  test('text and binary formats are both sent in the client encoding; the mask too; ASCII needs no codec', () => {
+    for (const wire of ['hex', 'binary'] as const) {
+      const r = new RowRewriter([{ index: 2, column: col, action: 'plaintext', domainId: k.domainId }], [0, 1, wire === 'binary' ? 1 : 0, 0, 1], keys,
+        { codec: () => clientCodec('SJIS') });
+      assert.deepEqual(fieldsOf(r.rewrite(row(asSent(cell, wire))))[2], iconv.encode(JA, 'shift_jis'));
+    }
+    const m = new RowRewriter([{ index: 2, column: col, action: 'mask', domainId: k.domainId }], [0, 1, 0, 0, 1], keys, { codec: () => clientCodec('LATIN1') });
+    assert.deepEqual(fieldsOf(m.rewrite(row(asSent(cell, 'hex')))), [Buffer.from('17'), Buffer.from('名前'), Buffer.from('****'), null, Buffer.from([0, 1, 2])]);
+  });
+
+  test('a character with no equivalent is 22P05 naming the column; an encoding without a converter is 55000', () => {
+    const plan = [{ index: 2, column: col, action: 'plaintext' as const, domainId: k.domainId }];
+    const latin1 = new RowRewriter(plan, [0, 1, 0, 0, 1], keys, { codec: () => clientCodec('LATIN1') });
+    assert.throws(() => latin1.rewrite(row(asSent(cell, 'hex'))), (e: unknown) => e instanceof MamoriError && e.sqlstate === '22P05'
+      && e.message === 'a character in protected column public.people.c has no equivalent in encoding "LATIN1"');
+    const big5 = new RowRewriter(plan, [0, 1, 0, 0, 1], keys, { codec: () => clientCodec('BIG5') });
+    assert.throws(() => big5.rewrite(row(asSent(cell, 'hex'))), (e: unknown) => e instanceof MamoriError && e.sqlstate === '55000');
+    const ascii = seal(k, Buffer.from('Sato', 'utf8'));
+    assert.deepEqual(fieldsOf(big5.rewrite(row(asSent(ascii, 'hex'))))[2], Buffer.from('Sato'));
+  });
+});
