@@ -4,7 +4,7 @@
 // cannot be written is counted by the trail (lost in failMode open, refused in closed) and logged once per burst.
 import type { Logger } from 'pino';
 import type { AuditTrail } from './audit/trail.js';
-import type { AuditEvent } from './audit/record.js';
+import type { AuditEvent, RecordContext } from './audit/record.js';
 import type { Metrics, RefusalReason, RejectReason, StatementDecision } from './metrics.js';
 import type { SessionEvents, SessionInfo } from './session/events.js';
 import { fingerprint } from './sql/fingerprint.js';
@@ -70,10 +70,13 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
   const { trail, metrics, log } = opts;
   let clientIn = 0;
   let upstreamIn = 0;
+  let clientOut = 0;
+  let upstreamOut = 0;
   let lastWarn = 0;
-  const append = (event: AuditEvent): void => {
+  // session records wait for nobody: they share the next write (appendLater); the context is passed apart
+  const append = (event: AuditEvent, context: RecordContext | null = null): void => {
     if (!trail) return;
-    trail.append(event).catch((err: unknown) => {
+    trail.appendLater(event, context).catch((err: unknown) => {
       const now = Date.now();
       if (now - lastWarn > 10_000) {
         lastWarn = now;
@@ -84,15 +87,15 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
   return {
     connected(s) {
       metrics?.connectionOpened();
-      append({ kind: 'connect', tls: s.clientTls, ...sessionFields(s) });
+      append({ kind: 'connect', tls: s.clientTls }, sessionFields(s));
     },
     authFailed(s, reason) {
       metrics?.connectionRejected('auth_failed');
-      append({ kind: 'auth_failure', reason, ...sessionFields(s) });
+      append({ kind: 'auth_failure', reason }, sessionFields(s));
     },
     disconnected(s, info) {
       metrics?.connectionClosed();
-      append({ kind: 'disconnect', reason: info.reason, durationMs: info.durationMs, bytesIn: info.bytesIn, bytesOut: info.bytesOut, ...sessionFields(s) } as AuditEvent);
+      append({ kind: 'disconnect', reason: info.reason, durationMs: info.durationMs, bytesIn: info.bytesIn, bytesOut: info.bytesOut } as AuditEvent, sessionFields(s));
     },
     refused(s, info) {
       metrics?.refusal(refusalReason(info.code), s.user);
@@ -102,8 +105,7 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
         reason: info.code,
         sqlstate: info.sqlstate,
         ...(sql ? { fingerprint: fingerprint(sql) } : {}),
-        ...sessionFields(s),
-      });
+      }, sessionFields(s));
     },
     statementDone(s, info) {
       metrics?.statement(info.tag ?? 'OTHER', decisionOf(info.transform), info.seconds, s.user);
@@ -111,6 +113,10 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
     bytes(side, n) {
       if (side === 'client') clientIn += n;
       else upstreamIn += n;
+    },
+    sent(side, n) {
+      if (side === 'client') clientOut += n;
+      else upstreamOut += n;
     },
     upstreamError(kind) {
       metrics?.upstreamError(kind);
@@ -123,8 +129,12 @@ export function createObserver(opts: { trail: AuditTrail | null; metrics: Metric
       if (!metrics) return;
       if (clientIn > 0) metrics.bytes('client', 'in', clientIn);
       if (upstreamIn > 0) metrics.bytes('upstream', 'in', upstreamIn);
+      if (clientOut > 0) metrics.bytes('client', 'out', clientOut);
+      if (upstreamOut > 0) metrics.bytes('upstream', 'out', upstreamOut);
       clientIn = 0;
       upstreamIn = 0;
+      clientOut = 0;
+      upstreamOut = 0;
     },
   };
 }

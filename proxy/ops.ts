@@ -57,13 +57,14 @@ export interface ReadyChecks {
   /** Absent when no column is protected (no keyring, no catalog). */
   keyring?: () => boolean;
   catalog?: () => boolean;
-  audit?: () => boolean;
+  /** May write a heartbeat to find out (AuditTrail.probe). */
+  audit?: () => boolean | Promise<boolean>;
 }
 
 export async function readiness(checks: ReadyChecks): Promise<Readiness> {
   const c: Record<string, boolean> = { upstream: await checks.upstream() };
   if (checks.keyring) c.keyring = checks.keyring();
-  if (checks.audit) c.audit = checks.audit();
+  if (checks.audit) c.audit = await checks.audit();
   if (checks.catalog) c.catalog = checks.catalog();
   return { ok: Object.values(c).every(Boolean), checks: c };
 }

@@ -262,7 +262,7 @@ export async function startMamori(opts: StartOptions): Promise<MamoriServer> {
     metricsPort = await ops.startHttp({
       upstream: () => tcpReachable(target.host, target.port),
       ...(policy ? { keyring: () => policy.keyringReady(), catalog: () => policy.engine.catalogFresh() } : {}),
-      ...(trail ? { audit: () => trail.writable() } : {}),
+      ...(trail ? { audit: () => trail.probe() } : {}),
     });
   } catch (err) {
     // A port in use (say): release everything already opened so the process can report it and exit.

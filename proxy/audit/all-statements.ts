@@ -9,6 +9,7 @@ import type { Decision, Session, SessionHooks } from '../session/session.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { sessionFields } from '../observe.js';
 import type { AuditTrail } from './trail.js';
+import type { RecordContext } from './record.js';
 
 /** First keyword of a fingerprint, upper-cased: the command as far as the lexer knows it. */
 export function commandOfFingerprint(fp: string): string {
@@ -19,6 +20,13 @@ export function commandOfFingerprint(fp: string): string {
 interface Names {
   statements: Map<string, Buffer>;
   portals: Map<string, string>;
+  /** The session's record context, built once (the session fields do not change once it runs). */
+  context: RecordContext;
+}
+
+interface Fingerprint {
+  fingerprint: string;
+  command: string;
 }
 
 function cstr(body: Buffer, from: number): [string, number] {
@@ -28,27 +36,26 @@ function cstr(body: Buffer, from: number): [string, number] {
 
 export function recordAllStatements(inner: SessionHooks, trail: AuditTrail, onError: (err: Error) => void): SessionHooks {
   const names = new WeakMap<object, Names>();
-  const fingerprints = new Map<string, string>(); // small cache: repeated statements skip the lexer
-  const fp = (sql: Buffer): string => {
+  const fingerprints = new Map<string, Fingerprint>(); // small cache: repeated statements skip the lexer
+  const fp = (sql: Buffer): Fingerprint => {
     const key = sql.length <= 512 ? sql.toString('latin1') : null;
     const hit = key !== null ? fingerprints.get(key) : undefined;
     if (hit !== undefined) return hit;
     const f = fingerprint(sql);
+    const entry = { fingerprint: f, command: commandOfFingerprint(f) };
     if (key !== null) {
       if (fingerprints.size >= 4096) fingerprints.clear();
-      fingerprints.set(key, f);
+      fingerprints.set(key, entry);
     }
-    return f;
+    return entry;
   };
-  const record = (session: Session, sql: Buffer): void => {
+  const record = (session: Session, n: Names, sql: Buffer): void => {
     const f = fp(sql);
-    trail
-      .append({ kind: 'statement_intent', statement: `${session.id}:all`, mode: 'all', fingerprint: f, command: commandOfFingerprint(f), ...sessionFields(session) })
-      .catch(onError);
+    trail.appendLater({ kind: 'statement_intent', statement: `${session.id}:all`, mode: 'all', fingerprint: f.fingerprint, command: f.command }, n.context).catch(onError);
   };
-  const after = (session: Session, sql: Buffer | null, d: Decision): Decision => {
+  const after = (session: Session, n: Names, sql: Buffer | null, d: Decision): Decision => {
     // statements with their own intent/completion records are skipped; a refusal is recorded by the session
-    if (sql && d.action !== 'refuse' && (d.transform as { recorded?: boolean } | undefined)?.recorded !== true) record(session, sql);
+    if (sql && d.action !== 'refuse' && (d.transform as { recorded?: boolean } | undefined)?.recorded !== true) record(session, n, sql);
     return d;
   };
   return {
@@ -57,7 +64,7 @@ export function recordAllStatements(inner: SessionHooks, trail: AuditTrail, onEr
       let sql: Buffer | null = null;
       let n = names.get(session);
       if (!n) {
-        n = { statements: new Map(), portals: new Map() };
+        n = { statements: new Map(), portals: new Map(), context: sessionFields(session) };
         names.set(session, n);
       }
       if (frame.type === FE.Query) sql = frame.body.subarray(0, frame.body.length - 1);
@@ -77,7 +84,8 @@ export function recordAllStatements(inner: SessionHooks, trail: AuditTrail, onEr
       const d = inner.clientMessage ? inner.clientMessage(session, frame) : { action: 'forward' as const };
       if (sql === null) return d;
       const s = sql;
-      return d instanceof Promise ? d.then((x) => after(session, s, x)) : after(session, s, d);
+      const cur = n;
+      return d instanceof Promise ? d.then((x) => after(session, cur, s, x)) : after(session, n, s, d);
     },
   };
 }

@@ -5,7 +5,7 @@
 // copied into genesis and checkpoint records.
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { ZERO_HASH, sealRecordLine, type AuditEvent, type AuditRecord, type ChainHead, type InstanceRegistry } from './record.js';
+import { ZERO_HASH, sealLine, sealRecordLine, type AuditEvent, type AuditRecord, type ChainHead, type InstanceRegistry, type RecordContext } from './record.js';
 import { writeJsonAtomic, type RegistryFile, type SeriesPaths } from './files.js';
 
 /** Registry entries kept (most recent first); older instances stay provable through the chain itself. */
@@ -18,9 +18,18 @@ export function newInstanceId(): string {
 }
 
 export interface SealedBatch {
-  records: AuditRecord[];
   data: string;
+  count: number;
+  first: ChainHead | null;
+  last: ChainHead | null;
+  /** Full records of the kinds the trail acts on after the write (genesis, heartbeat, checkpoint). */
+  special: AuditRecord[];
 }
+
+/** An item to seal: an event (with the session context kept apart) or a checkpoint built from the head before it. */
+export type SealItem = AuditEvent | ((head: ChainHead | null) => AuditEvent);
+
+const SPECIAL_KINDS = new Set(['genesis', 'heartbeat', 'checkpoint']);
 
 /** Chain state of one instance writing one trail. Sealing is tentative until `commit` (the write succeeded). */
 export class ChainState {
@@ -52,30 +61,44 @@ export class ChainState {
   }
 
   /**
-   * Seals events in order from the committed head. `build` lets a checkpoint compute its body from the head
-   * just before it (it sees the tentative head of the records sealed earlier in the same batch).
+   * Seals items in order from the committed head. A function item (a checkpoint) computes its event from the
+   * head just before it (it sees the tentative head of the records sealed earlier in the same batch).
+   * `contexts[i]` holds the session fields of `items[i]` (or null).
    */
-  seal(items: Array<AuditEvent | ((head: ChainHead | null) => AuditEvent)>, time: string): SealedBatch {
-    let prev = this.head;
+  seal(items: readonly SealItem[], contexts: ReadonlyArray<RecordContext | null>, time: string): SealedBatch {
+    let prevHash = this.head?.hash ?? ZERO_HASH;
     let seq = this.lastSeq;
-    const records: AuditRecord[] = [];
-    const lines: string[] = [];
-    for (const item of items) {
-      const event = typeof item === 'function' ? item(prev) : item;
+    let data = '';
+    let first: ChainHead | null = null;
+    const special: AuditRecord[] = [];
+    const chain = { time, instance: this.instance, seq, prev: prevHash };
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!;
       seq += 1;
-      const { record, line } = sealRecordLine(event, { time, instance: this.instance, seq, prev: prev?.hash ?? ZERO_HASH });
-      records.push(record);
-      lines.push(line);
-      prev = { instance: this.instance, seq, hash: record.hash };
+      chain.seq = seq;
+      chain.prev = prevHash;
+      let hash: string;
+      if (typeof item === 'function' || SPECIAL_KINDS.has(item.kind)) {
+        const event = typeof item === 'function' ? item(i === 0 ? this.head : { instance: this.instance, seq: seq - 1, hash: prevHash }) : item;
+        const sealed = sealRecordLine(event, chain);
+        special.push(sealed.record);
+        hash = sealed.record.hash;
+        data += sealed.line + '\n';
+      } else {
+        const sealed = sealLine(item, contexts[i] ?? null, chain);
+        hash = sealed.hash;
+        data += sealed.line + '\n';
+      }
+      if (first === null) first = { instance: this.instance, seq, hash };
+      prevHash = hash;
     }
-    return { records, data: lines.length ? lines.join('\n') + '\n' : '' };
+    return { data, count: items.length, first, last: items.length > 0 ? { instance: this.instance, seq, hash: prevHash } : null, special };
   }
 
   /** The sealed records reached the sink: advance the head and the registry. */
-  commit(records: AuditRecord[]): void {
-    const last = records.at(-1);
+  commit(last: ChainHead | null): void {
     if (!last) return;
-    this.head = { instance: last.instance, seq: last.seq, hash: last.hash };
+    this.head = last;
     this.lastSeq = last.seq;
     this.registry = pruneRegistry({
       ...this.registry,

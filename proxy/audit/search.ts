@@ -158,6 +158,9 @@ export function formatRecord(r: AuditRecord): string {
     case 'audit_query':
       detail = field('query', JSON.stringify(r.query)) + field('results', r.results);
       break;
+    case 'shadow_decision':
+      detail = field('shadow', r.outcome) + field('reason', r.reason);
+      break;
     default:
       break;
   }

@@ -27,6 +27,8 @@ export interface StatementOutcome {
   /** Subjects seen only while the result streamed (e.g. values returned in plaintext). */
   subjects?: string[];
   subjectKeyId?: string;
+  /** Distinct subjects beyond the per-statement bound (not listed). */
+  subjectsDropped?: number;
 }
 
 export interface StatementHandle {
@@ -43,9 +45,12 @@ export class SessionAudit {
     readonly context: SessionContext,
   ) {}
 
-  /** Any record, with this session's context. */
+  /**
+   * Any record, with this session's context (passed apart: no merged copy per record). Nothing waits on these
+   * before releasing data, so they share the next write (AuditTrail.appendLater).
+   */
   record(event: AuditPayload & Partial<AuditEvent>): Promise<void> {
-    return this.trail.append({ ...this.context, ...event } as AuditEvent);
+    return this.trail.appendLater(event as AuditEvent, this.context);
   }
 
   /**
@@ -55,20 +60,31 @@ export class SessionAudit {
   async intent(start: StatementStart): Promise<StatementHandle> {
     const id = `${this.context.session}:${++this.n}`;
     const began = performance.now();
-    await this.record({ kind: 'statement_intent', statement: id, ...start });
     const { fingerprint, command, columns } = start;
+    // built field by field: object spread into a record costs more than the rest of sealing it
+    await this.trail.append(
+      { kind: 'statement_intent', statement: id, mode: start.mode, fingerprint, command, columns, subjects: start.subjects, subjectKeyId: start.subjectKeyId },
+      this.context,
+    );
     return {
       id,
       complete: (outcome) =>
-        this.record({
-          kind: 'statement_complete',
-          statement: id,
-          fingerprint,
-          command,
-          columns,
-          durationMs: Math.round((performance.now() - began) * 1000) / 1000,
-          ...outcome,
-        }),
+        this.trail.appendLater(
+          {
+            kind: 'statement_complete',
+            statement: id,
+            fingerprint,
+            command,
+            columns,
+            durationMs: Math.round((performance.now() - began) * 1000) / 1000,
+            rows: outcome.rows,
+            sqlstate: outcome.sqlstate,
+            subjects: outcome.subjects,
+            subjectKeyId: outcome.subjectKeyId,
+            subjectsDropped: outcome.subjectsDropped,
+          },
+          this.context,
+        ),
     };
   }
 }

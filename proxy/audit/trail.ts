@@ -1,17 +1,18 @@
 // AuditTrail: the one object the proxy talks to. Appends are queued and written in order by a single writer, so
-// the chain is linear; appends that arrive while a write is in flight are grouped into the next write (group
-// commit), and each caller's promise settles only when its own record has reached the OS. With failMode
+// the chain is linear; appends of one event-loop turn (and those that arrive while a write is in flight) are
+// grouped into one write (group commit) settled through one shared promise, and each caller's promise settles
+// only when its own record has reached the OS. With failMode
 // `closed` a record that cannot be written rejects with AuditUnavailableError (the caller refuses the access);
 // with `open` it resolves and the record is counted as lost.
 import { hostname } from 'node:os';
 import type { KeyObject } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { auditConfigSchema, type AuditConfig, type AuditConfigInput } from './config.js';
-import { ChainState, newInstanceId, writeRegistry } from './chain.js';
+import { ChainState, newInstanceId, writeRegistry, type SealItem, type SealedBatch } from './chain.js';
 import { CheckpointFileSink, CheckpointPostgresSink, CheckpointStreamSink, publicKeyId, signCheckpoint, type CheckpointSink } from './checkpoint.js';
 import { AuditUnavailableError, ioReason } from './errors.js';
 import { readRegistry } from './files.js';
-import { canonicalJson, type AuditEvent, type AuditRecord, type ChainHead, type CheckpointBody } from './record.js';
+import { canonicalJson, type AuditEvent, type AuditRecord, type ChainHead, type CheckpointBody, type RecordContext } from './record.js';
 import { subjectHash } from './subject.js';
 import { FileSink, type Batch, type OpenResult } from './sinks/file.js';
 import { StdoutSink } from './sinks/stdout.js';
@@ -59,15 +60,37 @@ interface PrimarySink {
   close(): Promise<void>;
 }
 
-type Item = AuditEvent | ((head: ChainHead | null) => AuditEvent);
-interface Pending {
-  item: Item;
+type Item = SealItem;
+/**
+ * Appends gathered in one event-loop turn: written together, and settled together through one shared promise
+ * (a record's promise settles when its batch has reached the OS, or failed).
+ */
+interface PendingBatch {
+  items: Item[];
+  contexts: Array<RecordContext | null>;
   at: bigint;
+  promise: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
 }
 
+function newBatch(): PendingBatch {
+  let resolve!: () => void;
+  let reject!: (e: Error) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { items: [], contexts: [], at: process.hrtime.bigint(), promise, resolve, reject };
+}
+
+function sinkBatch(sealed: SealedBatch): Batch {
+  return { data: sealed.data, count: sealed.count, first: sealed.first!, last: sealed.last! };
+}
+
 const MAX_BATCH = 1024;
+/** Longest a record appended with appendLater waits for a write to share. */
+export const LAZY_FLUSH_MS = 5;
 /** After a failed open, appends fail fast for this long before the sink is tried again. */
 const REOPEN_BACKOFF_MS = 1000;
 
@@ -82,7 +105,12 @@ export class AuditTrail {
   private readonly checkpointSink: CheckpointSink | null;
   private readonly now: () => Date;
   private readonly startedAt: number;
-  private queue: Pending[] = [];
+  /** Batches not yet taken by the writer; appends join the last one. */
+  private batches: PendingBatch[] = [];
+  private pending = 0;
+  private scheduled = false;
+  private lazyTimer: NodeJS.Timeout | null = null;
+  private probing: Promise<boolean> | null = null;
   private flushing: Promise<void> | null = null;
   private started = false;
   private closed = false;
@@ -135,7 +163,7 @@ export class AuditTrail {
     const trail = new AuditTrail(auditConfigSchema.parse(cfg), opts);
     await trail.feeder?.start();
     // genesis and instance_start go out now if the sink is there; otherwise with the first append that succeeds
-    await trail.writeBatch([]).catch(() => undefined);
+    await trail.writeBatch([], []).catch(() => undefined);
     const { heartbeatSeconds, checkpointEverySeconds } = trail.config;
     if (heartbeatSeconds > 0) trail.every(heartbeatSeconds, () => trail.heartbeat());
     if (checkpointEverySeconds > 0) trail.every(checkpointEverySeconds, () => trail.checkpoint());
@@ -148,9 +176,21 @@ export class AuditTrail {
     this.timers.push(t);
   }
 
-  /** Appends one record; see the class comment for what the promise means in each fail mode. */
-  append(event: AuditEvent): Promise<void> {
-    return this.enqueue(event);
+  /**
+   * Appends one record; see the class comment for what the promise means in each fail mode. `context` holds
+   * session fields the event does not set itself (kept apart so no merged copy is built per record).
+   */
+  append(event: AuditEvent, context: RecordContext | null = null): Promise<void> {
+    return this.enqueue(event, context, false);
+  }
+
+  /**
+   * Appends a record nobody waits for before releasing data (completions, connects, `statements: all`): it goes
+   * out with the next write, or after at most LAZY_FLUSH_MS, so it usually shares a write with an intent
+   * record instead of costing a write of its own. Order in the chain is still the order of the calls.
+   */
+  appendLater(event: AuditEvent, context: RecordContext | null = null): Promise<void> {
+    return this.enqueue(event, context, true);
   }
 
   /** Writes a heartbeat record (also done on a timer). */
@@ -193,7 +233,7 @@ export class AuditTrail {
   }
 
   stats(): { written: number; lost: number; pending: number; checkpointSinkFailures: number; mirrorDropped: number; lastError: string | null } {
-    return { ...this.counts, pending: this.queue.length, lastError: this.lastError };
+    return { ...this.counts, pending: this.pending, lastError: this.lastError };
   }
 
   /** For /readyz: the primary sink is open and the last write succeeded. */
@@ -201,16 +241,46 @@ export class AuditTrail {
     return !this.closed && this.primary.isOpen && this.lastError === null;
   }
 
-  private enqueue(item: Item): Promise<void> {
+  /**
+   * For /readyz: writable() — and when it is not, one heartbeat record is tried first, so readiness comes back
+   * as soon as the sink accepts writes again (the failure is remembered only until a write succeeds; without
+   * traffic nothing else would write). One probe at a time.
+   */
+  probe(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    if (this.writable()) return Promise.resolve(true);
+    this.probing ??= this.heartbeat()
+      .catch(() => undefined)
+      .then(() => {
+        this.probing = null;
+        return this.writable();
+      });
+    return this.probing;
+  }
+
+  private enqueue(item: Item, context: RecordContext | null = null, lazy = false): Promise<void> {
     if (this.closed) return this.fail(new AuditUnavailableError('audit trail is closed', 'closed'), 1);
-    if (this.queue.length >= this.config.maxBufferedRecords)
+    if (this.pending >= this.config.maxBufferedRecords)
       return this.fail(new AuditUnavailableError('audit writer is behind: pending buffer full', 'buffer_full'), 1);
     if (this.feeder && this.feeder.lag() > this.maxLag)
       return this.fail(new AuditUnavailableError('audit database sink is down past its buffer', 'sink_lag'), 1);
-    return new Promise<void>((resolve, reject) => {
-      this.queue.push({ item, at: process.hrtime.bigint(), resolve, reject });
-      this.flushing ??= this.flushLoop();
-    });
+    let b = this.batches[this.batches.length - 1];
+    if (!b || b.items.length >= MAX_BATCH) {
+      b = newBatch();
+      this.batches.push(b);
+    }
+    b.items.push(item);
+    b.contexts.push(context);
+    this.pending++;
+    if (this.flushing || this.scheduled) return b.promise; // the running writer or the next flush takes it
+    if (!lazy) {
+      // one write per event-loop turn: the check phase runs after every socket read of this turn
+      this.scheduled = true;
+      setImmediate(this.flushNow);
+    } else if (!this.lazyTimer) {
+      this.lazyTimer = setTimeout(this.flushNow, LAZY_FLUSH_MS); // not unref'd: a waiting record keeps the process up
+    }
+    return b.promise;
   }
 
   /** Closed mode: reject. Open mode: count the loss and resolve. */
@@ -224,36 +294,89 @@ export class AuditTrail {
     return Promise.reject(err);
   }
 
+  /** Writes the waiting batches: synchronously while the fast path allows, else through the async writer. */
+  private readonly flushNow = (): void => {
+    this.scheduled = false;
+    if (this.lazyTimer) {
+      clearTimeout(this.lazyTimer);
+      this.lazyTimer = null;
+    }
+    if (this.flushing) return;
+    while (this.batches.length > 0) {
+      if (!this.writeFast(this.batches[0]!)) {
+        this.flushing = this.flushLoop();
+        return;
+      }
+    }
+  };
+
+  /**
+   * Seals and writes one batch synchronously when nothing asynchronous has to happen first (the trail is
+   * started, no side file, no registry refresh, the file sink can write now). False: nothing was done.
+   */
+  private writeFast(b: PendingBatch): boolean {
+    const file = this.file;
+    if (!this.started || !file || !file.isOpen) return false;
+    const max = this.config.maxInlineSubjects;
+    for (const it of b.items) {
+      if (typeof it === 'function' || it.kind === 'heartbeat' || (it.subjects !== undefined && it.subjects.length > max)) return false;
+    }
+    let sealed: SealedBatch;
+    try {
+      // sealing can throw too (a non-finite number in an event): that batch fails, the writer goes on
+      sealed = this.chain.seal(b.items, b.contexts, this.now().toISOString());
+      if (!file.appendSync(sinkBatch(sealed))) return false;
+    } catch (e) {
+      this.batches.shift();
+      this.settleFailed(b, e);
+      return true;
+    }
+    this.batches.shift();
+    this.committed(sealed);
+    this.settleOk(b);
+    return true;
+  }
+
   private async flushLoop(): Promise<void> {
     try {
-      while (this.queue.length > 0) {
-        const batch = this.queue.splice(0, MAX_BATCH);
+      while (this.batches.length > 0) {
+        const b = this.batches.shift()!;
         try {
-          await this.writeBatch(batch.map((p) => p.item));
-          this.lastError = null;
-          const t = process.hrtime.bigint();
-          for (const p of batch) {
-            this.opts.observer?.writeLatency?.(Number(t - p.at) / 1e9);
-            p.resolve();
-          }
+          await this.writeBatch(b.items, b.contexts);
+          this.settleOk(b);
         } catch (e) {
-          const err =
-            e instanceof AuditUnavailableError
-              ? e
-              : new AuditUnavailableError(`audit record could not be written (${ioReason(e)})`, 'io', { cause: e });
-          this.lastError = err.message;
-          if (this.config.failMode === 'open') {
-            this.counts.lost += batch.length;
-            this.opts.observer?.lost?.(batch.length);
-            for (const p of batch) p.resolve();
-          } else {
-            this.opts.observer?.refused?.(batch.length);
-            for (const p of batch) p.reject(err);
-          }
+          this.settleFailed(b, e);
         }
       }
     } finally {
       this.flushing = null;
+    }
+  }
+
+  private settleOk(b: PendingBatch): void {
+    this.pending -= b.items.length;
+    this.lastError = null;
+    const latency = this.opts.observer?.writeLatency;
+    if (latency) {
+      const s = Number(process.hrtime.bigint() - b.at) / 1e9;
+      for (let i = 0; i < b.items.length; i++) latency.call(this.opts.observer, s);
+    }
+    b.resolve();
+  }
+
+  private settleFailed(b: PendingBatch, e: unknown): void {
+    const n = b.items.length;
+    this.pending -= n;
+    const err =
+      e instanceof AuditUnavailableError ? e : new AuditUnavailableError(`audit record could not be written (${ioReason(e)})`, 'io', { cause: e });
+    this.lastError = err.message;
+    if (this.config.failMode === 'open') {
+      this.counts.lost += n;
+      this.opts.observer?.lost?.(n);
+      b.resolve();
+    } else {
+      this.opts.observer?.refused?.(n);
+      b.reject(err);
     }
   }
 
@@ -292,27 +415,28 @@ export class AuditTrail {
     return [genesis, start];
   }
 
-  private async writeBatch(items: Item[]): Promise<void> {
+  private async writeBatch(items: Item[], contexts: Array<RecordContext | null>): Promise<void> {
     const preamble = await this.ensureStarted();
-    const prepared = await Promise.all(items.map((i) => this.spillSubjects(i)));
-    const all = [...preamble, ...prepared];
+    const max = this.config.maxInlineSubjects;
+    const spill = this.file !== null && items.some((i) => typeof i !== 'function' && i.subjects !== undefined && i.subjects.length > max);
+    const prepared = spill ? await Promise.all(items.map((i) => this.spillSubjects(i))) : items;
+    const all = preamble.length > 0 ? [...preamble, ...prepared] : prepared;
+    const ctxs = preamble.length > 0 ? [...preamble.map(() => null), ...contexts] : contexts;
     if (all.length === 0) return;
-    const sealed = this.chain.seal(all, this.now().toISOString());
-    const records = sealed.records;
-    const last = records[records.length - 1]!;
-    await this.primary.append({
-      data: sealed.data,
-      count: records.length,
-      first: { instance: records[0]!.instance, seq: records[0]!.seq, hash: records[0]!.hash },
-      last: { instance: last.instance, seq: last.seq, hash: last.hash },
-    });
-    this.chain.commit(records);
+    const sealed = this.chain.seal(all, ctxs, this.now().toISOString());
+    await this.primary.append(sinkBatch(sealed));
+    this.committed(sealed);
     if (preamble.length > 0) this.started = true;
-    this.counts.written += records.length;
-    this.opts.observer?.written?.(records.length);
-    this.feeder?.notify(records.length);
-    if (this.mirror && !this.mirror.mirror(sealed.data)) this.counts.mirrorDropped += records.length;
-    await this.afterWrite(records);
+    await this.afterWrite(sealed.special);
+  }
+
+  /** The sealed batch reached the sink: advance the chain, count, and pass it on. */
+  private committed(sealed: SealedBatch): void {
+    this.chain.commit(sealed.last);
+    this.counts.written += sealed.count;
+    this.opts.observer?.written?.(sealed.count);
+    this.feeder?.notify(sealed.count);
+    if (this.mirror && !this.mirror.mirror(sealed.data)) this.counts.mirrorDropped += sealed.count;
   }
 
   /** Checkpoints go to the second sink too; checkpoints and heartbeats refresh the registry file. */
@@ -347,7 +471,7 @@ export class AuditTrail {
     if (this.closed) return;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
-    if (this.started || this.queue.length > 0) await this.checkpoint().catch(() => undefined);
+    if (this.started || this.pending > 0) await this.checkpoint().catch(() => undefined);
     this.closed = true;
     while (this.flushing) await this.flushing;
     if (this.started && this.file) {

@@ -26,6 +26,7 @@ import type { ClientCodec } from '../results/client-encoding.js';
 import type { CellKeys } from '../results/keys.js';
 import type { CopyPlan, ProtectedColumn, ReadDecision } from '../sql/types.js';
 import type { StatementHandle } from '../audit/session.js';
+import type { SubjectCollector } from '../audit/statement-records.js';
 
 const EMPTY = Buffer.alloc(0);
 const DROP: Decision = { action: 'replace', raw: EMPTY };
@@ -35,6 +36,8 @@ export interface CopyInOptions {
   /** Encrypts one message's values (async: counted by the keystore, refused while a domain's writes are frozen). */
   encryptAll(values: readonly CopyValue[]): Promise<Buffer[]>;
   handle: StatementHandle | null;
+  /** Collects the subjects of the values written (attached to the completion record), or null. */
+  subjects?: SubjectCollector | null;
   /** Called once when the COPY is over (either way): the session stops routing CopyData here. */
   onEnd(): void;
 }
@@ -80,6 +83,8 @@ export class CopyInStream implements ResultTransform {
       throw e;
     }
     if (batch.values.length === 0) return this.emit(batch.render([]), trailer);
+    const subjects = this.o.subjects;
+    if (subjects) for (const v of batch.values) subjects.add(v.column, v.canonical);
     return this.o.encryptAll(batch.values).then(
       (cells) => this.emit(batch.render(cells), trailer),
       (err: unknown) => this.fail(new MamoriError('object_not_in_prerequisite_state', `a protected column cannot be written now: ${(err as Error).message}`)),
@@ -122,15 +127,20 @@ export class CopyInStream implements ResultTransform {
     if (this.ended) return;
     this.ended = true;
     this.o.onEnd();
-    void this.o.handle?.complete({ rows, sqlstate }).catch(() => undefined);
+    void this.o.handle?.complete({ rows, sqlstate, ...this.o.subjects?.take() }).catch(() => undefined);
   }
 }
 
-/** COPY TO STDOUT: the server's CopyData rewritten per field action. */
+/**
+ * COPY TO STDOUT: the server's CopyData rewritten per field action. The plaintext values sent feed the subject
+ * trail like row results: hashed as they pass, attached to the completion record (bounded; long lists go to a
+ * side file, see docs/audit.md).
+ */
 export class CopyOutTransform implements ResultTransform {
   constructor(
     private readonly rewriter: CopyOutRewriter,
     private readonly handle: StatementHandle | null,
+    private readonly subjects: SubjectCollector | null = null,
   ) {}
 
   message(f: Frame): Buffer | null {
@@ -147,10 +157,10 @@ export class CopyOutTransform implements ResultTransform {
         return rest.length === 0 ? null : Buffer.concat([encodeCopyData(rest), f.raw]);
       }
       case BE.CommandComplete:
-        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rewriter.rows, sqlstate: null }).catch(() => undefined);
+        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rewriter.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.rewriter.rows, sqlstate: sqlstateOf(f.body) }).catch(() => undefined);
+        void this.handle?.complete({ rows: this.rewriter.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
         return null;
       default:
         return null;
@@ -186,6 +196,8 @@ export interface CopySetup {
   /** The codec of the COPY data's encoding (undefined: the session's client_encoding); null if none. */
   codecFor(encoding: string | undefined): ClientCodec | null;
   handle: StatementHandle | null;
+  /** Collects the subjects of the values a COPY writes or the plaintext it sends (null: no subject hashing). */
+  subjects: SubjectCollector | null;
   onShredded(col: ProtectedColumn): void;
   /** COPY FROM: route the client's copy messages to `stream` until it calls onEnd. */
   startIn(stream: CopyInStream): void;
@@ -213,6 +225,7 @@ export function copyTransform(plan: CopyPlan, s: CopySetup): ResultTransform | M
       rewriter: new CopyInRewriter(fmt, plan.columns),
       encryptAll: (values) => s.encryptAll(values.map((v) => ({ domain: domains.get(v.column)!, canonical: v.canonical }))),
       handle: s.handle,
+      subjects: s.subjects,
       onEnd: () => s.endIn(stream),
     });
     s.startIn(stream);
@@ -229,6 +242,11 @@ export function copyTransform(plan: CopyPlan, s: CopySetup): ResultTransform | M
     }
     fields.push({ index, column, action: decision, domainId: s.domainId(domains.get(column)!) });
   }
-  const rewriter = new CopyOutRewriter(fmt, plan.columns.length, fields, s.keys, { byteaOutput: s.byteaOutput, onShredded: (c) => s.onShredded(c) });
-  return new CopyOutTransform(rewriter, s.handle);
+  const subjects = s.subjects;
+  const rewriter = new CopyOutRewriter(fmt, plan.columns.length, fields, s.keys, {
+    byteaOutput: s.byteaOutput,
+    onShredded: (c) => s.onShredded(c),
+    ...(subjects ? { onPlaintext: (c: ProtectedColumn, canonical: Buffer) => subjects.add(c, canonical) } : {}),
+  });
+  return new CopyOutTransform(rewriter, s.handle, subjects);
 }

@@ -371,20 +371,30 @@ export class SessionPolicy {
   }
 
   /**
-   * Shadow mode: what the full policy would decide for columns with `enforce: false`, logged (never values)
-   * when it differs from what is enforced, so an application's statements can be checked before `protect`.
+   * Shadow mode: what the full policy would decide for columns with `enforce: false`, logged and written to the
+   * audit trail as a `shadow_decision` record (never values) when it touches a column or differs from what is
+   * enforced, so an application's statements can be checked before `protect`.
    */
   private shadowDecision(sql: Buffer, ctx: AnalysisContext, enforced: Analysis): void {
     const full = analyse(sql, ctx);
-    const columns = full.kind === 'protected'
-      ? full.statements.flatMap((st) => st.touched.map((t) => `${qualified(t.column)}:${t.uses.includes('read') || t.uses.includes('returning') ? ctx.role.read(t.column) : t.uses.join('+')}`))
+    const decisions: ColumnDecision[] = full.kind === 'protected'
+      ? full.statements.flatMap((st) => st.touched.map((t) => ({
+        column: qualified(t.column),
+        decision: (t.uses.includes('read') || t.uses.includes('returning') ? ctx.role.read(t.column) : t.uses.join('+')) as ColumnDecision['decision'],
+      })))
       : [];
-    if (full.kind === enforced.kind && columns.length === 0) return;
+    if (full.kind === enforced.kind && decisions.length === 0) return;
+    const fp = fingerprint(sql);
+    const refused = full.kind === 'refuse';
     this.engine.log.info({
-      session: this.session.id, user: this.session.user, fingerprint: fingerprint(sql), shadow: true,
-      decision: full.kind === 'refuse' ? 'would refuse' : 'would allow',
-      ...(full.kind === 'refuse' ? { sqlstate: full.sqlstate, reason: full.message } : { columns }),
+      session: this.session.id, user: this.session.user, fingerprint: fp, shadow: true,
+      decision: refused ? 'would refuse' : 'would allow',
+      ...(refused ? { sqlstate: full.sqlstate, reason: full.message } : { columns: decisions.map((d) => `${d.column}:${d.decision}`) }),
     }, 'shadow-mode decision');
+    void this.audit?.record({
+      kind: 'shadow_decision', shadow: true, outcome: refused ? 'would_refuse' : 'would_allow', fingerprint: fp, columns: decisions,
+      ...(refused ? { sqlstate: full.sqlstate, reason: full.message } : {}),
+    }).catch(() => undefined);
   }
 
   /** The session's client encoding, or null when mamori has no faithful converter for it. */
@@ -944,6 +954,7 @@ export class SessionPolicy {
       // COPY … (ENCODING 'x') converts the data from/to x instead of the client_encoding.
       codecFor: (e) => (e === undefined ? this.codec() : clientCodec(e, this.session.params.get('server_encoding'))),
       handle,
+      subjects: handle ? this.subjectCollector() : null,
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
       startIn: (stream) => {
         this.copyIn = stream;

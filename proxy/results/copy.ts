@@ -648,6 +648,8 @@ export interface CopyOutField {
 export interface CopyOutOptions {
   byteaOutput?: 'hex' | 'escape';
   onShredded?(column: ProtectedColumn): void;
+  /** Each protected value sent in plaintext (its canonical bytes), for the subject trail; not for masked ones. */
+  onPlaintext?(column: ProtectedColumn, canonical: Buffer): void;
 }
 
 interface OutSlot extends CopyOutField {
@@ -727,6 +729,8 @@ export class CopyOutRewriter {
   /** The stored bytea text → the rendered value (null: send NULL). */
   private value(s: OutSlot, stored: Buffer): Buffer | null {
     const canonical = openStoredCell(s, stored, false, this.escape, this.keys, this.opts.onShredded);
-    return canonical === null ? null : renderCanonical(s, canonical, s.action === 'mask', false, this.escape, () => this.fmt.codec);
+    if (canonical === null) return null;
+    if (s.action === 'plaintext') this.opts.onPlaintext?.(s.column, canonical);
+    return renderCanonical(s, canonical, s.action === 'mask', false, this.escape, () => this.fmt.codec);
   }
 }

@@ -52,5 +52,7 @@ export interface SessionEvents {
   statementDone?(s: SessionInfo, info: StatementDoneInfo): void;
   /** Bytes read from one side (called per socket chunk: must be cheap). */
   bytes?(side: 'client' | 'upstream', n: number): void;
+  /** Bytes written to one side since the last call (called once per flush of the session's output). */
+  sent?(side: 'client' | 'upstream', n: number): void;
   upstreamError?(kind: UpstreamErrorKind): void;
 }

@@ -141,6 +141,9 @@ export class Session {
   private connectedAt = 0;
   private bytesIn = 0;
   private bytesOut = 0;
+  /** Bytes written to each side since the last report (reportSent). */
+  private sentClient = 0;
+  private sentUpstream = 0;
   private busySince = 0;
 
   constructor(
@@ -199,14 +202,14 @@ export class Session {
 
     const up = new MessageReader(upstream, this.env.limits.maxRewriteMessageBytes, false);
     const cl = new MessageReader(this.client, this.env.limits.maxRewriteMessageBytes, false);
-    upstream.write(encodeStartupMessage({ protocol: startup.protocol, params: startup.params }));
+    this.writeUpstream(upstream, encodeStartupMessage({ protocol: startup.protocol, params: startup.params }));
 
     let clientKey: Buffer | null = null;
     try {
       // Upstream speaks first: NegotiateProtocolVersion (relayed), then its authentication request.
       let m = await up.next();
       if (m.type === BE.NegotiateProtocolVersion) {
-        this.client.write(m.raw);
+        this.writeClient(m.raw);
         m = await up.next();
       }
       if (m.type === BE.ErrorResponse) return this.fatal(m.raw, 'upstream refused the startup');
@@ -220,10 +223,10 @@ export class Session {
             'the upstream requires password authentication, which mamori relays only over TLS', { severity: 'FATAL' })),
           'cleartext/md5 over a non-TLS client leg');
         }
-        this.client.write(m.raw);
+        this.writeClient(m.raw);
         const p = await cl.next();
         if (p.type !== FE.AuthResponse) throw new ProtocolError('expected a password message');
-        upstream.write(p.raw);
+        this.writeUpstream(upstream, p.raw);
         // The upstream's verdict belongs to the startup phase: the running phase's pipeline expects
         // ParameterStatus/BackendKeyData/ReadyForQuery next, not an Authentication message.
         const verdict = await up.next();
@@ -231,20 +234,20 @@ export class Session {
         if (verdict.type !== BE.Authentication || decodeAuthentication(verdict.body).kind !== 'AuthenticationOk') {
           throw new ProtocolError('upstream: expected AuthenticationOk');
         }
-        this.client.write(verdict.raw);
+        this.writeClient(verdict.raw);
       } else {
         // Mamori authenticates the client itself with SCRAM against the verifier.
         const scram = new ScramServerExchange({
           verifier, user: this.user,
           channelBinding: this.clientTls && cert ? tlsServerEndPointHash(cert) : null,
         });
-        this.client.write(encodeAuthentication({ kind: 'AuthenticationSASL', mechanisms: scram.mechanisms() }));
+        this.writeClient(encodeAuthentication({ kind: 'AuthenticationSASL', mechanisms: scram.mechanisms() }));
         const first = await cl.next();
         if (first.type !== FE.AuthResponse) throw new ProtocolError('expected SASLInitialResponse');
         const init = decodeSASLInitialResponse(first.body);
         const r1 = scram.clientFirst(init.mechanism, init.data ?? Buffer.alloc(0));
         if (!r1.ok) return this.authFailed(r1.reason);
-        this.client.write(encodeAuthentication({ kind: 'AuthenticationSASLContinue', data: r1.serverFirst }));
+        this.writeClient(encodeAuthentication({ kind: 'AuthenticationSASLContinue', data: r1.serverFirst }));
         const fin = await cl.next();
         if (fin.type !== FE.AuthResponse) throw new ProtocolError('expected SASLResponse');
         const r2 = scram.clientFinal(decodeSASLResponse(fin.body).data);
@@ -255,14 +258,14 @@ export class Session {
           const upCert = 'getPeerCertificate' in upstream ? (upstream as TLSSocket).getPeerCertificate(false)?.raw : undefined;
           const sc = new ScramClientWithKey({ clientKey, verifier: verifier!, channelBinding: upCert ? tlsServerEndPointHash(upCert) : null });
           const mech = sc.chooseMechanism(auth.mechanisms);
-          upstream.write(encodeSASLInitialResponse({ mechanism: mech, data: sc.clientFirst() }));
+          this.writeUpstream(upstream, encodeSASLInitialResponse({ mechanism: mech, data: sc.clientFirst() }));
           const c1 = await up.next();
           if (c1.type === BE.ErrorResponse) return this.fatal(c1.raw, 'upstream refused the login');
           const cont = decodeAuthentication(c1.body);
           if (cont.kind !== 'AuthenticationSASLContinue') throw new ProtocolError('upstream: expected SASLContinue');
           const s1 = sc.serverFirst(cont.data);
           if (!s1.ok) throw new MamoriError('invalid_authorization_specification', `upstream SCRAM: ${s1.reason}`, { severity: 'FATAL' });
-          upstream.write(encodeSASLResponse(s1.clientFinal));
+          this.writeUpstream(upstream, encodeSASLResponse(s1.clientFinal));
           const c2 = await up.next();
           if (c2.type === BE.ErrorResponse) return this.fatal(c2.raw, 'upstream refused the login');
           const final = decodeAuthentication(c2.body);
@@ -277,8 +280,8 @@ export class Session {
           return this.fatal(errorResponse(new MamoriError('feature_not_supported',
             'the upstream asks for an authentication method mamori does not support', { severity: 'FATAL' })), 'unsupported upstream auth');
         }
-        this.client.write(encodeAuthentication({ kind: 'AuthenticationSASLFinal', data: r2.serverFinal }));
-        this.client.write(encodeAuthentication({ kind: 'AuthenticationOk' }));
+        this.writeClient(encodeAuthentication({ kind: 'AuthenticationSASLFinal', data: r2.serverFinal }));
+        this.writeClient(encodeAuthentication({ kind: 'AuthenticationOk' }));
       }
     } catch (err) {
       const e = toMamoriError(err);
@@ -303,7 +306,7 @@ export class Session {
   /** Sends a FATAL error to the client and ends the session. */
   fatal(raw: Buffer, reason: string): void {
     if (this.closed) return;
-    this.client.write(raw);
+    this.writeClient(raw);
     this.close(reason);
   }
 
@@ -571,10 +574,38 @@ export class Session {
   }
 
   private flushOut(): void {
-    if (this.out.length === 0 || this.outputHold) return;
+    if (this.out.length === 0 || this.outputHold) {
+      if (this.sentUpstream > 0 || this.sentClient > 0) this.reportSent();
+      return;
+    }
     const out = this.out;
     this.out = [];
-    if (!writeAll(this.client, out)) this.upstream?.pause();
+    let n = 0;
+    for (const b of out) n += b.length;
+    const ok = writeAll(this.client, out);
+    this.sentClient += n;
+    this.reportSent();
+    if (!ok) this.upstream?.pause();
+  }
+
+  /** A startup or FATAL write to the client, counted. */
+  private writeClient(b: Buffer): boolean {
+    this.sentClient += b.length;
+    return this.client.write(b);
+  }
+
+  private writeUpstream(upstream: UpstreamSocket, b: Buffer): boolean {
+    this.sentUpstream += b.length;
+    return upstream.write(b);
+  }
+
+  /** Passes the bytes written since the last report to the observer: once per flush, not per message. */
+  private reportSent(): void {
+    const events = this.env.events;
+    if (this.sentClient > 0) events?.sent?.('client', this.sentClient);
+    if (this.sentUpstream > 0) events?.sent?.('upstream', this.sentUpstream);
+    this.sentClient = 0;
+    this.sentUpstream = 0;
   }
 
   // Client → server ------------------------------------------------------------------------------
@@ -654,6 +685,7 @@ export class Session {
   }
 
   toUpstream(raw: Buffer): void {
+    this.sentUpstream += raw.length; // reported with the next flushOut
     if (this.upstreamHeld) this.upOut.push(raw);
     else if (!this.upstream!.write(raw)) this.client.pause();
   }

@@ -4,7 +4,7 @@
 // record reached the OS" means. All operations run one at a time.
 import { mkdir, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { writeSync } from 'node:fs';
+import { ftruncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   readManifest,
@@ -64,6 +64,8 @@ export class FileSink {
   private active: ActiveStats = { records: 0, bytes: 0, firstSeq: null, firstInstance: null, last: null };
   private queue: Promise<unknown> = Promise.resolve();
   private dirty = false;
+  /** Serialized operations queued or running (appendSync stays out of their way). */
+  private inFlight = 0;
   private timer: NodeJS.Timeout | null = null;
   private activeFirstTime: string | null = null;
   private readonly now: () => Date;
@@ -79,7 +81,12 @@ export class FileSink {
 
   /** Runs `fn` after every earlier operation, so writes, syncs and rotations never interleave. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    const done = (): void => {
+      this.inFlight--;
+    };
     const run = this.queue.then(fn, fn);
+    run.then(done, done);
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -202,15 +209,51 @@ export class FileSink {
         if (off > 0) await fh.truncate(this.active.bytes).catch(() => undefined);
         throw e;
       }
-      const a = this.active;
-      a.bytes += bytes.length;
-      a.records += batch.count;
-      if (a.firstSeq === null) {
-        a.firstSeq = batch.first.seq;
-        a.firstInstance = batch.first.instance;
-      }
-      a.last = batch.last;
+      this.recordAppended(bytes.length, batch);
     });
+  }
+
+  /**
+   * The fast path of `append`: writes the batch synchronously when nothing else has to happen first (no
+   * rotation due, no fsync per write, `sync` write mode, no other operation in flight). Returns false without
+   * writing when it cannot; throws (after cutting the file back) when the write fails.
+   */
+  appendSync(batch: Batch): boolean {
+    const fh = this.fh;
+    if (!fh || this.inFlight > 0 || this.opts.writeMode === 'async' || this.opts.fsync === 'always') return false;
+    const bytes = Buffer.from(batch.data, 'utf8');
+    if (this.shouldRotate(bytes.length)) return false;
+    let off = 0;
+    try {
+      while (off < bytes.length) {
+        const written = writeSync(fh.fd, bytes, off, bytes.length - off);
+        if (written <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+        off += written;
+      }
+    } catch (e) {
+      if (off > 0) {
+        try {
+          ftruncateSync(fh.fd, this.active.bytes);
+        } catch {
+          // the record stays torn; open() cuts a torn tail, and it was never acknowledged
+        }
+      }
+      throw e;
+    }
+    this.dirty = true;
+    this.recordAppended(bytes.length, batch);
+    return true;
+  }
+
+  private recordAppended(n: number, batch: Batch): void {
+    const a = this.active;
+    a.bytes += n;
+    a.records += batch.count;
+    if (a.firstSeq === null) {
+      a.firstSeq = batch.first.seq;
+      a.firstInstance = batch.first.instance;
+    }
+    a.last = batch.last;
   }
 
   private shouldRotate(incoming: number): boolean {
@@ -232,7 +275,15 @@ export class FileSink {
     this.fh = null;
     const closed = this.now();
     const name = rotatedName(this.paths.stem, m.next, closed);
-    await rename(this.paths.active, join(this.paths.dir, name));
+    const rotated = join(this.paths.dir, name);
+    try {
+      await rename(this.paths.active, rotated);
+    } catch (e) {
+      // the directory refuses new names (read-only, immutable): keep appending to the active file as it was,
+      // so the trail recovers once the directory is writable again instead of staying closed
+      this.fh = await open(this.paths.active, 'a+', 0o640);
+      throw e;
+    }
     const a = this.active;
     const entry: ManifestEntry = {
       index: m.next,
@@ -246,8 +297,16 @@ export class FileSink {
       lastHash: a.last?.hash ?? null,
       closed: closed.toISOString(),
     };
-    this.manifest = { ...m, next: m.next + 1, activeSince: closed.toISOString(), files: [...m.files, entry] };
-    await writeJsonAtomic(this.paths.manifest, this.manifest, this.opts.fsync !== 'none');
+    const manifest: Manifest = { ...m, next: m.next + 1, activeSince: closed.toISOString(), files: [...m.files, entry] };
+    try {
+      await writeJsonAtomic(this.paths.manifest, manifest, this.opts.fsync !== 'none');
+    } catch (e) {
+      // not listed, so not rotated: put the file back and carry on with it
+      await rename(rotated, this.paths.active).catch(() => undefined);
+      this.fh = await open(this.paths.active, 'a+', 0o640);
+      throw e;
+    }
+    this.manifest = manifest;
     this.fh = await open(this.paths.active, 'a+', 0o640);
     this.active = { records: 0, bytes: 0, firstSeq: null, firstInstance: null, last: a.last };
   }

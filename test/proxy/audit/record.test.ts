@@ -3,7 +3,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { AuditParseError, canonicalJson, parseRecord, recordHash, sealRecord, serializeRecord, ZERO_HASH } from '../../../proxy/audit/record.js';
+import { AuditParseError, canonicalJson, parseRecord, recordHash, sealLine, sealRecord, sealRecordLine, serializeRecord, ZERO_HASH, type AuditEvent } from '../../../proxy/audit/record.js';
 
 function shuffleKeys(v: unknown, rnd: () => number): unknown {
   if (Array.isArray(v)) return v.map((x) => shuffleKeys(x, rnd));
@@ -49,5 +49,47 @@ describe('sealRecord / parseRecord', () => {
   test('parse refuses what is not a record', () => {
     for (const bad of ['not json', '[]', '{"kind":"nope"}', '{"kind":"connect","instance":"i","time":"t","seq":0,"prev":"","hash":"","columns":[]}'])
       assert.throws(() => parseRecord(bad), AuditParseError);
+  });
+});
+
+describe('sealLine (the template serializer)', () => {
+  const chain = { time: '2026-11-27T00:00:00.000Z', instance: 'i1', seq: 7, prev: 'a'.repeat(64) };
+  const context = { session: 's1', user: 'alice', client: '127.0.0.1:5', tlsSubject: null, applicationName: 'app', database: 'db' };
+  const events: AuditEvent[] = [
+    { kind: 'statement_intent', statement: 's1:1', mode: 'protected', fingerprint: 'select my_number from t where id = ?', command: 'SELECT', columns: [{ column: 'public.t.my_number', decision: 'plaintext' }], subjects: ['x', 'y'], subjectKeyId: 'k1' },
+    { kind: 'statement_complete', statement: 's1:1', rows: 3, sqlstate: null, durationMs: 1.25, subjects: undefined, subjectsDropped: 2 },
+    { kind: 'refusal', reason: 'deny', sqlstate: '42501', user: 'bob' },
+    { kind: 'disconnect', reason: 'client ended', bytesIn: 10, bytesOut: 20 } as AuditEvent,
+    { kind: 'search', shadow: true, columns: [{ column: 'public.t.my_number', decision: 'deny' }] },
+    // a member the template does not list takes the generic path, with the same result
+    { kind: 'connect', tls: true, somethingNew: { b: 1, a: [2] } } as unknown as AuditEvent,
+  ];
+  test('gives exactly the bytes and hash of the generic sealing of the merged record, which verify re-derives', () => {
+    for (const e of events) {
+      for (const ctx of [context, null]) {
+        const merged = { ...(ctx ?? {}), ...Object.fromEntries(Object.entries(e).filter(([, v]) => v !== undefined)) } as AuditEvent;
+        const reference = sealRecordLine(merged, chain);
+        const fast = sealLine(e, ctx, chain);
+        assert.equal(fast.line, reference.line);
+        assert.equal(fast.hash, reference.record.hash);
+        const parsed = parseRecord(fast.line);
+        assert.equal(recordHash(parsed), parsed.hash);
+        assert.equal(serializeRecord(parsed), fast.line);
+      }
+    }
+  });
+
+  test('property: any event with string, number, boolean, null and nested members seals as the generic path does', () => {
+    const member = fc.oneof(fc.string(), fc.integer(), fc.boolean(), fc.constant(null), fc.array(fc.string(), { maxLength: 3 }), fc.dictionary(fc.string({ maxLength: 4 }), fc.integer(), { maxKeys: 3 }));
+    const key = fc.constantFrom('user', 'session', 'rows', 'fingerprint', 'reason', 'subjects', 'statement', 'mode', 'detail', 'extra', 'zz', 'A');
+    fc.assert(
+      fc.property(fc.dictionary(key, member), fc.boolean(), (fields, withCtx) => {
+        const e = { ...fields, kind: 'refusal' } as unknown as AuditEvent;
+        const ctx = withCtx ? context : null;
+        const merged = { ...(ctx ?? {}), ...e } as AuditEvent;
+        assert.equal(sealLine(e, ctx, chain).line, sealRecordLine(merged, chain).line);
+      }),
+      { numRuns: 300 },
+    );
   });
 });
