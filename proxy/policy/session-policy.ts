@@ -1408,8 +1408,9 @@ export class SessionPolicy {
   }
 
   /** The transform of a fast-path Execute (only fields of unknown origin are looked at, by their cell header), or null. */
-  private watchedRows(shape: Buffer | null, bindFormats: readonly number[], ctx: OriginContext): { action: 'forward'; transform: ExecuteResults } | null {
-    if (shape === null) return null;
+  private watchedRows(shape: Buffer | null, bindFormats: readonly number[], ctx: OriginContext): { action: 'forward'; transform: ResultTransform } | null {
+    // No row shape (NoData): a COPY … TO STDOUT among such statements has its CopyData searched for cells.
+    if (shape === null) return { action: 'forward', transform: new CopyOutWatch(this, ctx) };
     const fields = decodeRowDescription(shape).fields;
     const formats = expandFormats(bindFormats, fields.length);
     const reads = this.originReadsAudit();
@@ -1703,6 +1704,31 @@ function rowOut(body: Buffer, rewriter: RowRewriter | null, origin: OriginInspec
   const out = rewriter ? rewriter.rewrite(body) : null;
   if (!origin) return out;
   return origin.inspect(out ? out.subarray(5) : body) ?? out;
+}
+
+/**
+ * A fast-path Execute without a row shape (NoData): if it turns out to be `COPY … TO STDOUT`, its CopyData is
+ * searched for cell headers and decided as a simple Query's COPY is (only ciphertext readers get such rows).
+ */
+class CopyOutWatch implements ResultTransform {
+  private copyOut: { binary: boolean } | null = null;
+  private ended = false;
+
+  constructor(private readonly policy: SessionPolicy, private readonly ctx: OriginContext) {}
+
+  message(f: Frame): Buffer | null {
+    if (this.ended) return null;
+    if (f.type === BE.CopyOutResponse) {
+      this.copyOut = { binary: decodeCopyResponse(f.body, 'CopyOutResponse').format === 1 };
+      return null;
+    }
+    if (f.type !== BE.CopyData || !this.copyOut) return null;
+    const d = copyCellDomain(f.body, this.copyOut.binary);
+    const refused = d >= 0 ? this.policy.copyOriginRefusal(d, this.ctx.catalog, this.ctx.role) : null;
+    if (!refused) return null;
+    this.ended = true;
+    return this.policy.endResult(refused);
+  }
 }
 
 /**

@@ -314,6 +314,45 @@ describe('COPY … TO STDOUT of rows that are not a protected table\'s', () => {
     assert.equal(clerk.data, '');
   });
 
+  test('through the extended protocol (Parse/Bind/Execute, no Describe): decided the same way', async () => {
+    const extended = async (role: string, sql: string): Promise<{ types: string; data: string; code: string | null; after: boolean }> => {
+      const c = await RawClient.connect('127.0.0.1', s.mamori.port, { user: role, password: PASSWORD, tls: { ca: s.cluster.ca.cert } });
+      try {
+        c.send(Buffer.concat([
+          encodeParse({ name: '', sql, paramTypes: [] }),
+          encodeBind({ portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] }),
+          encodeExecute({ portal: '', maxRows: 0 }),
+          encodeSync(),
+        ]));
+        const frames = await c.until(BE.ReadyForQuery);
+        const err = frames.find((f) => f.type === BE.ErrorResponse);
+        c.send(encodeQuery('SELECT 1'));
+        const next = await c.until(BE.ReadyForQuery);
+        return {
+          types: frames.map((f) => String.fromCharCode(f.type)).join(''),
+          data: Buffer.concat(frames.filter((f) => f.type === BE.CopyData).map((f) => f.body)).toString('latin1'),
+          code: err ? decodeNoticeFields(err.body).C ?? '' : null,
+          after: next.some((f) => f.type === BE.DataRow),
+        };
+      } finally {
+        c.close();
+      }
+    };
+    const denied = await extended(ROLES.outsider, 'COPY (SELECT f_num(1)) TO STDOUT');
+    assert.equal(denied.code, '42501');
+    assert.ok(!denied.data.includes('ff6d01'), 'no cell bytes');
+    assert.equal(denied.after, true);
+    const clerk = await extended(ROLES.clerk, 'COPY (SELECT f_num(1)) TO STDOUT');
+    assert.equal(clerk.code, '0A000');
+    assert.equal(clerk.data, '');
+    const backup = await extended(BACKUP, 'COPY (SELECT f_num(1)) TO STDOUT');
+    assert.equal(backup.code, null);
+    assert.match(backup.data, /^\\\\xff6d0102[0-9a-f]{72}\n$/);
+    const plain = await extended(ROLES.outsider, 'COPY (SELECT data FROM blobs ORDER BY id) TO STDOUT');
+    assert.equal(plain.code, null);
+    assert.equal(plain.data, '\\\\x0102ff\n\\\\xff6d0103000000010000000100\n\\N\n');
+  });
+
   test('COPY of bytea without cells is not affected', async () => {
     const r = await copyOut(ROLES.outsider, 'COPY (SELECT data FROM blobs ORDER BY id) TO STDOUT');
     assert.equal(r.error, null);
