@@ -4,14 +4,14 @@
 // value that carries a mamori cell header is decided by the header's key domain instead. Only fields whose
 // type can carry a cell are looked at, and each value costs a compare of its first bytes (docs/results.md).
 import { scanDataRow } from '../wire/backend.js';
-import { BE, ProtocolError } from '../wire/types.js';
+import { ProtocolError } from '../wire/types.js';
 import type { FieldDescription } from '../wire/types.js';
 import type { ProtectedColumn } from '../sql/types.js';
 import { MamoriError } from '../errors.js';
 import { ByteaSyntaxError, decodeByteaText, encodeByteaEscape, encodeByteaHex } from './bytea.js';
 import type { CellKeys } from './keys.js';
 import { columnName, toLogicalType } from './logical.js';
-import { openStoredCell, renderCanonical, RowError, type CellField, type FieldAction } from './rows.js';
+import { openStoredCell, renderCanonical, RowError, writeDataRow, type CellField, type FieldAction } from './rows.js';
 import type { ClientCodec } from './client-encoding.js';
 
 /**
@@ -296,33 +296,14 @@ export class OriginInspector {
 
 /** A DataRow with some fields replaced (null: SQL NULL), as a full 'D' message in one allocation. */
 function rebuildRow(body: Buffer, offsets: Int32Array, repl: ReadonlyMap<number, Buffer | null>): Buffer {
+  const indices = [...repl.keys()].sort((x, y) => x - y);
+  const values = indices.map((i) => repl.get(i) ?? null);
   let size = body.length;
-  for (const [i, r] of repl) {
-    const len = offsets[2 * i + 1]!;
-    size += (r === null ? 0 : r.length) - (len > 0 ? len : 0);
+  for (let k = 0; k < indices.length; k++) {
+    const len = offsets[2 * indices[k]! + 1]!;
+    size += (values[k] === null ? 0 : values[k]!.length) - (len > 0 ? len : 0);
   }
-  const out = Buffer.allocUnsafe(5 + size);
-  out[0] = BE.DataRow;
-  out.writeInt32BE(4 + size, 1);
-  let o = 5;
-  let from = 0;
-  for (const i of [...repl.keys()].sort((a, b) => a - b)) {
-    const r = repl.get(i) ?? null;
-    const start = offsets[2 * i]!;
-    const len = offsets[2 * i + 1]!;
-    o += body.copy(out, o, from, start - 4);
-    if (r === null) {
-      out.writeInt32BE(-1, o);
-      o += 4;
-    } else {
-      out.writeInt32BE(r.length, o);
-      o += 4;
-      o += r.copy(out, o);
-    }
-    from = len > 0 ? start + len : start;
-  }
-  body.copy(out, o, from);
-  return out;
+  return writeDataRow(body, offsets, indices, values, size);
 }
 
 // ---------------------------------------------------------------------------------------------------------

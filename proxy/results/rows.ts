@@ -196,6 +196,8 @@ export interface RowRewriterOptions {
  */
 export class RowRewriter {
   private readonly slots: Slot[];
+  /** The slots' field indexes, ascending. */
+  private readonly indices: Int32Array;
   private readonly repl: (Buffer | null)[];
   private readonly escape: boolean;
   private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
@@ -230,6 +232,7 @@ export class RowRewriter {
     }
     this.maxIndex = last;
     this.repl = new Array<Buffer | null>(this.slots.length).fill(null);
+    this.indices = Int32Array.from(this.slots, (x) => x.index);
     this.escape = opts.byteaOutput === 'escape';
     this.onShredded = opts.onShredded?.bind(opts);
     this.onPlaintext = opts.onPlaintext?.bind(opts);
@@ -255,31 +258,8 @@ export class RowRewriter {
       repl[k] = r;
       size += (r === null ? 0 : r.length) - (len > 0 ? len : 0);
     }
-    // One allocation: copy the untouched stretches, write each planned field's new length and bytes.
-    const out = Buffer.allocUnsafe(5 + size);
-    out[0] = BE.DataRow;
-    out.writeInt32BE(4 + size, 1);
-    let o = 5;
-    let from = 0;
-    for (let k = 0; k < slots.length; k++) {
-      const s = slots[k]!;
-      const start = offsets[2 * s.index]!;
-      const len = offsets[2 * s.index + 1]!;
-      const lenAt = start - 4;
-      o += body.copy(out, o, from, lenAt);
-      const r = repl[k]!;
-      if (r === null) {
-        out.writeInt32BE(-1, o);
-        o += 4;
-      } else {
-        out.writeInt32BE(r.length, o);
-        o += 4;
-        o += r.copy(out, o);
-      }
-      from = len > 0 ? start + len : start;
-      repl[k] = null; // drop references to row data between calls
-    }
-    body.copy(out, o, from);
+    const out = writeDataRow(body, offsets, this.indices, repl, size);
+    repl.fill(null); // drop references to row data between calls
     return out;
   }
 
@@ -400,5 +380,36 @@ function inClientEncoding(s: CellField, utf8: Buffer, codec: (() => ClientCodec 
   if (c.utf8) return utf8;
   const out = c.encode(utf8.toString('utf8'));
   if (out === null) throw new MamoriError('untranslatable_character', `a character in protected column ${s.name} has no equivalent in encoding "${c.name}"`);
+  return out;
+}
+
+/**
+ * A DataRow with the fields at `indices` (ascending) replaced by `repl` (null: SQL NULL), as a full 'D' message
+ * in one allocation: the untouched stretches are copied, each replaced field gets its new length and bytes.
+ * `size` is the new body's length.
+ */
+export function writeDataRow(body: Buffer, offsets: Int32Array, indices: ArrayLike<number>, repl: readonly (Buffer | null)[], size: number): Buffer {
+  const out = Buffer.allocUnsafe(5 + size);
+  out[0] = BE.DataRow;
+  out.writeInt32BE(4 + size, 1);
+  let o = 5;
+  let from = 0;
+  for (let k = 0; k < indices.length; k++) {
+    const i = indices[k]!;
+    const start = offsets[2 * i]!;
+    const len = offsets[2 * i + 1]!;
+    o += body.copy(out, o, from, start - 4);
+    const r = repl[k]!;
+    if (r === null) {
+      out.writeInt32BE(-1, o);
+      o += 4;
+    } else {
+      out.writeInt32BE(r.length, o);
+      o += 4;
+      o += r.copy(out, o);
+    }
+    from = len > 0 ? start + len : start;
+  }
+  body.copy(out, o, from);
   return out;
 }
