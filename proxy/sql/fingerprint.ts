@@ -122,8 +122,10 @@ export function fingerprint(sql: string | Buffer): string {
       continue;
     }
     if (c === 34 /* " */) {
-      // quoted identifier: kept verbatim ("" doubles a quote)
+      // quoted identifier: kept verbatim ("" doubles a quote); an unterminated one swallows the rest of the
+      // text, which may hold literals, so only its place is kept
       let j = i + 1;
+      let closed = false;
       while (j < n) {
         if (s.charCodeAt(j) === 34) {
           if (s.charCodeAt(j + 1) === 34) {
@@ -131,11 +133,12 @@ export function fingerprint(sql: string | Buffer): string {
             continue;
           }
           j++;
+          closed = true;
           break;
         }
         j++;
       }
-      emit(s.slice(i, j));
+      emit(closed ? s.slice(i, j) : '"?"');
       i = j;
       continue;
     }
