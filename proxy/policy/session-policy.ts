@@ -151,6 +151,15 @@ function refusal(sqlstate: string, message: string): Decision {
   return { action: 'refuse', error: new MamoriError(SQLSTATE_CODES[sqlstate] ?? 'feature_not_supported', message) };
 }
 
+/** A statement text's analysis that passed the refusals every text shares (see SessionPolicy.analysedText). */
+interface AnalysedText {
+  analysis: Exclude<Analysis, { kind: 'refuse' }>;
+  catalog: DatabaseCatalog;
+  role: RolePolicy;
+  identity: Identity;
+  path: string[];
+}
+
 /** The refusal when an audit intent cannot be written and failMode is closed. */
 const AUDIT_UNAVAILABLE = new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
 
@@ -469,12 +478,15 @@ export class SessionPolicy {
     return this.sqlSlow(readable);
   }
 
-  private async sqlSlow(readable: Readable): Promise<Decision> {
-    const sql = readable.text;
-    if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
-    const r = await this.analyse(sql, readable.encoding);
+  /**
+   * The analysis of a statement text (simple Query or Parse) with the refusals both share: what the analyser
+   * refuses, naming the hidden shadow column of a column in transition, and role changes in a session that
+   * touches protected data. Session settings the text changes are applied.
+   */
+  private async analysedText(sql: Buffer, encoding: string): Promise<Decision | AnalysedText> {
+    const r = await this.analyse(sql, encoding);
     if (r instanceof MamoriError) return { action: 'refuse', error: r };
-    const { analysis, catalog, role, path } = r;
+    const { analysis, catalog, role, identity, path } = r;
     this.applySettings(analysis);
     if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
     const shadowNamed = mentionsShadow(sql, catalog);
@@ -482,6 +494,15 @@ export class SessionPolicy {
     if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
       return refusal('42501', 'role changes (SET ROLE, SET SESSION AUTHORIZATION, set_config(\'role\')) are not allowed in a session that touches protected columns; identity stays the session user');
     }
+    return { analysis, catalog, role, identity, path };
+  }
+
+  private async sqlSlow(readable: Readable): Promise<Decision> {
+    const sql = readable.text;
+    if (!this.tempSchema && TEMP_CREATE.test(sql.toString('latin1'))) this.tempPending = true;
+    const r = await this.analysedText(sql, readable.encoding);
+    if ('action' in r) return r;
+    const { analysis, catalog, role, path } = r;
     if (analysis.kind === 'unprotected') {
       // FETCH from a cursor, EXECUTE of a prepared statement, a function returning rows: nothing in the text
       // names a protected column, but the rows can still come from one (by origin, or as cells of unknown
@@ -1024,16 +1045,9 @@ export class SessionPolicy {
 
   private async parseSlow(nameBytes: Buffer, name: string, readable: Readable, paramTypes: number[]): Promise<Decision> {
     const sql = readable.text;
-    const r = await this.analyse(sql, readable.encoding);
-    if (r instanceof MamoriError) return { action: 'refuse', error: r };
+    const r = await this.analysedText(sql, readable.encoding);
+    if ('action' in r) return r;
     const { analysis, catalog, role, path } = r;
-    this.applySettings(analysis);
-    if (analysis.kind === 'refuse') return this.refused(analysis.sqlstate, analysis.message, sql);
-    const shadowNamed = mentionsShadow(sql, catalog);
-    if (shadowNamed) return refusal('55000', shadowNamed);
-    if (analysis.roleChange && (this.touched || analysis.kind === 'protected')) {
-      return refusal('42501', 'role changes are not allowed in a session that touches protected columns; identity stays the session user');
-    }
     if (analysis.kind === 'unprotected') return this.trackParse(name, null);
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
