@@ -7,7 +7,7 @@
 import type { Frame } from '../wire/framer.js';
 import { BE } from '../wire/types.js';
 import { encodeCopyData, encodeCopyFail } from '../wire/frontend.js';
-import { decodeCommandComplete } from '../wire/backend.js';
+import { commandRows, errorSqlstate } from '../wire/backend.js';
 import { MamoriError, errorResponse } from '../errors.js';
 import type { Decision } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
@@ -111,10 +111,10 @@ export class CopyInStream implements ResultTransform {
         if (f.body[0] !== 0) this.failure ??= new MamoriError('feature_not_supported', 'binary COPY is not supported on protected tables');
         return null;
       case BE.CommandComplete:
-        this.end(rowsOf(f.body) ?? this.o.rewriter.rows, null);
+        this.end(commandRows(f.body) ?? this.o.rewriter.rows, null);
         return null;
       case BE.ErrorResponse: {
-        this.end(this.o.rewriter.rows, this.failure?.sqlstate ?? sqlstateOf(f.body));
+        this.end(this.o.rewriter.rows, this.failure?.sqlstate ?? errorSqlstate(f.body));
         // The server's "COPY from stdin failed: …" (57014) becomes mamori's error with its own SQLSTATE.
         return this.failure ? errorResponse(this.failure) : null;
       }
@@ -157,10 +157,10 @@ export class CopyOutTransform implements ResultTransform {
         return rest.length === 0 ? null : Buffer.concat([encodeCopyData(rest), f.raw]);
       }
       case BE.CommandComplete:
-        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rewriter.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
+        void this.handle?.complete({ rows: commandRows(f.body) ?? this.rewriter.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.rewriter.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        void this.handle?.complete({ rows: this.rewriter.rows, sqlstate: errorSqlstate(f.body), ...this.subjects?.take() }).catch(() => undefined);
         return null;
       default:
         return null;
@@ -168,20 +168,7 @@ export class CopyOutTransform implements ResultTransform {
   }
 }
 
-function rowsOf(body: Buffer): number | null {
-  const n = Number(decodeCommandComplete(body).tag.split(' ').at(-1));
-  return Number.isFinite(n) ? n : null;
-}
 
-function sqlstateOf(body: Buffer): string | null {
-  for (let i = 0; i < body.length && body[i] !== 0;) {
-    const code = body[i]!;
-    const end = body.indexOf(0, i + 1);
-    if (code === 0x43) return body.toString('latin1', i + 1, end);
-    i = end + 1;
-  }
-  return null;
-}
 
 export interface CopySetup {
   /** The read decision and export grant of the session user for a column. */

@@ -6,7 +6,7 @@
 import type { Frame } from '../wire/framer.js';
 import { BE, FE } from '../wire/types.js';
 import { decodeBind, decodeDescribe, decodeExecute, decodeParse, expandFormats, encodeDescribe } from '../wire/frontend.js';
-import { decodeRowDescription, decodeCommandComplete, decodeCopyResponse } from '../wire/backend.js';
+import { decodeRowDescription, decodeCopyResponse, commandRows, errorSqlstate } from '../wire/backend.js';
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
@@ -1588,7 +1588,7 @@ class QueryResults implements ResultTransform {
         this.origin = null;
         this.passRows = true;
         if (!this.handle) return null;
-        const n = rowsOf(f.body);
+        const n = commandRows(f.body);
         if (n !== null) this.tagged = (this.tagged ?? 0) + n;
         return null;
       }
@@ -1598,7 +1598,7 @@ class QueryResults implements ResultTransform {
         if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         return null;
       case BE.ErrorResponse:
-        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: errorSqlstate(f.body), ...this.subjects?.take() }).catch(() => undefined);
         this.failed = true;
         return null;
       default:
@@ -1655,15 +1655,15 @@ class ExecuteResults implements ResultTransform {
           return this.policy.endResult(err.error);
         }
       case BE.CommandComplete:
-        void this.handle?.complete({ rows: rowsOf(f.body) ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
+        void this.handle?.complete({ rows: commandRows(f.body) ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
         this.reads?.done(this.rows, null);
         return null;
       case BE.PortalSuspended:
         this.reads?.done(this.rows, null);
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.rows, sqlstate: sqlstateOf(f.body), ...this.subjects?.take() }).catch(() => undefined);
-        this.reads?.done(this.rows, sqlstateOf(f.body));
+        void this.handle?.complete({ rows: this.rows, sqlstate: errorSqlstate(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        this.reads?.done(this.rows, errorSqlstate(f.body));
         return null;
       default:
         return null;
@@ -1786,21 +1786,7 @@ function mergeExtras(all: readonly StatementExtras[]): StatementExtras {
   return { searches, deletions: all.flatMap((x) => x.deletions) };
 }
 
-function rowsOf(body: Buffer): number | null {
-  const tag = decodeCommandComplete(body).tag;
-  const n = Number(tag.split(' ').at(-1));
-  return Number.isFinite(n) ? n : null;
-}
 
-function sqlstateOf(body: Buffer): string | null {
-  for (let i = 0; i < body.length && body[i] !== 0;) {
-    const code = body[i]!;
-    const end = body.indexOf(0, i + 1);
-    if (code === 0x43) return body.toString('latin1', i + 1, end);
-    i = end + 1;
-  }
-  return null;
-}
 
 export function qualified(c: ProtectedColumn): string {
   return `${c.schema}.${c.table}.${c.column}`;

@@ -180,6 +180,24 @@ export function decodeCommandComplete(body: Buffer): CommandComplete {
   return { kind: 'CommandComplete', tag };
 }
 
+/** The row count a CommandComplete tag ends with (`SELECT 5`, `INSERT 0 5`, `COPY 5`), or null. */
+export function commandRows(body: Buffer): number | null {
+  const n = Number(decodeCommandComplete(body).tag.split(' ').at(-1));
+  return Number.isFinite(n) ? n : null;
+}
+
+/** The SQLSTATE (field C) of an ErrorResponse body, without decoding the other fields. */
+export function errorSqlstate(body: Buffer): string | null {
+  for (let i = 0; i < body.length && body[i] !== 0;) {
+    const code = body[i]!;
+    const end = body.indexOf(0, i + 1);
+    if (end < 0) return null;
+    if (code === 0x43) return body.toString('latin1', i + 1, end);
+    i = end + 1;
+  }
+  return null;
+}
+
 /** ErrorResponse and NoticeResponse bodies: (code byte, string)* then a zero byte. */
 export function decodeNoticeFields(body: Buffer, what = 'ErrorResponse'): NoticeFields {
   const r = new Reader(body, what);

@@ -9,6 +9,9 @@ import {
   encodeBackend,
   encodeDataRow,
   encodeErrorResponse,
+  encodeCommandComplete,
+  commandRows,
+  errorSqlstate,
   encodeReadyForQuery,
   encodeRowDescription,
 } from '../../../proxy/wire/backend.js';
@@ -176,5 +179,21 @@ describe('backend messages', () => {
     assert.throws(() => encodeErrorResponse({ M: 'a\0b' }), ProtocolError);
     assert.throws(() => encodeBackend({ kind: 'CopyInResponse', format: 2, columnFormats: [] }), ProtocolError);
     assert.throws(() => encodeDataRow(new Array<null>(65536).fill(null)), ProtocolError);
+  });
+});
+
+describe('commandRows / errorSqlstate (audit completion fields)', () => {
+  test('the row count a command tag ends with, or null', () => {
+    assert.equal(commandRows(encodeCommandComplete('SELECT 5').subarray(5)), 5);
+    assert.equal(commandRows(encodeCommandComplete('INSERT 0 12').subarray(5)), 12);
+    assert.equal(commandRows(encodeCommandComplete('COPY 1000000').subarray(5)), 1000000);
+    assert.equal(commandRows(encodeCommandComplete('BEGIN').subarray(5)), null);
+  });
+
+  test('the SQLSTATE of an ErrorResponse, wherever field C stands; null without one or when truncated', () => {
+    assert.equal(errorSqlstate(encodeErrorResponse({ S: 'ERROR', C: '42501', M: 'x' }).subarray(5)), '42501');
+    assert.equal(errorSqlstate(encodeErrorResponse({ S: 'ERROR', M: 'x', C: '23505' }).subarray(5)), '23505');
+    assert.equal(errorSqlstate(encodeErrorResponse({ S: 'ERROR', M: 'x' }).subarray(5)), null);
+    assert.equal(errorSqlstate(Buffer.from('SERROR', 'latin1')), null);
   });
 });
