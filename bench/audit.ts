@@ -15,7 +15,7 @@ import { CONTROL_PASSWORD } from '../test/harness/mamori.js';
 import { startMamori, type MamoriServer } from '../proxy/server.js';
 import { defaultConfig } from '../config/load.js';
 import type { MamoriConfig } from '../config/schema.js';
-import { myNumberCheckDigit } from '../proxy/audit/subject.js';
+import { myNumberCheckDigit } from '../keyring/mynumber.js';
 import { parseSummary, run } from './lib/pgbench.js';
 import { fmt, median, ratio } from './lib/stats.js';
 

@@ -11,6 +11,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { cellKeyFromBytes, decryptCell, encryptCell } from '../keyring/cells/index.js';
 import { startProtectedStack, ROLES } from '../test/harness/protected.js';
 import { fmt } from './lib/stats.js';
+import { myNumberCheckDigit } from '../keyring/mynumber.js';
 
 const N = Number(process.env.BENCH_COPY_ROWS ?? 1_000_000);
 const SELECT_ROWS = Math.min(N, Number(process.env.BENCH_SELECT_ROWS ?? 100_000));
@@ -18,10 +19,7 @@ const SELECT_ROWS = Math.min(N, Number(process.env.BENCH_SELECT_ROWS ?? 100_000)
 /** A valid My Number from an 11-digit base (check digit per MYNUMBER.md). */
 function mn(base: number): string {
   const d = String(base).padStart(11, '0');
-  let sum = 0;
-  for (let n = 1; n <= 11; n++) sum += Number(d[11 - n]) * (n <= 6 ? n + 1 : n - 5);
-  const r = sum % 11;
-  return d + String(r <= 1 ? 0 : 11 - r);
+  return d + String(myNumberCheckDigit(d));
 }
 
 function* rowStream(): Generator<Buffer> {

@@ -2,6 +2,7 @@
 // searched one value without the trail ever holding the value. The key is a keyring key of purpose `subject`
 // (one per retention period, so shredding it makes that period's hashes unlinkable); auditors never hold it.
 import { createHmac, type KeyObject } from 'node:crypto';
+import { normalizeCorporateNumber, normalizeMyNumber } from '../../keyring/mynumber.js';
 
 /** Hash length: 128 bits of HMAC-SHA-256, base64url (22 characters). Collisions are not a practical concern at
  * audit-trail volumes, and a shorter hash keeps records of large results small. */
@@ -41,41 +42,8 @@ function typePrefix(logicalType: string): Buffer {
   return p;
 }
 
-const FULLWIDTH_ZERO = 0xff10;
-// Separators MYNUMBER.md accepts between digit groups.
-const SEPARATORS = new Set([0x20, 0x3000, 0x2d, 0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xff0d, 0x30fc]);
-
 export class SubjectFormatError extends Error {
   override readonly name = 'SubjectFormatError';
-}
-
-/** ASCII digits from ASCII/full-width digits with the accepted separators; anything else is refused. */
-function digitsOf(input: string): string {
-  let out = '';
-  for (const ch of input.trim()) {
-    const c = ch.codePointAt(0)!;
-    if (c >= 48 && c <= 57) out += ch;
-    else if (c >= FULLWIDTH_ZERO && c <= FULLWIDTH_ZERO + 9) out += String.fromCharCode(48 + c - FULLWIDTH_ZERO);
-    else if (!SEPARATORS.has(c)) throw new SubjectFormatError('subject value contains a character that is not a digit or separator');
-  }
-  return out;
-}
-
-export function myNumberCheckDigit(first11: string): number {
-  let sum = 0;
-  for (let n = 1; n <= 11; n++) {
-    const p = first11.charCodeAt(11 - n) - 48;
-    const q = n <= 6 ? n + 1 : n - 5;
-    sum += p * q;
-  }
-  const r = sum % 11;
-  return r <= 1 ? 0 : 11 - r;
-}
-
-export function corporateNumberCheckDigit(last12: string): number {
-  let sum = 0;
-  for (let n = 1; n <= 12; n++) sum += (last12.charCodeAt(12 - n) - 48) * (n % 2 === 1 ? 1 : 2);
-  return 9 - (sum % 9);
 }
 
 /** A searched value normalized for hashing: its logical type and canonical bytes. */
@@ -85,18 +53,14 @@ export interface NormalizedSubject {
 }
 
 /**
- * Normalizes a value typed at the CLI: 12 digits → My Number, 13 → corporate number, both check-digit verified.
- * The error never repeats the value.
+ * Normalizes a value typed at the CLI with the rules writes use (keyring/mynumber.ts: the accepted written forms,
+ * check digits), so a subject searched hashes like the value stored: a valid My Number, else a valid corporate
+ * number. The error never repeats the value.
  */
 export function normalizeSubject(input: string): NormalizedSubject {
-  const d = digitsOf(input);
-  if (d.length === 12) {
-    if (myNumberCheckDigit(d.slice(0, 11)) !== d.charCodeAt(11) - 48) throw new SubjectFormatError('not a valid individual number (check digit)');
-    return { logicalType: 'mynumber', canonical: Buffer.from(d, 'ascii') };
-  }
-  if (d.length === 13) {
-    if (corporateNumberCheckDigit(d.slice(1)) !== d.charCodeAt(0) - 48) throw new SubjectFormatError('not a valid corporate number (check digit)');
-    return { logicalType: 'corporate_number', canonical: Buffer.from(d, 'ascii') };
-  }
-  throw new SubjectFormatError(`expected 12 or 13 digits, got ${d.length}`);
+  const my = normalizeMyNumber(input);
+  if (my.ok) return { logicalType: 'mynumber', canonical: Buffer.from(my.value, 'ascii') };
+  const corp = normalizeCorporateNumber(input);
+  if (corp.ok) return { logicalType: 'corporate_number', canonical: Buffer.from(corp.value, 'ascii') };
+  throw new SubjectFormatError(`neither a valid individual number (${my.reason}) nor a valid corporate number (${corp.reason})`);
 }

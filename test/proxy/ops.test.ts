@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startProtectedStack, ROLES, type ProtectedStack } from '../harness/protected.js';
 import { runAuditCommand } from '../../proxy/audit/cli.js';
-import { myNumberCheckDigit } from '../../proxy/audit/subject.js';
+import { myNumberCheckDigit } from '../../keyring/mynumber.js';
 
 const chattr = (flag: '+i' | '-i', path: string): void => void execFileSync('chattr', [flag, path]);
 

@@ -12,7 +12,7 @@ import pg from 'pg';
 import { startProtectedStack, ROLES, type ProtectedStack } from '../../harness/protected.js';
 import { runAuditCommand } from '../../../proxy/audit/cli.js';
 import { parseRecord, type AuditRecord } from '../../../proxy/audit/record.js';
-import { myNumberCheckDigit } from '../../../proxy/audit/subject.js';
+import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
 import { main } from '../../../proxy/cli.js';
 
 /** A valid My Number from 11 digits (check digit appended). */

@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { startProtectedStack, ROLES, PASSWORD, type ProtectedStack } from '../../harness/protected.js';
 import { parseRecord, type AuditRecord } from '../../../proxy/audit/record.js';
-import { myNumberCheckDigit } from '../../../proxy/audit/subject.js';
+import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
 import { runAuditCommand } from '../../../proxy/audit/cli.js';
 import { main } from '../../../proxy/cli.js';
 

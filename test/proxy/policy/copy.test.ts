@@ -22,6 +22,7 @@ import { freePort } from '../../harness/cluster.js';
 import { CONTROL_PASSWORD, CONTROL_USER } from '../../harness/mamori.js';
 import { rssOf } from '../../harness/mamori-process.js';
 import { exitWithin, runMamori, type ChildMamori } from '../../harness/child-mamori.js';
+import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
 
 const EXPORTER = 'hr_exporter';
 const COLUMNS = {
@@ -35,10 +36,7 @@ const COLUMNS = {
 /** A valid My Number from an 11-digit base (check digit per MYNUMBER.md). */
 function mn(base: number): string {
   const d = String(base).padStart(11, '0');
-  let sum = 0;
-  for (let n = 1; n <= 11; n++) sum += Number(d[11 - n]) * (n <= 6 ? n + 1 : n - 5);
-  const r = sum % 11;
-  return d + String(r <= 1 ? 0 : 11 - r);
+  return d + String(myNumberCheckDigit(d));
 }
 
 let s: ProtectedStack;
