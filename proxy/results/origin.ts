@@ -17,7 +17,7 @@ import type { ClientCodec } from './client-encoding.js';
 /**
  * How a field can carry a cell: `bytea` (bytea itself and the guard domains, which RowDescription reports
  * by their base type) as raw bytes in binary format or as bytea text (`\x…` hex or escape) in text format;
- * `text` (text, varchar, char(n), unknown, cstring: e.g. `f()::text`, `byteaout(f())`) as the bytea text
+ * `text` (text, varchar, char(n), name, unknown, cstring: e.g. `f()::text`, `byteaout(f())`) as the bytea text
  * form in either format (their binary form is the text itself).
  */
 export type CarrierKind = 'bytea' | 'text';
@@ -29,6 +29,7 @@ const CARRIERS: ReadonlyMap<number, CarrierKind> = new Map<number, CarrierKind>(
   [1042, 'text'], // bpchar
   [705, 'text'], // unknown
   [2275, 'text'], // cstring
+  [19, 'text'], // name: 63 bytes hold a cell's header and most of its body (`f()::text::name`)
 ]);
 
 /** The carrier kind of a result type OID, or null when no value of that type can be a cell. */

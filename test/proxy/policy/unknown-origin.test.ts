@@ -212,6 +212,8 @@ describe('expressions, cursors and copies', () => {
     assert.match(raw, /^\\xff6d0102[0-9a-f]{72}$/);
     await as(ROLES.outsider, async (c) => {
       await assert.rejects(c.query('SELECT f_num(1)::text AS t'), (e) => assertDenied(e, /result column "t" of unknown origin/));
+      // name keeps the header and most of the body (63 bytes): still the column's cell, still refused
+      await assert.rejects(c.query('SELECT f_num(1)::text::name AS t'), (e) => assertDenied(e, /result column "t" of unknown origin/));
     });
   });
 
