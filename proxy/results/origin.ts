@@ -22,6 +22,9 @@ import type { ClientCodec } from './client-encoding.js';
  */
 export type CarrierKind = 'bytea' | 'text';
 
+/** PostgreSQL's FirstNormalObjectId: OIDs below it are built in. */
+const FIRST_USER_OID = 16384;
+
 const CARRIERS: ReadonlyMap<number, CarrierKind> = new Map<number, CarrierKind>([
   [17, 'bytea'], // bytea (and domains over it: mamori.mynumber …)
   [25, 'text'], // text
@@ -30,11 +33,14 @@ const CARRIERS: ReadonlyMap<number, CarrierKind> = new Map<number, CarrierKind>(
   [705, 'text'], // unknown
   [2275, 'text'], // cstring
   [19, 'text'], // name: 63 bytes hold a cell's header and most of its body (`f()::text::name`)
+  [142, 'text'], // xml: text content is a valid fragment (`f()::text::xml`)
 ]);
 
 /** The carrier kind of a result type OID, or null when no value of that type can be a cell. */
 export function carrierKind(typeOid: number): CarrierKind | null {
-  return CARRIERS.get(typeOid) ?? null;
+  // Types created in the database (OIDs from 16384: extensions such as citext, user-defined types) are looked
+  // at in their text form too: mamori cannot know that a cast into one does not keep the cell's text.
+  return CARRIERS.get(typeOid) ?? (typeOid >= FIRST_USER_OID ? 'text' : null);
 }
 
 /** A result field that is not mapped to a protected column but can carry a cell. */
@@ -57,8 +63,8 @@ export function originFields(fields: readonly FieldDescription[], mapped: Readon
   const out: OriginField[] = [];
   for (let i = 0; i < fields.length; i++) {
     const f = fields[i]!;
-    const kind = CARRIERS.get(f.typeOid);
-    if (kind === undefined || mapped.has(i)) continue;
+    const kind = carrierKind(f.typeOid);
+    if (kind === null || mapped.has(i)) continue;
     out.push({ index: i, name: f.name, kind, binary: (formats[i] ?? 0) === 1, tableOid: f.tableOid, attnum: f.attnum });
   }
   return out;
@@ -83,7 +89,7 @@ export function someField(body: Buffer, visit: (tableOid: number, attnum: number
 
 /** True when some field of the RowDescription has a type that can carry a cell. */
 export function mayCarryCells(body: Buffer): boolean {
-  return someField(body, (_t, _a, typeOid) => CARRIERS.has(typeOid));
+  return someField(body, (_t, _a, typeOid) => carrierKind(typeOid) !== null);
 }
 
 const BACKSLASH = 0x5c;

@@ -42,6 +42,7 @@ before(async () => {
     AS 'SELECT my_number FROM public.employees WHERE id = $1'`);
   await s.cluster.query(`CREATE FUNCTION public.f_all() RETURNS TABLE (id int, num bytea) LANGUAGE plpgsql STABLE
     AS $$ BEGIN RETURN QUERY SELECT e.id, e.my_number::bytea FROM public.employees e ORDER BY e.id; END $$`);
+  await s.cluster.query('CREATE EXTENSION IF NOT EXISTS citext');
   await s.cluster.query(`CREATE TABLE public.cell_copies AS SELECT id, my_number::bytea AS cell FROM public.employees`);
   await s.cluster.query(`CREATE TABLE public.blobs (id int, data bytea)`);
   await s.cluster.query(`INSERT INTO public.blobs VALUES (1, '\\x0102ff'), (2, '\\xff6d0103000000010000000100'), (3, NULL)`);
@@ -214,6 +215,9 @@ describe('expressions, cursors and copies', () => {
       await assert.rejects(c.query('SELECT f_num(1)::text AS t'), (e) => assertDenied(e, /result column "t" of unknown origin/));
       // name keeps the header and most of the body (63 bytes): still the column's cell, still refused
       await assert.rejects(c.query('SELECT f_num(1)::text::name AS t'), (e) => assertDenied(e, /result column "t" of unknown origin/));
+      await assert.rejects(c.query('SELECT f_num(1)::text::xml AS t'), (e) => assertDenied(e, /result column "t" of unknown origin/));
+      // a type the database defines (an extension's): its text form is looked at too
+      await assert.rejects(c.query('SELECT f_num(1)::text::citext AS t'), (e) => assertDenied(e, /result column "t" of unknown origin/));
     });
   });
 
