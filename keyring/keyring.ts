@@ -3,7 +3,7 @@
 // escrow, purge hooks and key events. Key bytes never leave this module except as KeyObjects.
 import { EventEmitter } from 'node:events';
 import { createSecretKey, randomBytes, randomUUID, type KeyObject } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, unlinkSync, unwatchFile, watchFile } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, unlinkSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import pg from 'pg';
 import {
@@ -19,7 +19,7 @@ import {
 } from './cells/index.js';
 import { DEFAULT_CACHE_TTL_SECONDS, DEFAULT_ROTATE_AFTER, type KeyringConfig } from './config-types.js';
 import type { KeyPurpose, WrapContext } from './context.js';
-import { fsyncDir, shredFile, writeFileDurable } from './fsutil.js';
+import { fsyncDir, pollFile, shredFile, writeFileDurable } from './fsutil.js';
 import {
   entryKey,
   KEYSTORE_FORMAT,
@@ -297,7 +297,7 @@ export class Keyring {
   }
 
   /**
-   * Reloads whenever the keystore changes: the file store is polled (fs.watchFile), the table store
+   * Reloads whenever the keystore changes: the file store is polled (pollFile), the table store
    * LISTENs on `mamori_keystore` (every save NOTIFYs). Returns a function that stops watching.
    */
   async watch(intervalMs = 1000): Promise<() => Promise<void>> {
@@ -307,8 +307,8 @@ export class Keyring {
     };
     if (this.cfg.store.type === 'file') {
       const path = this.cfg.store.path;
-      watchFile(path, { interval: intervalMs }, onChange);
-      this.stopWatch = async () => unwatchFile(path, onChange);
+      const stop = pollFile(path, intervalMs, onChange);
+      this.stopWatch = async () => stop();
     } else {
       const pool = this.backend instanceof PostgresKeystore ? this.backend.pool : null;
       if (!pool) throw new KeyringError('refused', 'no connection to LISTEN on');

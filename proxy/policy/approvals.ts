@@ -2,11 +2,11 @@
 // through membership, and which verifier of each login is the approved one. Kept outside the database in a
 // JSON file MACed under a keyring key, so whoever administers the database cannot approve himself.
 import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { existsSync, readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { MamoriConfig } from '../../config/schema.js';
 import type { Keyring } from '../../keyring/index.js';
-import { writeFileDurable } from '../../keyring/fsutil.js';
+import { pollFile, writeFileDurable } from '../../keyring/fsutil.js';
 import type { GrantView } from './decide.js';
 import type { Identity } from './membership.js';
 
@@ -179,7 +179,8 @@ export function grantView(approvals: Approvals | null, passwords: 'held' | 'allo
 
 /**
  * Re-reads the file whenever it changes (polled, like the file keystore) and hands over the new state, or null
- * with the reason when it is refused (fail closed: the caller then approves nothing). Returns a stop function.
+ * with the reason when it is refused (fail closed: the caller then approves nothing). Call it before the first
+ * Approvals.load: every change after this returns is reported. Returns a stop function.
  */
 export function watchApprovals(
   path: string,
@@ -194,6 +195,5 @@ export function watchApprovals(
       onLoad(null, err as Error);
     }
   };
-  watchFile(path, { interval: intervalMs }, listener);
-  return () => unwatchFile(path, listener);
+  return pollFile(path, intervalMs, listener);
 }

@@ -126,6 +126,14 @@ export class PolicyEngine {
     }
     const macKey = await approvalsMacKey(opts.keyring);
     const path = approvalsPath(opts.config);
+    // `mamori policy approve` writes the file; a running proxy picks it up (a refused file withholds all).
+    // Watched before the first read, so an approval saved in between is not missed.
+    engine.stopApprovals = watchApprovals(path, macKey, (a, err) => {
+      if (err) opts.log.error({ err: err.message }, 'approvals file refused; grants that need approval are withheld');
+      else opts.log.info('approvals reloaded');
+      engine.approvals = a;
+      engine.analysisCache.clear(); // cached decisions were made under the old approvals
+    }, 500);
     try {
       engine.approvals = Approvals.load(path, macKey);
     } catch (err) {
@@ -133,13 +141,6 @@ export class PolicyEngine {
       opts.log.error({ err: (err as Error).message }, 'approvals could not be loaded; grants that need approval are withheld');
       engine.approvals = null;
     }
-    // `mamori policy approve` writes the file; a running proxy picks it up (a refused file withholds all).
-    engine.stopApprovals = watchApprovals(path, macKey, (a, err) => {
-      if (err) opts.log.error({ err: err.message }, 'approvals file refused; grants that need approval are withheld');
-      else opts.log.info('approvals reloaded');
-      engine.approvals = a;
-      engine.analysisCache.clear(); // cached decisions were made under the old approvals
-    }, 500);
     opts.keyring.onPurge(() => engine.keys.forget());
     // `mamori keys rotate` / `reencrypt` in another process: the keystore is re-read on change (new writes
     // use the new version, rotation flags freeze or release writes). Keyring.close() stops the watch.
