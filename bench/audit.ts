@@ -23,6 +23,9 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
 const ROWS = 1000;
+// BENCH_PLAN=protected/off,protected/protected runs only those `workload/mode` pairs (for profiling one of them);
+// comparisons missing a side print as null
+const PLAN = process.env.BENCH_PLAN?.split(',').map((s) => s.trim()).filter(Boolean) ?? null;
 
 type Mode = 'off' | 'protected' | 'all';
 type Workload = 'unprotected' | 'protected';
@@ -71,7 +74,9 @@ async function main(): Promise<void> {
     // mamori runs in this process (pgbench and PostgreSQL do not): CPU time per transaction is the steadier
     // measure on a shared, loaded machine; TPS moves with whatever else runs
     const cpuPerTx = new Map<string, number[]>();
-    const bench = async (mode: Mode, workload: Workload): Promise<number> => {
+    // of which system (kernel) time: syscalls — socket and audit-file writes, epoll
+    const sysPerTx = new Map<string, number[]>();
+    const bench = async (mode: Mode, workload: Workload, warmUp = false): Promise<number> => {
       const args = workload === 'unprotected' ? ['-S'] : ['-f', script];
       const cpu0 = process.cpuUsage();
       const out = await run(join(pg.bindir, 'pgbench'), [...args, '-n', '-c', String(CLIENTS), '-j', '2', '-T', String(SECONDS)], env(servers[mode]!.port), (SECONDS + 60) * 1000);
@@ -79,16 +84,17 @@ async function main(): Promise<void> {
       const cpu = process.cpuUsage(cpu0);
       const sum = parseSummary(out.stdout);
       const k = `${workload}/${mode}`;
-      cpuPerTx.set(k, [...(cpuPerTx.get(k) ?? []), (cpu.user + cpu.system) / Math.max(1, sum.transactions)]);
+      if (!warmUp) sysPerTx.set(k, [...(sysPerTx.get(k) ?? []), cpu.system / Math.max(1, sum.transactions)]);
+      if (!warmUp) cpuPerTx.set(k, [...(cpuPerTx.get(k) ?? []), (cpu.user + cpu.system) / Math.max(1, sum.transactions)]);
       return sum.tps;
     };
-    const plan: Array<[Mode, Workload]> = [
+    const plan = ([
       ['off', 'unprotected'], ['protected', 'unprotected'], ['all', 'unprotected'],
       ['off', 'protected'], ['protected', 'protected'],
-    ];
+    ] as Array<[Mode, Workload]>).filter(([m, w]) => PLAN === null || PLAN.includes(`${w}/${m}`));
     const tps = new Map<string, number[]>();
-    await bench('off', 'unprotected'); // warm-up (connections, caches, JIT)
-    await bench('protected', 'protected');
+    // warm-up (connections, caches, JIT)
+    for (const [m, w] of PLAN === null ? ([['off', 'unprotected'], ['protected', 'protected']] as Array<[Mode, Workload]>) : plan) await bench(m, w, true);
     for (let r = 0; r < ROUNDS; r++) {
       // alternate the order each round so drift on the shared machine does not favour one mode
       const order = r % 2 === 0 ? plan : [...plan].reverse();
@@ -96,7 +102,7 @@ async function main(): Promise<void> {
         const t = await bench(mode, workload);
         const k = `${workload}/${mode}`;
         tps.set(k, [...(tps.get(k) ?? []), t]);
-        console.log(`round ${r + 1}: ${k.padEnd(22)} ${t.toFixed(0)} tps  ${cpuPerTx.get(k)!.at(-1)!.toFixed(1)} µs CPU/tx`);
+        console.log(`round ${r + 1}: ${k.padEnd(22)} ${t.toFixed(0)} tps  ${cpuPerTx.get(k)!.at(-1)!.toFixed(1)} µs CPU/tx (${sysPerTx.get(k)!.at(-1)!.toFixed(1)} system)`);
       }
     }
     const med = (k: string): number | null => median(tps.get(k) ?? []);
@@ -120,7 +126,7 @@ async function main(): Promise<void> {
     const file = join(dir, `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     writeFileSync(file, JSON.stringify({
       when: new Date().toISOString(), node: process.version, loadavg: loadavg(), rounds: ROUNDS, seconds: SECONDS, clients: CLIENTS,
-      tls: 'client and upstream legs', fsync: 'none', runs: Object.fromEntries(tps), cpuMicrosPerTx: Object.fromEntries(cpuPerTx), comparisons: rows,
+      tls: 'client and upstream legs', fsync: 'none', runs: Object.fromEntries(tps), cpuMicrosPerTx: Object.fromEntries(cpuPerTx), systemMicrosPerTx: Object.fromEntries(sysPerTx), comparisons: rows,
     }, null, 2));
     console.log(`\nwritten to ${file}`);
   } finally {
