@@ -181,14 +181,54 @@ const TEMPLATE_KEYS: readonly string[] = [
   'host', 'query', 'results', 'outcome', 'bytesIn', 'bytesOut', 'previous', 'registry', 'repairedTailBytes', 'checkpoint',
   'sig', 'series',
 ].sort();
+/** `"name":` of each template member, and `,"name":` for every member after the first. */
 const PREFIXES = TEMPLATE_KEYS.map((k) => JSON.stringify(k) + ':');
+const COMMA_PREFIXES = PREFIXES.map((p) => ',' + p);
 const INDEX = new Map(TEMPLATE_KEYS.map((k, i) => [k, i]));
 const at = (k: string): number => INDEX.get(k)!;
 const CONTEXT_SLOTS = [...CONTEXT_KEYS].map((k) => [k, at(k)] as const);
-const DEFAULT_SLOTS = Object.entries(DEFAULTS).map(([k, v]) => [at(k), v] as const);
+/** Defaults already serialized. */
+const DEFAULT_SLOTS = Object.entries(DEFAULTS).map(([k, v]) => [at(k), canonicalJson(v)] as const);
 const [V, TIME, INSTANCE, SEQ, PREV] = [at('v'), at('time'), at('instance'), at('seq'), at('prev')];
-/** Scratch slots, one per template member (sealing is synchronous, so one array serves every call). */
-const slots: unknown[] = new Array<unknown>(TEMPLATE_KEYS.length).fill(undefined);
+const VERSION_JSON = String(AUDIT_RECORD_VERSION);
+/** Scratch slots of serialized members, one per template member (sealing is synchronous: one array serves all). */
+const slots: Array<string | undefined> = new Array<string | undefined>(TEMPLATE_KEYS.length).fill(undefined);
+
+/**
+ * A frozen context's members serialized once ([slot, JSON] of those set): a session seals the same context into
+ * every record it writes. Only frozen contexts are cached — a context that can change is serialized each time.
+ */
+const contextJson = new WeakMap<RecordContext, ReadonlyArray<readonly [number, string]>>();
+function contextSlots(context: RecordContext): ReadonlyArray<readonly [number, string]> {
+  const cached = contextJson.get(context);
+  if (cached) return cached;
+  const c = context as Record<string, unknown>;
+  const out: Array<readonly [number, string]> = [];
+  for (const [k, i] of CONTEXT_SLOTS) if (c[k] !== undefined) out.push([i, memberJson(c[k])]);
+  if (Object.isFrozen(context)) contextJson.set(context, out);
+  return out;
+}
+
+/** The last chain `time` / `instance` and their JSON: every record of a batch has the same time, of a trail the same instance. */
+let lastTime = '';
+let lastTimeJson = '""';
+let lastInstance = '';
+let lastInstanceJson = '""';
+
+/**
+ * canonicalJson of one member value, with the common cases inline: strings, finite numbers (JSON.stringify and
+ * String agree on them), null, and arrays of strings (subjects), which JSON.stringify already writes canonically.
+ */
+function memberJson(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) throw new TypeError('canonicalJson: non-finite number');
+    return String(v);
+  }
+  if (v === null) return 'null';
+  if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return JSON.stringify(v);
+  return canonicalJson(v);
+}
 
 /**
  * Seals one record: fills the chain fields and defaults, serializes it canonically and hashes it — without
@@ -204,29 +244,34 @@ export function sealLine(event: AuditEvent, context: RecordContext | null, chain
       if (v === undefined || k === 'hash') continue;
       const i = INDEX.get(k);
       if (i === undefined) return sealGeneric(event, context, chain);
-      slots[i] = v;
+      slots[i] = memberJson(v);
     }
-    if (context !== null) {
-      const c = context as Record<string, unknown>;
-      for (const [k, i] of CONTEXT_SLOTS) if (slots[i] === undefined) slots[i] = c[k];
+    if (context !== null) for (const [i, json] of contextSlots(context)) if (slots[i] === undefined) slots[i] = json;
+    for (const [i, json] of DEFAULT_SLOTS) if (slots[i] === undefined) slots[i] = json;
+    if (chain.time !== lastTime) {
+      lastTime = chain.time;
+      lastTimeJson = JSON.stringify(chain.time);
     }
-    for (const [i, v] of DEFAULT_SLOTS) if (slots[i] === undefined) slots[i] = v;
-    slots[V] = AUDIT_RECORD_VERSION;
-    slots[TIME] = chain.time;
-    slots[INSTANCE] = chain.instance;
-    slots[SEQ] = chain.seq;
-    slots[PREV] = chain.prev;
+    if (chain.instance !== lastInstance) {
+      lastInstance = chain.instance;
+      lastInstanceJson = JSON.stringify(chain.instance);
+    }
+    slots[V] = VERSION_JSON;
+    slots[TIME] = lastTimeJson;
+    slots[INSTANCE] = lastInstanceJson;
+    slots[SEQ] = memberJson(chain.seq);
+    slots[PREV] = JSON.stringify(chain.prev);
     let body = '{';
+    let prefixes = PREFIXES;
     for (let i = 0; i < slots.length; i++) {
-      const v = slots[i];
-      if (v === undefined) continue;
-      if (body.length > 1) body += ',';
-      body += PREFIXES[i]!;
-      body += typeof v === 'string' ? JSON.stringify(v) : canonicalJson(v);
+      const json = slots[i];
+      if (json === undefined) continue;
+      body += prefixes[i]! + json;
+      prefixes = COMMA_PREFIXES;
     }
     body += '}';
     const hash = sha256Hex(body);
-    return { line: withHash(body, hash), hash };
+    return { line: body.slice(0, -1) + ',"hash":"' + hash + '"}', hash };
   } finally {
     slots.fill(undefined);
   }
@@ -296,7 +341,17 @@ export function canonicalJson(value: unknown): string {
         return out + ']';
       }
       const obj = value as Record<string, unknown>;
-      const keys = Object.keys(obj).sort();
+      const keys = Object.keys(obj);
+      // small plain objects (a column decision) usually come with their keys in order and string values:
+      // JSON.stringify then writes exactly the canonical form, natively
+      let sorted = true;
+      let strings = true;
+      for (let i = 0; i < keys.length; i++) {
+        if (i > 0 && keys[i - 1]! > keys[i]!) sorted = false;
+        if (typeof obj[keys[i]!] !== 'string') strings = false;
+      }
+      if (sorted && strings && Object.getPrototypeOf(obj) === Object.prototype) return JSON.stringify(obj);
+      if (!sorted) keys.sort();
       let out = '{';
       let first = true;
       for (const k of keys) {

@@ -40,10 +40,14 @@ export interface StatementHandle {
 
 export class SessionAudit {
   private n = 0;
+  /** Frozen: sealing serializes a frozen context once for all the session's records (record.ts). */
+  readonly context: Readonly<SessionContext>;
   constructor(
     private readonly trail: AuditTrail,
-    readonly context: SessionContext,
-  ) {}
+    context: SessionContext,
+  ) {
+    this.context = Object.freeze({ ...context });
+  }
 
   /**
    * Any record, with this session's context (passed apart: no merged copy per record). Nothing waits on these

@@ -79,6 +79,30 @@ describe('sealLine (the template serializer)', () => {
     }
   });
 
+  test('a frozen context is serialized once and reused; a context that is not frozen is read afresh each time', () => {
+    const frozen = Object.freeze({ ...context });
+    const e = events[0]!;
+    const merged = { ...context, ...Object.fromEntries(Object.entries(e).filter(([, v]) => v !== undefined)) } as AuditEvent;
+    for (let i = 0; i < 3; i++) assert.equal(sealLine(e, frozen, chain).line, sealRecordLine(merged, chain).line);
+    const mutable: Record<string, unknown> = { ...context };
+    const first = sealLine(e, mutable, chain).line;
+    mutable.user = 'carol';
+    const second = sealLine(e, mutable, chain).line;
+    assert.notEqual(second, first);
+    assert.equal(parseRecord(second).user, 'carol');
+    assert.equal(second, sealRecordLine({ ...merged, user: 'carol' }, chain).line);
+  });
+
+  test('the chain fields of consecutive records (time, instance, seq, prev) are each their own', () => {
+    const e = events[1]!;
+    const chains = [chain, { ...chain, seq: 8, prev: 'b'.repeat(64) }, { ...chain, time: '2026-11-27T00:00:01.000Z', seq: 9 }, { ...chain, instance: 'i2', seq: 1 }];
+    for (const c of chains) {
+      const r = parseRecord(sealLine(e, context, c).line);
+      assert.deepEqual([r.time, r.instance, r.seq, r.prev], [c.time, c.instance, c.seq, c.prev]);
+      assert.equal(recordHash(r), r.hash);
+    }
+  });
+
   test('property: any event with string, number, boolean, null and nested members seals as the generic path does', () => {
     const member = fc.oneof(fc.string(), fc.integer(), fc.boolean(), fc.constant(null), fc.array(fc.string(), { maxLength: 3 }), fc.dictionary(fc.string({ maxLength: 4 }), fc.integer(), { maxKeys: 3 }));
     const key = fc.constantFrom('user', 'session', 'rows', 'fingerprint', 'reason', 'subjects', 'statement', 'mode', 'detail', 'extra', 'zz', 'A');
