@@ -61,16 +61,16 @@ export class SessionAudit {
    * The intent record. Resolves once it has reached the OS; rejects with AuditUnavailableError when it cannot
    * (failMode closed): the caller must then refuse the statement instead of releasing rows.
    */
-  async intent(start: StatementStart): Promise<StatementHandle> {
+  intent(start: StatementStart): Promise<StatementHandle> {
     const id = `${this.context.session}:${++this.n}`;
     const began = performance.now();
     const { fingerprint, command, columns } = start;
     // built field by field: object spread into a record costs more than the rest of sealing it
-    await this.trail.append(
+    const written = this.trail.append(
       { kind: 'statement_intent', statement: id, mode: start.mode, fingerprint, command, columns, subjects: start.subjects, subjectKeyId: start.subjectKeyId },
       this.context,
     );
-    return {
+    const handle: StatementHandle = {
       id,
       complete: (outcome) =>
         this.trail.appendLater(
@@ -90,5 +90,6 @@ export class SessionAudit {
           this.context,
         ),
     };
+    return written.then(() => handle);
   }
 }

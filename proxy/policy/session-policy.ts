@@ -887,25 +887,24 @@ export class SessionPolicy {
   }
 
   /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
-  private async intent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
+  private intent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> | null {
     if (!this.audit) return null;
-    try {
-      return await this.writeIntent(fp, command, columns, extras, subjects);
-    } catch (err) {
+    // one promise chain per statement (this runs for every protected statement: no async wrappers around it)
+    return this.writeIntent(fp, command, columns, extras, subjects).then(undefined, (err: unknown) => {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
       return AUDIT_UNAVAILABLE;
-    }
+    });
   }
 
   /** Search records (not awaited: they share the intent's write), the intent (awaited), deletions at completion. */
-  private async writeIntent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects): Promise<StatementHandle> {
+  private writeIntent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects): Promise<StatementHandle> {
     const audit = this.audit!;
     if (extras.searches.length > 0) {
       void audit.record({ kind: 'search', fingerprint: fp, command, columns: extras.searches, ...subjects }).catch(() => undefined);
     }
-    const h = await audit.intent({ fingerprint: fp, command, columns, mode: 'protected', ...subjects });
-    return withDeletions(h, audit, extras.deletions, fp, command);
+    const written = audit.intent({ fingerprint: fp, command, columns, mode: 'protected', ...subjects });
+    return extras.deletions.length === 0 ? written : written.then((h) => withDeletions(h, audit, extras.deletions, fp, command));
   }
 
   /** A per-statement collector of plaintext subjects, when the trail hashes subjects. */
@@ -1477,14 +1476,12 @@ export class SessionPolicy {
     return this.executeDecision(plan, f, entry.enforced, role, handle);
   }
 
-  private async intentFor(plan: StatementPlanInfo | null, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> {
+  private intentFor(plan: StatementPlanInfo | null, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> | null {
     if (!this.audit || !plan) return null;
-    try {
-      return await this.writeIntent(plan.fingerprint, plan.command, plan.columns, plan.extras, subjects);
-    } catch {
+    return this.writeIntent(plan.fingerprint, plan.command, plan.columns, plan.extras, subjects).then(undefined, () => {
       if (this.engine.config.audit.failMode === 'open') return null;
       return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
-    }
+    });
   }
 
   /** Injects Describe(portal) before the client's Execute and returns the RowDescription (null: no rows). */
