@@ -81,7 +81,7 @@ function newBatch(): PendingBatch {
     resolve = res;
     reject = rej;
   });
-  return { items: [], contexts: [], at: process.hrtime.bigint(), promise, resolve, reject };
+  return { items: [], contexts: [], at: 0n, promise, resolve, reject };
 }
 
 function sinkBatch(sealed: SealedBatch): Batch {
@@ -110,6 +110,8 @@ export class AuditTrail {
   private pending = 0;
   private scheduled = false;
   private lazyTimer: NodeJS.Timeout | null = null;
+  /** A lazy record waits for the timer (no flush is scheduled that would take it first). */
+  private lazyArmed = false;
   private probing: Promise<boolean> | null = null;
   private flushing: Promise<void> | null = null;
   private started = false;
@@ -267,6 +269,7 @@ export class AuditTrail {
     let b = this.batches[this.batches.length - 1];
     if (!b || b.items.length >= MAX_BATCH) {
       b = newBatch();
+      if (this.opts.observer?.writeLatency) b.at = process.hrtime.bigint(); // only the latency metric reads it
       this.batches.push(b);
     }
     b.items.push(item);
@@ -277,8 +280,12 @@ export class AuditTrail {
       // one write per event-loop turn: the check phase runs after every socket read of this turn
       this.scheduled = true;
       setImmediate(this.flushNow);
-    } else if (!this.lazyTimer) {
-      this.lazyTimer = setTimeout(this.flushNow, LAZY_FLUSH_MS); // not unref'd: a waiting record keeps the process up
+    } else if (!this.lazyArmed) {
+      // one timer for the trail's life, re-armed (refresh) rather than created and cleared per record: most
+      // lazy records are written by the next intent's flush long before it fires, and then it fires idle
+      this.lazyArmed = true;
+      if (this.lazyTimer) this.lazyTimer.refresh();
+      else this.lazyTimer = setTimeout(this.lazyFlush, LAZY_FLUSH_MS); // not unref'd: a waiting record keeps the process up
     }
     return b.promise;
   }
@@ -295,12 +302,13 @@ export class AuditTrail {
   }
 
   /** Writes the waiting batches: synchronously while the fast path allows, else through the async writer. */
+  private readonly lazyFlush = (): void => {
+    if (this.lazyArmed) this.flushNow();
+  };
+
   private readonly flushNow = (): void => {
     this.scheduled = false;
-    if (this.lazyTimer) {
-      clearTimeout(this.lazyTimer);
-      this.lazyTimer = null;
-    }
+    this.lazyArmed = false; // a lazy record waiting is written now; the timer, if running, fires idle
     if (this.flushing) return;
     while (this.batches.length > 0) {
       if (!this.writeFast(this.batches[0]!)) {
@@ -474,6 +482,8 @@ export class AuditTrail {
     if (this.started || this.pending > 0) await this.checkpoint().catch(() => undefined);
     this.closed = true;
     while (this.flushing) await this.flushing;
+    if (this.lazyTimer) clearTimeout(this.lazyTimer);
+    this.lazyArmed = false;
     if (this.started && this.file) {
       this.chain.end(this.now());
       await writeRegistry(this.file.paths, this.chain.registry, this.now(), this.config.fsync !== 'none').catch(() => undefined);

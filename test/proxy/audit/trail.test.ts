@@ -41,6 +41,35 @@ const EVENTS: AuditEvent[] = [
 ];
 
 describe('AuditTrail', () => {
+  test('appendLater: a record alone is written by the lazy timer, which re-arms after firing (or after a flush took its record first); chain order is call order', async () => {
+    const t = await tempDir();
+    try {
+      const trail = await AuditTrail.open(fileConfig(t.dir), { instanceId: 'inst-L' });
+      const path = join(t.dir, 'mamori.jsonl');
+      const kinds = async (): Promise<string[]> => (await records(path)).filter((r) => r.kind === 'disconnect' || r.kind === 'statement_intent').map((r) => `${r.kind}:${r.kind === 'statement_intent' ? r.statement : r.kind === 'disconnect' ? r.reason : ''}`);
+      // 1: alone — only the timer writes it
+      const first = trail.appendLater({ kind: 'disconnect', reason: 'lazy-1' });
+      assert.deepEqual(await kinds(), [], 'not written synchronously');
+      await first;
+      assert.deepEqual(await kinds(), ['disconnect:lazy-1']);
+      // 2: a lazy record, then an intent in the same turn: the intent's flush takes both, in call order
+      const lazy = trail.appendLater({ kind: 'disconnect', reason: 'lazy-2' });
+      await trail.append({ kind: 'statement_intent', statement: 'st-9', mode: 'protected' });
+      await lazy;
+      assert.deepEqual(await kinds(), ['disconnect:lazy-1', 'disconnect:lazy-2', 'statement_intent:st-9']);
+      // 3: the timer (which then fired idle, or is still running) still writes a later lonely record
+      await new Promise((r) => setTimeout(r, 20));
+      await trail.appendLater({ kind: 'disconnect', reason: 'lazy-3' });
+      await trail.appendLater({ kind: 'disconnect', reason: 'lazy-4' });
+      assert.deepEqual((await kinds()).slice(-2), ['disconnect:lazy-3', 'disconnect:lazy-4']);
+      await trail.close();
+      const v = await verifyAuditTrail(path);
+      assert.equal(v.ok, true, v.problem?.message);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
   test('every record kind round-trips through the file with its fields intact', async () => {
     const t = await tempDir();
     try {
