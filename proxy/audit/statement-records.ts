@@ -114,7 +114,9 @@ export class SubjectCollector {
 
   take(): Subjects & { subjectsDropped?: number } {
     if (this.seen.size === 0) return {};
-    const out = { subjects: [...this.seen], ...(this.keyId ? { subjectKeyId: this.keyId } : {}), ...(this.dropped > 0 ? { subjectsDropped: this.dropped } : {}) };
+    const out: Subjects & { subjectsDropped?: number } = { subjects: [...this.seen] };
+    if (this.keyId) out.subjectKeyId = this.keyId;
+    if (this.dropped > 0) out.subjectsDropped = this.dropped;
     this.seen.clear();
     this.dropped = 0;
     return out;

@@ -182,7 +182,11 @@ export function decodeCommandComplete(body: Buffer): CommandComplete {
 
 /** The row count a CommandComplete tag ends with (`SELECT 5`, `INSERT 0 5`, `COPY 5`), or null. */
 export function commandRows(body: Buffer): number | null {
-  const n = Number(decodeCommandComplete(body).tag.split(' ').at(-1));
+  const end = body.length - 1;
+  // read from the bytes (runs for every audited statement); a malformed body takes the decoder, which says why
+  const n = end >= 0 && body.indexOf(0) === end
+    ? Number(body.toString('utf8', body.lastIndexOf(0x20, end - 1) + 1, end))
+    : Number(decodeCommandComplete(body).tag.split(' ').at(-1));
   return Number.isFinite(n) ? n : null;
 }
 

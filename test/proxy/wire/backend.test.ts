@@ -190,6 +190,17 @@ describe('commandRows / errorSqlstate (audit completion fields)', () => {
     assert.equal(commandRows(encodeCommandComplete('BEGIN').subarray(5)), null);
   });
 
+  test('read from the bytes, it agrees with the decoded tag\'s last word for any tag; a malformed body still throws', () => {
+    const byTag = (tag: string): number | null => {
+      const n = Number(tag.split(' ').at(-1));
+      return Number.isFinite(n) ? n : null;
+    };
+    for (const tag of ['SELECT 5', 'INSERT 0 12', 'BEGIN', 'CREATE TABLE', '', 'X ', ' 3', 'SELECT  7', 'MOVE 0x10', 'FETCH 1e3', 'SELECT Infinity', 'SELECT ５', 'SELECT \u00a05', 'é 4'])
+      assert.equal(commandRows(encodeCommandComplete(tag).subarray(5)), byTag(tag), JSON.stringify(tag));
+    assert.throws(() => commandRows(Buffer.from('SELECT 5', 'latin1')), ProtocolError);
+    assert.throws(() => commandRows(Buffer.from('SELECT 5\0x', 'latin1')), ProtocolError);
+  });
+
   test('the SQLSTATE of an ErrorResponse, wherever field C stands; null without one or when truncated', () => {
     assert.equal(errorSqlstate(encodeErrorResponse({ S: 'ERROR', C: '42501', M: 'x' }).subarray(5)), '42501');
     assert.equal(errorSqlstate(encodeErrorResponse({ S: 'ERROR', M: 'x', C: '23505' }).subarray(5)), '23505');
