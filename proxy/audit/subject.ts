@@ -1,7 +1,6 @@
 // The subject trail: keyed hashes that let `audit search --subject` find every record that wrote, returned or
 // searched one value without the trail ever holding the value. The key is a keyring key of purpose `subject`
 // (one per retention period, so shredding it makes that period's hashes unlinkable); auditors never hold it.
-import * as crypto from 'node:crypto';
 import { createHmac, type KeyObject } from 'node:crypto';
 import { normalizeCorporateNumber, normalizeMyNumber } from '../../keyring/mynumber.js';
 
@@ -22,52 +21,13 @@ function u32(n: number): Buffer {
  * number gives one hash; `logicalType` keeps a My Number and, say, a phone number with the same digits apart.
  */
 export function subjectHash(subjectKey: KeyObject, logicalType: string, canonical: Buffer): string {
+  // one update of the whole encoding: each update() is a crossing into C++, which costs more than the copy
   const prefix = typePrefix(logicalType);
-  const pads = oneShotHash ? padsOf(subjectKey) : null;
-  if (!pads) {
-    // one update of the whole encoding: each update() is a crossing into C++, which costs more than the copy
-    const msg = Buffer.allocUnsafe(prefix.length + 4 + canonical.length);
-    prefix.copy(msg, 0);
-    msg.writeUInt32BE(canonical.length, prefix.length);
-    canonical.copy(msg, prefix.length + 4);
-    return createHmac('sha256', subjectKey).update(msg).digest().subarray(0, SUBJECT_HASH_BYTES).toString('base64url');
-  }
-  // HMAC (RFC 2104) from two one-shot SHA-256 digests: H((K ⊕ opad) ‖ H((K ⊕ ipad) ‖ m)). createHmac sets up
-  // three digest contexts per call, each an OpenSSL 3 implicit fetch (lock, method-store lookup) that cost
-  // several µs per returned value inside the busy proxy; crypto.hash reuses one fetched SHA-256.
-  const inner = Buffer.allocUnsafe(BLOCK + prefix.length + 4 + canonical.length);
-  pads.inner.copy(inner, 0);
-  prefix.copy(inner, BLOCK);
-  inner.writeUInt32BE(canonical.length, BLOCK + prefix.length);
-  canonical.copy(inner, BLOCK + prefix.length + 4);
-  const outer = Buffer.allocUnsafe(BLOCK + 32);
-  pads.outer.copy(outer, 0);
-  oneShotHash!('sha256', inner, 'buffer').copy(outer, BLOCK);
-  inner.fill(0); // it held the value (the canonical plaintext)
-  return oneShotHash!('sha256', outer, 'buffer').subarray(0, SUBJECT_HASH_BYTES).toString('base64url');
-}
-
-/** SHA-256's block size: HMAC pads its key to one block. */
-const BLOCK = 64;
-const oneShotHash = (crypto as { hash?: (alg: string, data: Buffer, enc: 'buffer') => Buffer }).hash;
-/** K ⊕ ipad and K ⊕ opad of each subject key, derived once (they are as secret as the key, and live as long). */
-const padCache = new WeakMap<KeyObject, { inner: Buffer; outer: Buffer }>();
-function padsOf(key: KeyObject): { inner: Buffer; outer: Buffer } | null {
-  let p = padCache.get(key);
-  if (p) return p;
-  if (key.type !== 'secret') return null;
-  let k: Buffer = key.export();
-  if (k.length > BLOCK) k = oneShotHash!('sha256', k, 'buffer');
-  const inner = Buffer.alloc(BLOCK, 0x36);
-  const outer = Buffer.alloc(BLOCK, 0x5c);
-  for (let i = 0; i < k.length; i++) {
-    inner[i]! ^= k[i]!;
-    outer[i]! ^= k[i]!;
-  }
-  k.fill(0);
-  p = { inner, outer };
-  padCache.set(key, p);
-  return p;
+  const msg = Buffer.allocUnsafe(prefix.length + 4 + canonical.length);
+  prefix.copy(msg, 0);
+  msg.writeUInt32BE(canonical.length, prefix.length);
+  canonical.copy(msg, prefix.length + 4);
+  return createHmac('sha256', subjectKey).update(msg).digest().subarray(0, SUBJECT_HASH_BYTES).toString('base64url');
 }
 
 const prefixes = new Map<string, Buffer>();
