@@ -288,6 +288,18 @@ export class SessionPolicy {
   }
 
   private rolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
+    // One entry per session: the policy is a function of these four objects only (each is replaced, never
+    // mutated, when it changes), and it is asked for on every statement.
+    const m = this.rolePolicyMemo;
+    if (m && m.id === id && m.catalog === catalog && m.approvals === this.engine.approvals && m.config === this.engine.config) return m.policy;
+    const policy = this.buildRolePolicy(id, catalog);
+    this.rolePolicyMemo = { id, catalog, approvals: this.engine.approvals, config: this.engine.config, policy };
+    return policy;
+  }
+
+  private rolePolicyMemo: { id: Identity; catalog: DatabaseCatalog; approvals: unknown; config: unknown; policy: RolePolicy } | null = null;
+
+  private buildRolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
     const cfg = this.engine.config;
     const required = cfg.approval.members === 'required';
     const grants = grantView(this.engine.approvals, cfg.approval.passwords, id);
