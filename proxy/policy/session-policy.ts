@@ -10,7 +10,7 @@ import { decodeRowDescription, decodeCopyResponse, commandRows, errorSqlstate } 
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
-import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type StatementPlan } from '../sql/index.js';
+import { analyse, mayTouchProtected, rewrite, splice, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type ShapeEntry, type StatementPlan } from '../sql/index.js';
 import type { AnalysisContext, LiteralSite, ProtectedColumn, RolePolicy } from '../sql/types.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
@@ -548,7 +548,8 @@ export class SessionPolicy {
       if (!Buffer.isBuffer(back)) return back;
       raw = encodeQueryRaw(back);
     } else if (edits.length > 0) {
-      const rewritten = this.spliced(sql, edits);
+      // Only the literals' edits: a shape's statements have no PREPARE (whose edits are sp.edits).
+      const rewritten = this.spliced(sql, edits, sp.edits.length === 0 ? this.engine.analysisCache.shapeOf(analysis) : undefined);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       const back = this.backToClient(rewritten, readable.codec);
       if (!Buffer.isBuffer(back)) return back;
@@ -556,8 +557,11 @@ export class SessionPolicy {
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
-    const extras = mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]);
-    const handle = await this.intent(fingerprint(sql), sp.commands.join(';'), columns, extras, hashValues(this.engine.subjects, toEncrypt));
+    // Without an audit trail there is no intent to write (nor a fingerprint, extras or subject hashes to compute).
+    const handle = this.audit
+      ? await this.intent(fingerprint(sql), sp.commands.join(';'), columns,
+        mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
+      : null;
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
     const copy = analysis.statements[0]?.copy;
     if (copy) {
@@ -860,9 +864,16 @@ export class SessionPolicy {
   }
 
   /** Splices and verifies by re-parse; a refusal when verification fails (never a half-rewritten statement). */
-  private spliced(sql: Buffer, edits: Parameters<typeof rewrite>[1]): Buffer | Decision {
+  private spliced(sql: Buffer, edits: Parameters<typeof rewrite>[1], shape?: ShapeEntry): Buffer | Decision {
     try {
-      return rewrite(sql, edits);
+      // A text of a shape whose splice was verified by re-parse, with cells at the same anchors (the values
+      // bound for protected columns, each replaced by a bytea constant): the rewritten text has the verified
+      // one's tokens but for constants, so it is not parsed again (docs/decisions.md, statement shapes).
+      const byShape = shape !== undefined && edits.every((e) => e.expect.kind === 'bytea');
+      if (byShape && shape.spliceVerified) return splice(sql, edits);
+      const out = rewrite(sql, edits);
+      if (byShape) shape.spliceVerified = true;
+      return out;
     } catch (err) {
       this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
       return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');

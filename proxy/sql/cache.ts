@@ -93,6 +93,7 @@ export class AnalysisCache {
       const reused = entry ? instantiate(entry, shape, sql) : null;
       if (reused) {
         this.shapeHits++;
+        this.origins.set(reused, entry!);
         return reused;
       }
     }
@@ -101,13 +102,22 @@ export class AnalysisCache {
     this.lru.set(key, a);
     if (shape) {
       const entry = shapeEntry(a, shape, sql);
-      if (entry) this.shapes.set(shapeKey, entry);
+      if (entry) {
+        this.shapes.set(shapeKey, entry);
+        this.origins.set(a, entry);
+      }
     }
     return a;
   }
   get size(): number {
     return this.lru.size;
   }
+
+  /** The shape an analysis was made for or reused from (proxy/sql/shape.ts), if any. */
+  shapeOf(a: Analysis): ShapeEntry | undefined {
+    return this.origins.get(a);
+  }
+  private readonly origins = new WeakMap<Analysis, ShapeEntry>();
   clear(): void {
     this.lru.clear();
     this.shapes.clear();

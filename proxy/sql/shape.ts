@@ -4,16 +4,19 @@
 //
 // Which constants are free is decided on the analysed text's parse tree, by a positive list: the constant
 // operand of a comparison with a column (=, <>, <, >, <=, >=, IS [NOT] DISTINCT FROM), an item of
-// `column IN (…)`, LIMIT and OFFSET — optionally cast to a type without modifiers. Nothing else is free:
-// positional ORDER BY / GROUP BY, type modifiers, function arguments (set_config), SET values and every
-// constant bound for a protected column stay part of the shape. A reused analysis must also be one whose
-// content does not depend on any constant: no constants or parameters bound for protected columns, no
-// settings, no role change, no PREPARE / EXECUTE / COPY / DDL, only the fields listed in PLAN_FIELDS.
+// `column IN (…)`, a VALUES item, the value of an UPDATE / ON CONFLICT SET item, LIMIT and OFFSET — optionally
+// cast to a type without modifiers. Nothing else is free: positional ORDER BY / GROUP BY, type modifiers,
+// function arguments (set_config), SET values stay part of the shape. A reused analysis must also be one whose
+// content depends on no constant but the values bound for protected columns: no parameters bound for them, no
+// settings, no role change, no PREPARE / EXECUTE / COPY / DDL, only the fields listed in PLAN_FIELDS. A value
+// bound for a protected column is reused only when it is one free plain '…' string (its value is then the
+// new text's string, validated and encrypted per text like any other).
 //
 // A new text is matched by mamori's lexer (proxy/sql/lexer.ts, the one the fast path already relies on to
 // find every protected name): same tokens byte for byte, except free constants, whose replacement must be
 // of the same class and unambiguous to lex — a plain '…' string without quote, backslash or NUL inside, or
 // an unsigned decimal number. Anything else is a miss and gets the full analysis.
+import { isUtf8 } from 'node:buffer';
 import type { Analysis, StatementPlan } from './types.js';
 import { readToken, skipTrivia, LexError, type Token } from './lexer.js';
 import { decodeSql, parseText, type AstNode } from './parser.js';
@@ -31,13 +34,24 @@ const COMPARISONS = new Set(['=', '<>', '!=', '<', '>', '<=', '>=']);
 /** Offsets of a plan, as token boundaries: reproducible in another text of the same shape. */
 type Anchor = { at: 'text-start' } | { at: 'text-end' } | { at: 'token-start' | 'token-end'; token: number };
 
+/** A value bound for a protected column: its span, and the free string token holding it (-1: a cast NULL). */
+interface LiteralRef {
+  start: Anchor;
+  end: Anchor;
+  token: number;
+}
+
 export interface ShapeEntry {
   analysis: Analysis;
   fixed: [number, string][]; // free-candidate constants that were not free: token index and exact text
   anchors: [Anchor, Anchor][]; // per statement: start and end
+  literals: LiteralRef[][]; // per statement, in the order of its literals
+  /** Set once a statement of this shape was spliced and verified by re-parse (proxy/sql/splice.ts). */
+  spliceVerified: boolean;
 }
 
 const SEP = '\u0001';
+const STRING_CLASS = '\u0002S';
 
 /** The class of a token that may stand for a free constant, or null. */
 function constantClass(sql: Buffer, t: Token): string | null {
@@ -58,7 +72,7 @@ function constantClass(sql: Buffer, t: Token): string | null {
       const c = sql[i];
       if (c === 0x27 || c === 0x5c || c === 0) return null;
     }
-    return '\u0002S';
+    return STRING_CLASS;
   }
   return null;
 }
@@ -132,6 +146,18 @@ export function freeConstantOffsets(stmts: readonly AstNode[]): Set<number> {
         const at = constAt(lim);
         if (at !== null) out.add(at);
       }
+      for (const row of s.valuesLists ?? []) {
+        for (const it of row?.List?.items ?? []) {
+          const at = constAt(it);
+          if (at !== null) out.add(at);
+        }
+      }
+    }
+    for (const list of [node.UpdateStmt?.targetList, node.InsertStmt?.onConflictClause?.targetList]) {
+      for (const t of Array.isArray(list) ? list : []) {
+        const at = constAt(t?.ResTarget?.val);
+        if (at !== null) out.add(at);
+      }
     }
     for (const v of Object.values(node)) if (v && typeof v === 'object') visit(v);
   };
@@ -145,8 +171,11 @@ function noModifiers(t: AstNode | undefined): boolean {
 
 function reusablePlan(st: StatementPlan): boolean {
   for (const k of Object.keys(st)) if (!PLAN_FIELDS.has(k)) return false;
-  return st.literals.length === 0 && st.params.length === 0;
+  return st.params.length === 0;
 }
+
+/** The value of a plain '…' string token without quote or backslash inside: its content. */
+const stringValue = (sql: Buffer, t: Token): string => sql.toString('utf8', t.start + 1, t.end - 1);
 
 function anchorOf(offset: number, textLength: number, starts: Map<number, number>, ends: Map<number, number>): Anchor | null {
   if (offset === 0) return { at: 'text-start' };
@@ -184,13 +213,34 @@ export function shapeEntry(analysis: Analysis, shape: Shape, sql: Buffer): Shape
   const starts = new Map(shape.tokens.map((t, i) => [t.start, i]));
   const ends = new Map(shape.tokens.map((t, i) => [t.end, i]));
   const anchors: [Anchor, Anchor][] = [];
+  const literals: LiteralRef[][] = [];
   for (const st of statements) {
     const a = anchorOf(st.start, sql.length, starts, ends);
     const b = anchorOf(st.end, sql.length, starts, ends);
     if (!a || !b) return null;
     anchors.push([a, b]);
+    const refs: LiteralRef[] = [];
+    for (const lit of st.literals) {
+      const ls = anchorOf(lit.start, sql.length, starts, ends);
+      const le = anchorOf(lit.end, sql.length, starts, ends);
+      if (!ls || !le) return null;
+      // The free constants inside the literal's span: none for a cast NULL, else exactly its one string.
+      const inside: number[] = [];
+      shape.tokens.forEach((t, i) => {
+        if (t.start >= lit.start && t.end <= lit.end && shape.classes[i] !== null && free.has(t.start)) inside.push(i);
+      });
+      if (lit.value === null) {
+        if (inside.length !== 0) return null;
+        refs.push({ start: ls, end: le, token: -1 });
+        continue;
+      }
+      if (inside.length !== 1 || shape.classes[inside[0]!] !== STRING_CLASS) return null;
+      if (stringValue(sql, shape.tokens[inside[0]!]!) !== lit.value) return null;
+      refs.push({ start: ls, end: le, token: inside[0]! });
+    }
+    literals.push(refs);
   }
-  return { analysis, fixed, anchors };
+  return { analysis, fixed, anchors, literals, spliceVerified: false };
 }
 
 function place(a: Anchor, shape: Shape, textLength: number): number {
@@ -202,17 +252,28 @@ function place(a: Anchor, shape: Shape, textLength: number): number {
 
 /**
  * The analysis of a text whose shape key matched the entry's, or null when a constant the entry depends on
- * differs. Statements get this text's offsets; everything else is shared (plans are immutable).
+ * differs (or the text is not valid UTF-8, which the full analysis refuses). Statements and the values bound
+ * for protected columns get this text's offsets and strings; everything else is shared (plans are immutable).
  */
 export function instantiate(entry: ShapeEntry, shape: Shape, sql: Buffer): Analysis | null {
   for (const [i, text] of entry.fixed) {
     const t = shape.tokens[i];
     if (!t || t.end - t.start !== text.length || sql.toString('latin1', t.start, t.end) !== text) return null;
   }
+  if (!isUtf8(sql)) return null;
   const a = entry.analysis;
   if (a.kind !== 'protected') return a;
+  const n = sql.length;
   return {
     ...a,
-    statements: a.statements.map((st, k) => ({ ...st, start: place(entry.anchors[k]![0], shape, sql.length), end: place(entry.anchors[k]![1], shape, sql.length) })),
+    statements: a.statements.map((st, k) => ({
+      ...st,
+      start: place(entry.anchors[k]![0], shape, n),
+      end: place(entry.anchors[k]![1], shape, n),
+      literals: st.literals.length === 0 ? st.literals : st.literals.map((lit, j) => {
+        const ref = entry.literals[k]![j]!;
+        return { ...lit, start: place(ref.start, shape, n), end: place(ref.end, shape, n), value: ref.token < 0 ? null : stringValue(sql, shape.tokens[ref.token]!) };
+      }),
+    })),
   };
 }

@@ -138,7 +138,13 @@ test('simple-protocol lookups that differ only in a constant reuse one analysis 
   };
   try {
     const ids = Array.from({ length: 20 }, (_, i) => 200 + i);
+    const inserted = engine.analysisCache.shapeHits;
     for (const id of ids) await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (${id}, 'shape', '${num(id)}')`);
+    // Each insert after the first reuses the analysis (its value is its own) and the verified splice.
+    assert.equal(engine.analysisCache.shapeHits - inserted, ids.length - 1);
+    const stored = await s.cluster.query("SELECT id, encode(my_number::bytea, 'hex') AS h FROM employees WHERE name = 'shape'");
+    assert.equal(stored.rows.length, ids.length);
+    for (const r of stored.rows) assert.ok(!Buffer.from(r.h, 'hex').includes(num(r.id)), 'no plaintext reached the table');
     const before = engine.analysisCache.shapeHits;
     // A new text for every id, as pgbench -M simple and string-building applications send them.
     for (const id of ids) {

@@ -85,6 +85,15 @@ const TEMPLATES = [
   'SELECT my_number FROM employees WHERE id = {}; SELECT name FROM departments WHERE id = {}',
   'SELECT secret_note FROM employees WHERE secret_note IS NOT NULL AND id >= {}',
   'SELECT my_number FROM dependents WHERE employee_id = {} AND name <> {}',
+  'INSERT INTO employees (id, name, my_number) VALUES ({}, {}, {})',
+  "INSERT INTO employees (id, name, my_number) VALUES ({}, 'a', {}), ({}, 'b', {}) ON CONFLICT (id) DO UPDATE SET my_number = {}",
+  'INSERT INTO employees (id, name, my_number) VALUES ({}, {}, {}) ON CONFLICT (id) DO NOTHING',
+  'UPDATE employees SET my_number = {}, name = {} WHERE id = {} RETURNING my_number',
+  'SELECT id FROM employees WHERE my_number = {}::text',
+  'SELECT id FROM employees WHERE my_number = CAST({} AS text) OR my_number = CAST({} AS varchar(12))',
+  'INSERT INTO employees (id, secret_note) VALUES ({}, {})',
+  'INSERT INTO corps (id, corp_number, name) VALUES ({}, {}, {})',
+  'SELECT * FROM (VALUES ({}, {})) AS v(a, b) JOIN employees e ON e.id = v.a',
 ];
 
 describe('statement shapes', () => {
@@ -139,14 +148,14 @@ describe('statement shapes', () => {
     assert.notEqual(app.kind, 'refuse');
     const role = run("SELECT set_config('role', 'x', false), my_number FROM employees", clerk, 'clerk');
     assert.equal(role.kind, 'refuse');
-    // a value bound for a protected column is read (validated, encrypted): each text is analysed
+    // a value bound for a protected column is read (validated, encrypted): each text gets its own
     const n1 = myNumber(1234567890);
     const n2 = myNumber(1234567891);
     const a1 = run(`SELECT id FROM employees WHERE my_number = ${n1}`, clerk, 'clerk');
     const a2 = run(`SELECT id FROM employees WHERE my_number = ${n2}`, clerk, 'clerk');
     assert.ok(a1.kind === 'protected' && a2.kind === 'protected');
     assert.notEqual(a1.statements[0]!.literals[0]!.value, a2.statements[0]!.literals[0]!.value);
-    assert.equal(cache.shapeHits, 0);
+    assert.deepEqual(a2, analyse(Buffer.from(`SELECT id FROM employees WHERE my_number = ${n2}`), ctx()));
   });
 
   test('free constants: comparison operands of columns, IN items, LIMIT / OFFSET — nothing else', () => {
@@ -156,6 +165,27 @@ describe('statement shapes', () => {
     // (-10 is one constant at the minus sign: no constant token starts there, so no text can reuse it)
     const expected = ['3', '4 <', '5,', "'6'", "'7'", '-10', '13', '14'].map(at);
     assert.deepEqual([...free].sort((x, y) => x - y), expected.sort((x, y) => x - y));
+    const w = "INSERT INTO t (a, b) VALUES (15, f(16)) ON CONFLICT (a) DO UPDATE SET b = '17', c = 18 + 19";
+    const wfree = freeConstantOffsets(parseText(w));
+    assert.deepEqual([...wfree].sort((x, y) => x - y), ['15', "'17'"].map((x) => w.indexOf(x)));
+    const u = "UPDATE t SET a = 20, b = ARRAY[21] WHERE c = 22";
+    assert.deepEqual([...freeConstantOffsets(parseText(u))].sort((x, y) => x - y), ['20', '22'].map((x) => u.indexOf(x)));
+  });
+
+  test('a value bound for a protected column is this text\'s own; invalid UTF-8 in a reused shape is still refused', () => {
+    const cache = new AnalysisCache(64);
+    const t = (v: string) => Buffer.from(`INSERT INTO employees (id, name, my_number) VALUES (1, 'x', ${v})`);
+    cache.getOrAnalyse(t(myNumber(1234567890)), parts('clerk'), ctx(), analyse);
+    const sql = t(myNumber(2345678901));
+    const a = cache.getOrAnalyse(sql, parts('clerk'), ctx(), analyse);
+    assert.equal(cache.shapeHits, 1);
+    assert.ok(a.kind === 'protected');
+    assert.equal(a.statements[0]!.literals[0]!.value, myNumber(2345678901).slice(1, -1));
+    assert.deepEqual(a, analyse(sql, ctx()));
+    const bad = Buffer.concat([Buffer.from("INSERT INTO employees (id, name, my_number) VALUES (1, 'x', '12"), Buffer.from([0xff]), Buffer.from("')")]);
+    const b = cache.getOrAnalyse(bad, parts('clerk'), ctx(), analyse);
+    assert.equal(b.kind, 'refuse');
+    assert.deepEqual(b, analyse(bad, ctx()));
   });
 
   test('texts without a shape: lexing errors, separator bytes; constants that are not unambiguous stay in the key', () => {
