@@ -99,7 +99,7 @@ interface StatementPlanInfo {
    * later Executes of its portals reuse it instead of a Describe round trip (origins do not change while
    * the catalog epoch stays; a DDL moves it).
    */
-  shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
+  shape?: { rowDescription: Buffer | null; catalogLoadId: number; searchPath: string };
   /**
    * SQL prepared statements an `EXECUTE name(…)` parsed through the extended protocol runs, with the plan
    * each had then: a Bind is refused if one has changed since (its parameters were planned for that plan).
@@ -383,7 +383,7 @@ export class SessionPolicy {
       allowDdl: this.engine.config.adminRoles.some((r) => identity.roles.has(r)),
     };
     const analysis = this.engine.analysisCache.getOrAnalyse(sql, {
-      searchPath: path, catalogEpoch: catalog.epoch + ':' + catalog.loadedAt, roleSet: [...identity.roles].sort().join(',') + (identity.clientCert ? '+cert' : '') + (identity.superuser ? '+su' : '') + (identity.bypassRls ? '+bypassrls' : '') + '#' + (identity.verifierHash ?? ''),
+      searchPath: path, catalogEpoch: catalog.epoch + ':' + catalog.loadId, roleSet: [...identity.roles].sort().join(',') + (identity.clientCert ? '+cert' : '') + (identity.superuser ? '+su' : '') + (identity.bypassRls ? '+bypassrls' : '') + '#' + (identity.verifierHash ?? ''),
       standardConformingStrings: ctx.standardConformingStrings, clientEncoding: ctx.clientEncoding,
       maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
     }, ctx, analyse);
@@ -1375,7 +1375,7 @@ export class SessionPolicy {
     const own = this.portalShapes.get(portalName);
     if (own) return own;
     const cached = plan?.shape;
-    if (cached && cached.catalogLoadedAt === entry.catalog.loadedAt && cached.searchPath === this.pathKey) return cached.rowDescription;
+    if (cached && cached.catalogLoadId === entry.catalog.loadId && cached.searchPath === this.pathKey) return cached.rowDescription;
     return undefined;
   }
 
@@ -1487,7 +1487,7 @@ export class SessionPolicy {
     if (shape === undefined) {
       const pathKey = this.pathKey;
       shape = await this.describeFirst(portalName);
-      if (plan) plan.shape = { rowDescription: shape, catalogLoadedAt: entry.catalog.loadedAt, searchPath: pathKey };
+      if (plan) plan.shape = { rowDescription: shape, catalogLoadId: entry.catalog.loadId, searchPath: pathKey };
     }
     const f = this.executeFields(shape, bound, entry.enforced, role);
     if (f instanceof MamoriError) return { action: 'refuse', error: f };
