@@ -559,7 +559,7 @@ export class SessionPolicy {
     const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
     // Without an audit trail there is no intent to write (nor a fingerprint, extras or subject hashes to compute).
     const handle = this.audit
-      ? await this.intent(fingerprint(sql), sp.commands.join(';'), columns,
+      ? await this.intent(this.fingerprintOf(sql, analysis), sp.commands.join(';'), columns,
         mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
       : null;
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
@@ -572,6 +572,16 @@ export class SessionPolicy {
     transform.decision = decisionLabel(columns);
     const preparePlans = sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {};
     return this.tracked(raw ? { action: 'replace', raw, transform, ...preparePlans } : { action: 'forward', transform, ...preparePlans });
+  }
+
+  /**
+   * The audit fingerprint of a statement text; texts of one statement shape (proxy/sql/shape.ts) differ only in
+   * constants, which the fingerprint removes, so it is computed once per shape.
+   */
+  private fingerprintOf(sql: Buffer, analysis: Analysis): string {
+    const shape = this.engine.analysisCache.shapeOf(analysis);
+    if (!shape) return fingerprint(sql);
+    return (shape.fingerprint ??= fingerprint(sql));
   }
 
   /** A simple Query forwarded after analysis: `lastQuery` settles when it has finished. */

@@ -48,6 +48,8 @@ export interface ShapeEntry {
   literals: LiteralRef[][]; // per statement, in the order of its literals
   /** Set once a statement of this shape was spliced and verified by re-parse (proxy/sql/splice.ts). */
   spliceVerified: boolean;
+  /** The audit fingerprint, the same for every text of the shape (it removes every constant). */
+  fingerprint?: string;
 }
 
 const SEP = '\u0001';

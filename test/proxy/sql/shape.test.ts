@@ -9,6 +9,7 @@ import { loadParser } from '../../../proxy/sql/parser.js';
 import { analyse } from '../../../proxy/sql/analyse.js';
 import { AnalysisCache } from '../../../proxy/sql/cache.js';
 import { freeConstantOffsets, shapeOf } from '../../../proxy/sql/shape.js';
+import { fingerprint } from '../../../proxy/sql/fingerprint.js';
 import { parseText } from '../../../proxy/sql/parser.js';
 import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
 import { ctx, clerk, viewer, outsider } from './fixture.js';
@@ -113,6 +114,9 @@ describe('statement shapes', () => {
           const got = cache.getOrAnalyse(sql, parts(name), ctx({ role }), analyse);
           const fresh = analyse(sql, ctx({ role }));
           assert.deepEqual(got, fresh, `${name}: ${sql.toString()}`);
+          // Every text of a shape has the same audit fingerprint (the session computes it once per shape).
+          const entry = cache.shapeOf(got);
+          if (entry) assert.equal(fingerprint(sql), (entry.fingerprint ??= fingerprint(sql)), sql.toString());
           checked++;
           if (cache.shapeHits > before) hits++;
         }
