@@ -1391,16 +1391,29 @@ export class SessionPolicy {
 
   /** Fields, result formats and field plans of an Execute's rows (a refusal when a field may not be read). */
   private executeFields(shape: Buffer | null, bound: BoundPortal | null, catalog: DatabaseCatalog, role: RolePolicy): ExecuteFields | MamoriError {
+    // A prepared statement re-executed with its kept shape gets the same fields and plans: kept with the shape
+    // (the RowDescription buffer, replaced when the shape changes) while catalog load, role policy, transition
+    // and result formats are the same.
+    const transition = bound?.plan?.transition;
+    const formatsKey = (bound?.formats ?? []).join(',');
+    const kept = shape ? this.fieldsMemo.get(shape) : undefined;
+    if (kept && kept.catalog === catalog && kept.role === role && kept.transition === transition && kept.formatsKey === formatsKey) return kept.fields;
     const fields = shape ? decodeRowDescription(shape).fields : [];
     const formats = expandFormats(bound?.formats ?? [], fields.length);
     if (!shape) return { fields, formats, plans: [] };
     try {
-      return { fields, formats, plans: this.fieldPlansOf(fields, catalog, role, bound?.plan?.transition) };
+      const f: ExecuteFields = { fields, formats, plans: this.fieldPlansOf(fields, catalog, role, transition) };
+      this.fieldsMemo.set(shape, { catalog, role, transition, formatsKey, fields: f });
+      return f;
     } catch (err) {
       if (err instanceof MamoriError) return err;
       throw err;
     }
   }
+
+  private readonly fieldsMemo = new WeakMap<Buffer, { catalog: DatabaseCatalog; role: RolePolicy; transition: unknown; formatsKey: string; fields: ExecuteFields }>();
+  /** Row rewriters kept with the fields they were built for (only those without a per-statement collector). */
+  private readonly rewriterMemo = new WeakMap<ExecuteFields, { byteaOutput: string; rewriter: RowRewriter }>();
 
   private executeDecision(plan: StatementPlanInfo | null, f: ExecuteFields, catalog: DatabaseCatalog, role: RolePolicy, handle: StatementHandle | null): Decision {
     const rewriterPlans = f.plans;
@@ -1409,7 +1422,15 @@ export class SessionPolicy {
     const origin = catalog.protectedColumns.length > 0
       ? this.originInspector(f.fields, rewriterPlans, f.formats, catalog, role, collector, reads) : null;
     if (rewriterPlans.length === 0 && !handle && !origin) return FORWARD;
-    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, f.formats, collector) : null;
+    let rewriter: RowRewriter | null = null;
+    if (rewriterPlans.length > 0) {
+      const kept = collector ? undefined : this.rewriterMemo.get(f);
+      if (kept && kept.byteaOutput === this.byteaOutput) rewriter = kept.rewriter;
+      else {
+        rewriter = this.rewriter(rewriterPlans, f.formats, collector);
+        if (!collector) this.rewriterMemo.set(f, { byteaOutput: this.byteaOutput, rewriter });
+      }
+    }
     const transform = new ExecuteResults(this, rewriter, handle, collector, origin, reads);
     transform.decision = decisionLabel(plan?.columns ?? rewriterPlans.map((p) => ({ column: qualified(p.column), decision: p.action })));
     return { action: 'forward', transform };
