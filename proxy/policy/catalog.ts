@@ -27,10 +27,13 @@ export interface ColumnStorage {
   type: string; // format_type of the column, e.g. mamori.mynumber, bytea, text
 }
 
+let catalogLoads = 0;
+
 export interface DatabaseCatalog extends CatalogSnapshot {
   database: string;
   epoch: number; // from mamori.catalog_epoch (0 when not installed)
-  loadedAt: number;
+  /** Unique to this load in the process: caches keyed by it never mix two loads (or two databases). */
+  loadId: number;
   /** Protected column by RowDescription origin: table OID + attnum (partitions/children included), and view/matview OID + attnum for the view closure. */
   byOrigin(tableOid: number, attnum: number): ProtectedField | undefined;
   /** Protected relation names and dependent view names, for the fast path (buildNameIndex input). */
@@ -690,7 +693,7 @@ function buildCatalog(input: {
   return {
     database: input.database,
     epoch: input.epoch,
-    loadedAt: Date.now(),
+    loadId: ++catalogLoads,
     protectedColumns,
     protectedViews,
     derivedViewColumns,

@@ -10,7 +10,7 @@ import { decodeRowDescription, decodeCopyResponse, commandRows, errorSqlstate } 
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
-import { analyse, mayTouchProtected, rewrite, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type StatementPlan } from '../sql/index.js';
+import { analyse, mayTouchProtected, rewrite, splice, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type ShapeEntry, type StatementPlan } from '../sql/index.js';
 import type { AnalysisContext, LiteralSite, ProtectedColumn, RolePolicy } from '../sql/types.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
@@ -99,7 +99,7 @@ interface StatementPlanInfo {
    * later Executes of its portals reuse it instead of a Describe round trip (origins do not change while
    * the catalog epoch stays; a DDL moves it).
    */
-  shape?: { rowDescription: Buffer | null; catalogLoadedAt: number; searchPath: string };
+  shape?: { rowDescription: Buffer | null; catalogLoadId: number; searchPath: string };
   /**
    * SQL prepared statements an `EXECUTE name(…)` parsed through the extended protocol runs, with the plan
    * each had then: a Bind is refused if one has changed since (its parameters were planned for that plan).
@@ -288,6 +288,18 @@ export class SessionPolicy {
   }
 
   private rolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
+    // One entry per session: the policy is a function of these four objects only (each is replaced, never
+    // mutated, when it changes), and it is asked for on every statement.
+    const m = this.rolePolicyMemo;
+    if (m && m.id === id && m.catalog === catalog && m.approvals === this.engine.approvals && m.config === this.engine.config) return m.policy;
+    const policy = this.buildRolePolicy(id, catalog);
+    this.rolePolicyMemo = { id, catalog, approvals: this.engine.approvals, config: this.engine.config, policy };
+    return policy;
+  }
+
+  private rolePolicyMemo: { id: Identity; catalog: DatabaseCatalog; approvals: unknown; config: unknown; policy: RolePolicy } | null = null;
+
+  private buildRolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
     const cfg = this.engine.config;
     const required = cfg.approval.members === 'required';
     const grants = grantView(this.engine.approvals, cfg.approval.passwords, id);
@@ -371,7 +383,7 @@ export class SessionPolicy {
       allowDdl: this.engine.config.adminRoles.some((r) => identity.roles.has(r)),
     };
     const analysis = this.engine.analysisCache.getOrAnalyse(sql, {
-      searchPath: path, catalogEpoch: catalog.epoch + ':' + catalog.loadedAt, roleSet: [...identity.roles].sort().join(',') + (identity.clientCert ? '+cert' : '') + (identity.superuser ? '+su' : '') + (identity.bypassRls ? '+bypassrls' : '') + '#' + (identity.verifierHash ?? ''),
+      searchPath: path, catalogEpoch: catalog.epoch + ':' + catalog.loadId, roleSet: [...identity.roles].sort().join(',') + (identity.clientCert ? '+cert' : '') + (identity.superuser ? '+su' : '') + (identity.bypassRls ? '+bypassrls' : '') + '#' + (identity.verifierHash ?? ''),
       standardConformingStrings: ctx.standardConformingStrings, clientEncoding: ctx.clientEncoding,
       maxInListItems: ctx.maxInListItems, allowDdl: ctx.allowDdl,
     }, ctx, analyse);
@@ -536,7 +548,8 @@ export class SessionPolicy {
       if (!Buffer.isBuffer(back)) return back;
       raw = encodeQueryRaw(back);
     } else if (edits.length > 0) {
-      const rewritten = this.spliced(sql, edits);
+      // Only the literals' edits: a shape's statements have no PREPARE (whose edits are sp.edits).
+      const rewritten = this.spliced(sql, edits, sp.edits.length === 0 ? this.engine.analysisCache.shapeOf(analysis) : undefined);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       const back = this.backToClient(rewritten, readable.codec);
       if (!Buffer.isBuffer(back)) return back;
@@ -544,8 +557,11 @@ export class SessionPolicy {
     }
     await this.loadKeysFor(analysis.statements, catalog);
     const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
-    const extras = mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]);
-    const handle = await this.intent(fingerprint(sql), sp.commands.join(';'), columns, extras, hashValues(this.engine.subjects, toEncrypt));
+    // Without an audit trail there is no intent to write (nor a fingerprint, extras or subject hashes to compute).
+    const handle = this.audit
+      ? await this.intent(this.fingerprintOf(sql, analysis), sp.commands.join(';'), columns,
+        mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
+      : null;
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
     const copy = analysis.statements[0]?.copy;
     if (copy) {
@@ -556,6 +572,16 @@ export class SessionPolicy {
     transform.decision = decisionLabel(columns);
     const preparePlans = sp.preparePlans.length > 0 ? { preparePlans: sp.preparePlans } : {};
     return this.tracked(raw ? { action: 'replace', raw, transform, ...preparePlans } : { action: 'forward', transform, ...preparePlans });
+  }
+
+  /**
+   * The audit fingerprint of a statement text; texts of one statement shape (proxy/sql/shape.ts) differ only in
+   * constants, which the fingerprint removes, so it is computed once per shape.
+   */
+  private fingerprintOf(sql: Buffer, analysis: Analysis): string {
+    const shape = this.engine.analysisCache.shapeOf(analysis);
+    if (!shape) return fingerprint(sql);
+    return (shape.fingerprint ??= fingerprint(sql));
   }
 
   /** A simple Query forwarded after analysis: `lastQuery` settles when it has finished. */
@@ -848,9 +874,16 @@ export class SessionPolicy {
   }
 
   /** Splices and verifies by re-parse; a refusal when verification fails (never a half-rewritten statement). */
-  private spliced(sql: Buffer, edits: Parameters<typeof rewrite>[1]): Buffer | Decision {
+  private spliced(sql: Buffer, edits: Parameters<typeof rewrite>[1], shape?: ShapeEntry): Buffer | Decision {
     try {
-      return rewrite(sql, edits);
+      // A text of a shape whose splice was verified by re-parse, with cells at the same anchors (the values
+      // bound for protected columns, each replaced by a bytea constant): the rewritten text has the verified
+      // one's tokens but for constants, so it is not parsed again (docs/decisions.md, statement shapes).
+      const byShape = shape !== undefined && edits.every((e) => e.expect.kind === 'bytea');
+      if (byShape && shape.spliceVerified) return splice(sql, edits);
+      const out = rewrite(sql, edits);
+      if (byShape) shape.spliceVerified = true;
+      return out;
     } catch (err) {
       this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
       return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
@@ -1351,22 +1384,35 @@ export class SessionPolicy {
     const own = this.portalShapes.get(portalName);
     if (own) return own;
     const cached = plan?.shape;
-    if (cached && cached.catalogLoadedAt === entry.catalog.loadedAt && cached.searchPath === this.pathKey) return cached.rowDescription;
+    if (cached && cached.catalogLoadId === entry.catalog.loadId && cached.searchPath === this.pathKey) return cached.rowDescription;
     return undefined;
   }
 
   /** Fields, result formats and field plans of an Execute's rows (a refusal when a field may not be read). */
   private executeFields(shape: Buffer | null, bound: BoundPortal | null, catalog: DatabaseCatalog, role: RolePolicy): ExecuteFields | MamoriError {
+    // A prepared statement re-executed with its kept shape gets the same fields and plans: kept with the shape
+    // (the RowDescription buffer, replaced when the shape changes) while catalog load, role policy, transition
+    // and result formats are the same.
+    const transition = bound?.plan?.transition;
+    const formatsKey = (bound?.formats ?? []).join(',');
+    const kept = shape ? this.fieldsMemo.get(shape) : undefined;
+    if (kept && kept.catalog === catalog && kept.role === role && kept.transition === transition && kept.formatsKey === formatsKey) return kept.fields;
     const fields = shape ? decodeRowDescription(shape).fields : [];
     const formats = expandFormats(bound?.formats ?? [], fields.length);
     if (!shape) return { fields, formats, plans: [] };
     try {
-      return { fields, formats, plans: this.fieldPlansOf(fields, catalog, role, bound?.plan?.transition) };
+      const f: ExecuteFields = { fields, formats, plans: this.fieldPlansOf(fields, catalog, role, transition) };
+      this.fieldsMemo.set(shape, { catalog, role, transition, formatsKey, fields: f });
+      return f;
     } catch (err) {
       if (err instanceof MamoriError) return err;
       throw err;
     }
   }
+
+  private readonly fieldsMemo = new WeakMap<Buffer, { catalog: DatabaseCatalog; role: RolePolicy; transition: unknown; formatsKey: string; fields: ExecuteFields }>();
+  /** Row rewriters kept with the fields they were built for (only those without a per-statement collector). */
+  private readonly rewriterMemo = new WeakMap<ExecuteFields, { byteaOutput: string; rewriter: RowRewriter }>();
 
   private executeDecision(plan: StatementPlanInfo | null, f: ExecuteFields, catalog: DatabaseCatalog, role: RolePolicy, handle: StatementHandle | null): Decision {
     const rewriterPlans = f.plans;
@@ -1375,7 +1421,15 @@ export class SessionPolicy {
     const origin = catalog.protectedColumns.length > 0
       ? this.originInspector(f.fields, rewriterPlans, f.formats, catalog, role, collector, reads) : null;
     if (rewriterPlans.length === 0 && !handle && !origin) return FORWARD;
-    const rewriter = rewriterPlans.length > 0 ? this.rewriter(rewriterPlans, f.formats, collector) : null;
+    let rewriter: RowRewriter | null = null;
+    if (rewriterPlans.length > 0) {
+      const kept = collector ? undefined : this.rewriterMemo.get(f);
+      if (kept && kept.byteaOutput === this.byteaOutput) rewriter = kept.rewriter;
+      else {
+        rewriter = this.rewriter(rewriterPlans, f.formats, collector);
+        if (!collector) this.rewriterMemo.set(f, { byteaOutput: this.byteaOutput, rewriter });
+      }
+    }
     const transform = new ExecuteResults(this, rewriter, handle, collector, origin, reads);
     transform.decision = decisionLabel(plan?.columns ?? rewriterPlans.map((p) => ({ column: qualified(p.column), decision: p.action })));
     return { action: 'forward', transform };
@@ -1463,7 +1517,7 @@ export class SessionPolicy {
     if (shape === undefined) {
       const pathKey = this.pathKey;
       shape = await this.describeFirst(portalName);
-      if (plan) plan.shape = { rowDescription: shape, catalogLoadedAt: entry.catalog.loadedAt, searchPath: pathKey };
+      if (plan) plan.shape = { rowDescription: shape, catalogLoadId: entry.catalog.loadId, searchPath: pathKey };
     }
     const f = this.executeFields(shape, bound, entry.enforced, role);
     if (f instanceof MamoriError) return { action: 'refuse', error: f };

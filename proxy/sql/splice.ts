@@ -139,36 +139,46 @@ export function verifySplice(original: Buffer, rewritten: Buffer, edits: readonl
     }
     return undefined;
   };
-  const walk = (a: unknown, b: unknown, path: string): void => {
+  // The path to the node being compared, built into a string only when a difference is reported (the walk
+  // visits every node of both trees on every rewritten statement).
+  const trail: (string | number)[] = ['stmts'];
+  const at = (): string => trail.map((x) => (typeof x === 'number' ? `[${x}]` : `.${x}`)).join('').slice(1);
+  const walk = (a: unknown, b: unknown): void => {
     if (Array.isArray(a)) {
-      if (!Array.isArray(b) || a.length !== b.length) fail(`list length at ${path}`);
-      a.forEach((x, i) => walk(x, (b as unknown[])[i], `${path}[${i}]`));
+      if (!Array.isArray(b) || a.length !== b.length) fail(`list length at ${at()}`);
+      for (let i = 0; i < a.length; i++) {
+        trail.push(i);
+        walk(a[i], (b as unknown[])[i]);
+        trail.pop();
+      }
       return;
     }
     if (a && typeof a === 'object') {
-      if (!b || typeof b !== 'object' || Array.isArray(b)) fail(`node at ${path}`);
+      if (!b || typeof b !== 'object' || Array.isArray(b)) fail(`node at ${at()}`);
       const an = a as AstNode;
       const bn = b as AstNode;
       const e = editFor(an);
       if (e) {
         if (used.has(e)) fail(`edit at ${e.start} applies twice`);
         used.add(e);
-        if (!equalNoLoc(bn, expectedNode(e.expect))) fail(`replacement at ${path} is not the expected constant`);
+        if (!equalNoLoc(bn, expectedNode(e.expect))) fail(`replacement at ${at()} is not the expected constant`);
         return;
       }
       const ka = Object.keys(an).filter((k) => k !== 'stmt_len');
       const kb = Object.keys(bn).filter((k) => k !== 'stmt_len');
-      if (ka.length !== kb.length || ka.some((k) => !(k in bn))) fail(`fields at ${path}`);
+      if (ka.length !== kb.length || ka.some((k) => !(k in bn))) fail(`fields at ${at()}`);
       for (const k of ka) {
+        trail.push(k);
         if (LOCATION_KEYS.has(k) && typeof an[k] === 'number') {
-          if (mapLoc(an[k]) !== bn[k]) fail(`location at ${path}.${k}`);
-        } else walk(an[k], bn[k], `${path}.${k}`);
+          if (mapLoc(an[k]) !== bn[k]) fail(`location at ${at()}`);
+        } else walk(an[k], bn[k]);
+        trail.pop();
       }
       return;
     }
-    if (a !== b) fail(`value at ${path}`);
+    if (a !== b) fail(`value at ${at()}`);
   };
-  walk(o, r, 'stmts');
+  walk(o, r);
   if (used.size !== sorted.length) fail('an edit did not replace a constant or parameter node');
 }
 

@@ -178,6 +178,14 @@ for (const flavour of [{ name: 'system server', embedded: false }, { name: 'embe
       cat = await loadCatalog(ctl, COLUMNS, 'postgres');
     });
 
+    test('every load has its own id: analyses and result shapes cached by it never mix two loads', async () => {
+      // Loaded back to back (often in the same millisecond, at the same epoch): a timestamp would not tell them apart.
+      const [a, b] = await Promise.all([loadCatalog(ctl, COLUMNS, 'postgres'), loadCatalog(ctl, COLUMNS, 'postgres')]);
+      assert.equal(a.epoch, b.epoch);
+      assert.notEqual(a.loadId, b.loadId);
+      assert.notEqual(a.loadId, cat.loadId);
+    });
+
     test('the table, its inheritance child and both partitions map OID + attnum to the configured column', async () => {
       const emp = cat.byOrigin(oids.get('employees')!, 3);
       assert.equal(emp?.policyKey, 'public.employees.my_number');

@@ -125,3 +125,43 @@ test('many pipelined prepared reads and writes on one connection each get their 
     await sql.end();
   }
 });
+
+test('simple-protocol lookups that differ only in a constant reuse one analysis (statement shapes) and still follow each role and each policy', async () => {
+  const engine = s.mamori.engine!;
+  await engine.applyPolicy(policy({ plaintext: [ROLES.clerk], mask: [ROLES.viewer] }));
+  const clerk = await s.connect(ROLES.clerk);
+  const viewer = await s.connect(ROLES.viewer);
+  const outsider = await s.connect(ROLES.outsider);
+  const num = (id: number): string => {
+    const base = String(40_000_000_000 + id * 7919).padStart(11, '0');
+    return base + myNumberCheckDigit(base);
+  };
+  try {
+    const ids = Array.from({ length: 20 }, (_, i) => 200 + i);
+    const inserted = engine.analysisCache.shapeHits;
+    for (const id of ids) await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (${id}, 'shape', '${num(id)}')`);
+    // Each insert after the first reuses the analysis (its value is its own) and the verified splice.
+    assert.equal(engine.analysisCache.shapeHits - inserted, ids.length - 1);
+    const stored = await s.cluster.query("SELECT id, encode(my_number::bytea, 'hex') AS h FROM employees WHERE name = 'shape'");
+    assert.equal(stored.rows.length, ids.length);
+    for (const r of stored.rows) assert.ok(!Buffer.from(r.h, 'hex').includes(num(r.id)), 'no plaintext reached the table');
+    const before = engine.analysisCache.shapeHits;
+    // A new text for every id, as pgbench -M simple and string-building applications send them.
+    for (const id of ids) {
+      assert.deepEqual((await clerk.query(`SELECT id, my_number FROM employees WHERE id = ${id}`)).rows, [{ id, my_number: num(id) }]);
+      assert.deepEqual((await viewer.query(`SELECT id, my_number FROM employees WHERE id = ${id}`)).rows, [{ id, my_number: `********${num(id).slice(8)}` }]);
+      await assert.rejects(outsider.query(`SELECT id, my_number FROM employees WHERE id = ${id}`), (e: { code?: string; message: string }) => e.code === '42501' && /my_number/.test(e.message));
+    }
+    // Clerk and viewer: every text after the first is a reuse. The outsider's refusals are analysed each time.
+    assert.equal(engine.analysisCache.shapeHits - before, 2 * (ids.length - 1));
+    // A reload clears what was reused: the viewer now gets plaintext, the clerk masks.
+    await engine.applyPolicy(policy({ plaintext: [ROLES.viewer], mask: [ROLES.clerk] }));
+    assert.deepEqual((await viewer.query(`SELECT my_number FROM employees WHERE id = ${ids[3]}`)).rows, [{ my_number: num(ids[3]!) }]);
+    assert.deepEqual((await clerk.query(`SELECT my_number FROM employees WHERE id = ${ids[4]}`)).rows, [{ my_number: `********${num(ids[4]!).slice(8)}` }]);
+    // The same shape with the constant moved into a positional GROUP BY is its own statement: not reused.
+    await assert.rejects(outsider.query('SELECT count(*), my_number FROM employees GROUP BY 2'), (e: { code?: string }) => e.code === '42501');
+  } finally {
+    await engine.applyPolicy(policy({ plaintext: [ROLES.clerk] }));
+    await Promise.all([clerk.end(), viewer.end(), outsider.end()]);
+  }
+});
