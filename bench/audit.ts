@@ -6,7 +6,7 @@
 // Three mamori instances (audit off / protected / all, fsync none) run in this process against one PostgreSQL;
 // rounds alternate between them; medians of the rounds and their ratios are printed and written as JSON to
 // bench/results/audit-<timestamp>.json. TLS on both legs, as the protected test stack has it. Not a test.
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -132,6 +132,7 @@ async function main(): Promise<void> {
   } finally {
     for (const mode of ['protected', 'all'] as const) await servers[mode]?.shutdown(0).catch(() => undefined);
     await stack.stop();
+    rmSync(auditDir, { recursive: true, force: true }); // the three trails (one per mode)
   }
 }
 
