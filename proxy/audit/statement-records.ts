@@ -86,6 +86,14 @@ export function hashValues(keys: SubjectKeySource | null, items: readonly { col:
 }
 
 /** Distinct subject hashes seen by one statement, bounded; hashing happens as values pass (nothing kept). */
+/**
+ * Subject hashes of cells read back, by subject key id, logical type and the cell as stored (never the value):
+ * a lookup returning the same rows again costs a map lookup instead of an HMAC. Bounded (oldest dropped first);
+ * process-wide.
+ */
+const hashByCell = new Map<string, string>();
+const HASH_BY_CELL_MAX = 8192;
+
 export class SubjectCollector {
   private readonly seen = new Set<string>();
   private keyId: string | undefined;
@@ -95,7 +103,11 @@ export class SubjectCollector {
     private readonly max = MAX_SUBJECTS_PER_STATEMENT,
   ) {}
 
-  add(col: ProtectedColumn, canonical: Buffer): void {
+  /**
+   * `stored`: the value's stored cell as sent (with its encoding), when known — a cell decrypts to one value,
+   * so its subject hash is looked up by it (under the same subject key) instead of recomputed.
+   */
+  add(col: ProtectedColumn, canonical: Buffer, stored?: string): void {
     let src;
     try {
       src = this.keys.subjectKey();
@@ -103,7 +115,18 @@ export class SubjectCollector {
       return; // no subject key configured: nothing to hash with
     }
     this.keyId = src.id;
-    const h = subjectHash(src.key, col.type.type, canonical);
+    let h: string;
+    if (stored === undefined) h = subjectHash(src.key, col.type.type, canonical);
+    else {
+      const k = `${src.id}\u0000${col.type.type}\u0000${stored}`;
+      const known = hashByCell.get(k);
+      if (known !== undefined) h = known;
+      else {
+        h = subjectHash(src.key, col.type.type, canonical);
+        if (hashByCell.size >= HASH_BY_CELL_MAX) hashByCell.delete(hashByCell.keys().next().value as string); // oldest first
+        hashByCell.set(k, h);
+      }
+    }
     if (this.seen.size < this.max || this.seen.has(h)) this.seen.add(h);
     else this.dropped++;
   }

@@ -765,7 +765,7 @@ export class SessionPolicy {
       byteaOutput: this.byteaOutput,
       codec: () => this.codec(),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
-      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
+      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer, stored?: string) => subjects.add(col, canonical, stored) } : {}),
       onRelease: (col, action) => reads.release(col, action),
     });
   }
@@ -1025,7 +1025,7 @@ export class SessionPolicy {
     const r = new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
       codec: () => this.codec(),
-      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer) => subjects.add(col, canonical) } : {}),
+      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer, stored?: string) => subjects.add(col, canonical, stored) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
     });
     // mamori_crypto_operations_total: the cells each row decrypts (plaintext and mask fields), by mode.

@@ -181,8 +181,13 @@ export interface RowRewriterOptions {
   onShredded?(column: ProtectedColumn): void;
   /** The session's bytea_output: how the server sends cells in text format and how bytea values are rendered. */
   byteaOutput?: 'hex' | 'escape';
-  /** Called with each value released in plaintext (canonical bytes; the caller hashes them for the subject trail, never keeps them). */
-  onPlaintext?(column: ProtectedColumn, canonical: Buffer): void;
+  /**
+   * Called with each value released in plaintext (canonical bytes; the caller hashes them for the subject
+   * trail, never keeps them). `stored`: the field's stored cell (a flag for its encoding + the bytes as sent),
+   * which identifies the value without holding it; absent for a transition field, whose stored form can be
+   * the plaintext itself.
+   */
+  onPlaintext?(column: ProtectedColumn, canonical: Buffer, stored?: string): void;
   /**
    * The session's client encoding at the time a row is rendered (a SET earlier in the same query string
    * changes it between result sets); null when mamori has no converter for it. Default UTF-8.
@@ -201,7 +206,7 @@ export class RowRewriter {
   private readonly repl: (Buffer | null)[];
   private readonly escape: boolean;
   private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
-  private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer) => void) | undefined;
+  private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer, stored?: string) => void) | undefined;
   private readonly codec: (() => ClientCodec | null) | undefined;
   private readonly maxIndex: number;
 
@@ -269,7 +274,9 @@ export class RowRewriter {
       ? openTransitionField(s, stored, s.binary, this.escape, this.keys, this.onShredded)
       : openStoredCell(s, stored, s.binary, this.escape, this.keys, this.onShredded);
     if (canonical === null) return null;
-    if (s.action !== A_MASK) this.onPlaintext?.(s.column, canonical);
+    if (s.action !== A_MASK && this.onPlaintext) {
+      this.onPlaintext(s.column, canonical, s.transition ? undefined : (s.binary ? 'b' : this.escape ? 'e' : 'h') + stored.toString('latin1'));
+    }
     return renderCanonical(s, canonical, s.action === A_MASK, s.binary, this.escape, this.codec);
   }
 }

@@ -4,6 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, createSecretKey, randomBytes } from 'node:crypto';
 import { normalizeSubject, subjectHash, SubjectFormatError } from '../../../proxy/audit/subject.js';
+import { SubjectCollector } from '../../../proxy/audit/statement-records.js';
 
 const key = createSecretKey(randomBytes(32));
 
@@ -50,5 +51,28 @@ describe('normalizeSubject', () => {
     for (const bad of ['123456789012', '12345678901', 'abcd56789018', '1234/5678/9018']) {
       assert.throws(() => normalizeSubject(bad), (e: unknown) => e instanceof SubjectFormatError && !e.message.includes(bad.slice(0, 8)));
     }
+  });
+});
+
+describe('SubjectCollector', () => {
+  const col = (type: string) => ({ schema: 'public', table: 't', column: 'c', type: { type }, mode: 'deterministic' as const, domain: 'd' });
+  test('hashes looked up by stored cell equal the computed ones, per subject key and per logical type', () => {
+    let current = { id: 'k1', key };
+    const source = { subjectKey: () => current };
+    const v = Buffer.from('123456789018');
+    const stored = 'h\\x0badc0ffee'; // the stored form stands for the value: one cell decrypts to one value
+    const first = new SubjectCollector(source);
+    first.add(col('mynumber'), v, stored);
+    assert.deepEqual(first.take().subjects, [subjectHash(key, 'mynumber', v)]);
+    const again = new SubjectCollector(source);
+    again.add(col('mynumber'), v, stored); // looked up
+    again.add(col('text'), v, stored); // another logical type: its own hash
+    assert.deepEqual(again.take().subjects, [subjectHash(key, 'mynumber', v), subjectHash(key, 'text', v)]);
+    // A new subject key (next retention period) is never answered with the old key's hash.
+    const key2 = createSecretKey(randomBytes(32));
+    current = { id: 'k2', key: key2 };
+    const next = new SubjectCollector(source);
+    next.add(col('mynumber'), v, stored);
+    assert.deepEqual(next.take(), { subjects: [subjectHash(key2, 'mynumber', v)], subjectKeyId: 'k2' });
   });
 });
