@@ -16,6 +16,7 @@ import { startCluster, freePort, type Cluster } from '../test/harness/cluster.js
 import { Keyring, keyringConfigFrom } from '../keyring/index.js';
 import { defaultConfig } from '../config/load.js';
 import { run, parseSummary } from './lib/pgbench.js';
+import { nameList, parseRunOptions, type RunOptions } from './lib/options.js';
 import { cpuSeconds } from './lib/procstat.js';
 import { fmt, median, ratio } from './lib/stats.js';
 import { REPO_ROOT } from './lib/targets.js';
@@ -27,27 +28,16 @@ const WORKLOADS: Workload[] = ['bytea1', 'bytea100', 'int1'];
 const MODES: Mode[] = ['prepared', 'simple'];
 const ROWS = 10_000;
 
-interface Options { rounds: number; seconds: number; clients: number; jobs: number; out: string | null; workloads: Workload[] }
+interface Options extends RunOptions { workloads: Workload[] }
 
 function options(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 5, clients: 8, jobs: 2, out: null, workloads: WORKLOADS };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const next = (): number => {
-      const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 1) throw new Error(`${a} needs a positive integer`);
-      return n;
-    };
-    if (a === '--quick') Object.assign(o, { rounds: 1, seconds: 3 });
-    else if (a === '--rounds') o.rounds = next();
-    else if (a === '--seconds') o.seconds = next();
-    else if (a === '--clients') o.clients = next();
-    else if (a === '--jobs') o.jobs = next();
-    else if (a === '--out') o.out = argv[++i] ?? null;
-    else if (a === '--workloads') o.workloads = (argv[++i] ?? '').split(',').filter((x): x is Workload => (WORKLOADS as string[]).includes(x));
-    else throw new Error('usage: BENCH_BASELINE_ROOT=DIR npm run bench:origin -- [--quick] [--rounds N] [--seconds N] [--clients N] [--jobs N] [--workloads bytea1,bytea100,int1] [--out FILE]');
-  }
-  return o;
+  return parseRunOptions(argv, { rounds: 3, seconds: 5, clients: 8, jobs: 2, out: null, workloads: WORKLOADS },
+    'usage: BENCH_BASELINE_ROOT=DIR npm run bench:origin -- [--quick] [--rounds N] [--seconds N] [--clients N] [--jobs N] [--workloads bytea1,bytea100,int1] [--out FILE]',
+    (flag, value, o) => {
+      if (flag !== '--workloads') return false;
+      o.workloads = nameList(value(), WORKLOADS);
+      return true;
+    });
 }
 
 function script(w: Workload): string {

@@ -18,6 +18,7 @@ import { Keyring, keyringConfigFrom } from '../keyring/index.js';
 import { defaultConfig } from '../config/load.js';
 import { myNumberCheckDigit } from '../keyring/mynumber.js';
 import { run, parseSummary } from './lib/pgbench.js';
+import { nameList, parseRunOptions, type RunOptions } from './lib/options.js';
 import { cpuSeconds } from './lib/procstat.js';
 import { fmt, median, ratio } from './lib/stats.js';
 import { REPO_ROOT } from './lib/targets.js';
@@ -35,30 +36,22 @@ const TARGETS: Record<Workload, Record<Mode, number | null>> = {
   insert: { prepared: 0.7, simple: 0.7 },
 };
 
-interface Options { rounds: number; seconds: number; clients: number; jobs: number; rows: number; out: string | null; workloads: Workload[]; modes: Mode[]; tables: Table[] }
+interface Options extends RunOptions { rows: number; workloads: Workload[]; modes: Mode[]; tables: Table[] }
 
 function options(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 6, clients: 8, jobs: 2, rows: 10_000, out: null, workloads: WORKLOADS, modes: MODES, tables: ['enc', 'plain'] };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const next = (): number => {
-      const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 1) throw new Error(`${a} needs a positive integer`);
-      return n;
-    };
-    if (a === '--quick') Object.assign(o, { rounds: 1, seconds: 3 });
-    else if (a === '--rounds') o.rounds = next();
-    else if (a === '--seconds') o.seconds = next();
-    else if (a === '--clients') o.clients = next();
-    else if (a === '--jobs') o.jobs = next();
-    else if (a === '--rows') o.rows = next();
-    else if (a === '--out') o.out = argv[++i] ?? null;
-    else if (a === '--modes') o.modes = (argv[++i] ?? '').split(',').filter((x): x is Mode => (MODES as string[]).includes(x));
-    else if (a === '--tables') o.tables = (argv[++i] ?? '').split(',').filter((x): x is Table => x === 'enc' || x === 'plain');
-    else if (a === '--workloads') o.workloads = (argv[++i] ?? '').split(',').filter((x): x is Workload => (WORKLOADS as string[]).includes(x));
-    else throw new Error(`usage: npm run bench:policy -- [--quick] [--rounds N] [--seconds N] [--clients N] [--jobs N] [--rows N] [--workloads pk,number,insert] [--modes prepared,simple] [--tables enc,plain] [--out FILE]`);
-  }
-  return o;
+  return parseRunOptions(argv, { rounds: 3, seconds: 6, clients: 8, jobs: 2, rows: 10_000, out: null, workloads: WORKLOADS, modes: MODES, tables: ['enc', 'plain'] },
+    'usage: npm run bench:policy -- [--quick] [--rounds N] [--seconds N] [--clients N] [--jobs N] [--rows N] [--workloads pk,number,insert] [--modes prepared,simple] [--tables enc,plain] [--out FILE]',
+    (flag, value, o) => {
+      if (flag === '--rows') {
+        const n = Number(value());
+        if (!Number.isInteger(n) || n < 1) throw new Error('--rows needs a positive integer');
+        o.rows = n;
+      } else if (flag === '--modes') o.modes = nameList(value(), MODES);
+      else if (flag === '--tables') o.tables = nameList<Table>(value(), ['enc', 'plain']);
+      else if (flag === '--workloads') o.workloads = nameList(value(), WORKLOADS);
+      else return false;
+      return true;
+    });
 }
 
 // ---- My Numbers computable inside pgbench -------------------------------------------------------------
