@@ -7,6 +7,7 @@ import type { ColumnDecision } from './record.js';
 import type { SessionAudit, StatementHandle } from './session.js';
 import type { SubjectKeySource } from './trail.js';
 import { subjectHash } from './subject.js';
+import type { KeyObject } from 'node:crypto';
 
 export interface Deletion {
   table: string;
@@ -87,11 +88,11 @@ export function hashValues(keys: SubjectKeySource | null, items: readonly { col:
 
 /** Distinct subject hashes seen by one statement, bounded; hashing happens as values pass (nothing kept). */
 /**
- * Subject hashes of cells read back, by subject key id, logical type and the cell as stored (never the value):
+ * Subject hashes of cells read back, per subject key, by logical type and the cell as stored (never the value):
  * a lookup returning the same rows again costs a map lookup instead of an HMAC. Bounded (oldest dropped first);
  * process-wide.
  */
-const hashByCell = new Map<string, string>();
+const hashByCell = new WeakMap<KeyObject, Map<string, string>>();
 const HASH_BY_CELL_MAX = 8192;
 
 export class SubjectCollector {
@@ -118,13 +119,15 @@ export class SubjectCollector {
     let h: string;
     if (stored === undefined) h = subjectHash(src.key, col.type.type, canonical);
     else {
-      const k = `${src.id}\u0000${col.type.type}\u0000${stored}`;
-      const known = hashByCell.get(k);
+      let byCell = hashByCell.get(src.key);
+      if (!byCell) hashByCell.set(src.key, (byCell = new Map()));
+      const k = `${col.type.type}\u0000${stored}`;
+      const known = byCell.get(k);
       if (known !== undefined) h = known;
       else {
         h = subjectHash(src.key, col.type.type, canonical);
-        if (hashByCell.size >= HASH_BY_CELL_MAX) hashByCell.delete(hashByCell.keys().next().value as string); // oldest first
-        hashByCell.set(k, h);
+        if (byCell.size >= HASH_BY_CELL_MAX) byCell.delete(byCell.keys().next().value as string); // oldest first
+        byCell.set(k, h);
       }
     }
     if (this.seen.size < this.max || this.seen.has(h)) this.seen.add(h);
