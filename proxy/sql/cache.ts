@@ -1,5 +1,6 @@
 // A bounded LRU of analyses keyed by (query bytes, search_path, catalog epoch, role set, lexing settings).
-// An analysis depends on nothing else, so a hit can be reused as is (plans are treated as immutable).
+// An analysis depends on nothing else, so a hit can be reused as is (plans are treated as immutable). A second
+// LRU, by statement shape, serves texts that differ from an analysed one only in free constants (shape.ts).
 import type { Analysis, AnalysisContext } from './types.js';
 import { instantiate, shapeEntry, shapeOf, type ShapeEntry } from './shape.js';
 
