@@ -10,7 +10,7 @@ import { decodeRowDescription, decodeCopyResponse, commandRows, errorSqlstate } 
 import { MamoriError, errorResponse, type MamoriErrorCode } from '../errors.js';
 import { FORWARD, type Decision, type Session } from '../session/session.js';
 import type { ResultTransform } from '../session/pipeline.js';
-import { analyse, mayTouchProtected, rewrite, splice, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type ShapeEntry, type StatementPlan } from '../sql/index.js';
+import { analyse, mayTouchProtected, rewrite, rewriteInShape, byteaEdit, paramCastEdit, type Analysis, type ExpectedEdit, type ShapeEntry, type StatementPlan } from '../sql/index.js';
 import type { AnalysisContext, LiteralSite, ProtectedColumn, RolePolicy } from '../sql/types.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { canonicalFromText } from '../../keyring/logical-types.js';
@@ -288,18 +288,6 @@ export class SessionPolicy {
   }
 
   private rolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
-    // One entry per session: the policy is a function of these four objects only (each is replaced, never
-    // mutated, when it changes), and it is asked for on every statement.
-    const m = this.rolePolicyMemo;
-    if (m && m.id === id && m.catalog === catalog && m.approvals === this.engine.approvals && m.config === this.engine.config) return m.policy;
-    const policy = this.buildRolePolicy(id, catalog);
-    this.rolePolicyMemo = { id, catalog, approvals: this.engine.approvals, config: this.engine.config, policy };
-    return policy;
-  }
-
-  private rolePolicyMemo: { id: Identity; catalog: DatabaseCatalog; approvals: unknown; config: unknown; policy: RolePolicy } | null = null;
-
-  private buildRolePolicy(id: Identity, catalog: DatabaseCatalog): RolePolicy {
     const cfg = this.engine.config;
     const required = cfg.approval.members === 'required';
     const grants = grantView(this.engine.approvals, cfg.approval.passwords, id);
@@ -366,7 +354,7 @@ export class SessionPolicy {
     // computed against the full catalog below and logged, never enforced.
     const catalog = entry.enforced;
     const identity = await this.ensureIdentity();
-    const role = this.rolePolicy(identity, catalog);
+    const role = this.cachedRole(identity, catalog);
     const path = await this.searchPathFor(catalog);
     if (path === null) {
       return new MamoriError('object_not_in_prerequisite_state',
@@ -548,8 +536,10 @@ export class SessionPolicy {
       if (!Buffer.isBuffer(back)) return back;
       raw = encodeQueryRaw(back);
     } else if (edits.length > 0) {
-      // Only the literals' edits: a shape's statements have no PREPARE (whose edits are sp.edits).
-      const rewritten = this.spliced(sql, edits, sp.edits.length === 0 ? this.engine.analysisCache.shapeOf(analysis) : undefined);
+      // By shape only when every edit is a cell at one of the analysis's own literal sites (no PREPARE type edits,
+      // no EXECUTE arguments): those are the anchors a shape's verified rewrite stands for.
+      const byShape = sp.edits.length === 0 && sp.sites.length === 0;
+      const rewritten = this.spliced(sql, edits, byShape ? this.engine.analysisCache.shapeEntryOf(analysis) : undefined);
       if (!Buffer.isBuffer(rewritten)) return rewritten;
       const back = this.backToClient(rewritten, readable.codec);
       if (!Buffer.isBuffer(back)) return back;
@@ -579,7 +569,7 @@ export class SessionPolicy {
    * constants, which the fingerprint removes, so it is computed once per shape.
    */
   private fingerprintOf(sql: Buffer, analysis: Analysis): string {
-    const shape = this.engine.analysisCache.shapeOf(analysis);
+    const shape = this.engine.analysisCache.shapeEntryOf(analysis);
     if (!shape) return fingerprint(sql);
     return (shape.fingerprint ??= fingerprint(sql));
   }
@@ -702,6 +692,7 @@ export class SessionPolicy {
     return entry && identity ? { entry, role: this.cachedRole(identity, entry.enforced) } : null;
   }
 
+  /** The role policy, kept while identity, catalog (replaced by every policy reload) and approvals are the same. */
   private cachedRole(identity: Identity, catalog: DatabaseCatalog): RolePolicy {
     const c = this.roleCache;
     const approvals = this.engine.approvals;
@@ -876,14 +867,7 @@ export class SessionPolicy {
   /** Splices and verifies by re-parse; a refusal when verification fails (never a half-rewritten statement). */
   private spliced(sql: Buffer, edits: Parameters<typeof rewrite>[1], shape?: ShapeEntry): Buffer | Decision {
     try {
-      // A text of a shape whose splice was verified by re-parse, with cells at the same anchors (the values
-      // bound for protected columns, each replaced by a bytea constant): the rewritten text has the verified
-      // one's tokens but for constants, so it is not parsed again (docs/decisions.md, statement shapes).
-      const byShape = shape !== undefined && edits.every((e) => e.expect.kind === 'bytea');
-      if (byShape && shape.spliceVerified) return splice(sql, edits);
-      const out = rewrite(sql, edits);
-      if (byShape) shape.spliceVerified = true;
-      return out;
+      return shape ? rewriteInShape(shape, sql, edits) : rewrite(sql, edits);
     } catch (err) {
       this.engine.log.error({ err: (err as Error).message }, 'rewrite verification failed');
       return refusal('0A000', 'mamori could not rewrite this statement safely; it was not run');
@@ -1309,7 +1293,7 @@ export class SessionPolicy {
     if (!plan) return this.captureShape('S', name);
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
-    const role = this.rolePolicy(identity, entry.enforced);
+    const role = this.cachedRole(identity, entry.enforced);
     const transform: ResultTransform = {
       message: (f) => {
         if (f.type === BE.ParameterDescription && plan.params.length > 0) {
@@ -1335,7 +1319,7 @@ export class SessionPolicy {
     void formats;
     const entry = await this.engine.catalog(this.session.database);
     const identity = await this.ensureIdentity();
-    return this.describePortalWith(name, entry, this.rolePolicy(identity, entry.enforced));
+    return this.describePortalWith(name, entry, this.cachedRole(identity, entry.enforced));
   }
 
   private describePortalWith(name: string, entry: CatalogEntry, role: RolePolicy): Decision {
@@ -1531,11 +1515,7 @@ export class SessionPolicy {
   }
 
   private intentFor(plan: StatementPlanInfo | null, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> | null {
-    if (!this.audit || !plan) return null;
-    return this.writeIntent(plan.fingerprint, plan.command, plan.columns, plan.extras, subjects).then(undefined, () => {
-      if (this.engine.config.audit.failMode === 'open') return null;
-      return new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
-    });
+    return plan ? this.intent(plan.fingerprint, plan.command, plan.columns, plan.extras, subjects) : null;
   }
 
   /** Injects Describe(portal) before the client's Execute and returns the RowDescription (null: no rows). */

@@ -115,7 +115,7 @@ export class AnalysisCache {
   }
 
   /** The shape an analysis was made for or reused from (proxy/sql/shape.ts), if any. */
-  shapeOf(a: Analysis): ShapeEntry | undefined {
+  shapeEntryOf(a: Analysis): ShapeEntry | undefined {
     return this.origins.get(a);
   }
   private readonly origins = new WeakMap<Analysis, ShapeEntry>();

@@ -18,5 +18,5 @@ export {
   type ExpectedEdit,
 } from './splice.js';
 export { AnalysisCache, LruCache, analysisKey, type AnalysisKeyParts } from './cache.js';
-export type { ShapeEntry } from './shape.js';
+export { rewriteInShape, type ShapeEntry } from './shape.js';
 export type * from './types.js';

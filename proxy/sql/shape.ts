@@ -18,7 +18,8 @@
 // an unsigned decimal number. Anything else is a miss and gets the full analysis.
 import { isUtf8 } from 'node:buffer';
 import type { Analysis, StatementPlan } from './types.js';
-import { readToken, skipTrivia, LexError, type Token } from './lexer.js';
+import { tokens as lex, LexError, type Token } from './lexer.js';
+import { rewrite, splice, type ExpectedEdit } from './splice.js';
 import { decodeSql, parseText, type AstNode } from './parser.js';
 
 /** A text's tokens and its shape key (free-candidate constants replaced by their class). */
@@ -89,14 +90,11 @@ export function shapeOf(sql: Buffer): Shape | null {
   const classes: (string | null)[] = [];
   let key = '';
   try {
-    let i = skipTrivia(sql, 0);
-    while (i < sql.length) {
-      const t = readToken(sql, i);
+    for (const t of lex(sql)) {
       const cls = constantClass(sql, t);
       tokens.push(t);
       classes.push(cls);
       key += (cls ?? sql.toString('latin1', t.start, t.end)) + SEP;
-      i = skipTrivia(sql, t.end);
     }
   } catch (e) {
     if (e instanceof LexError) return null;
@@ -278,4 +276,18 @@ export function instantiate(entry: ShapeEntry, shape: Shape, sql: Buffer): Analy
       }),
     })),
   };
+}
+
+/**
+ * Splices a text of this shape (splice.ts `rewrite`: splice, then verify by re-parse). Once one text of the shape
+ * has been verified with only bytea constants spliced — the values bound for protected columns, at the shape's
+ * literal anchors — later texts are not parsed again: their rewritten text has the verified one's tokens but for
+ * constant values (docs/decisions.md, statement shapes). Any other edit is verified every time.
+ */
+export function rewriteInShape(entry: ShapeEntry, sql: Buffer, edits: readonly ExpectedEdit[]): Buffer {
+  const cellsOnly = edits.every((e) => e.expect.kind === 'bytea');
+  if (cellsOnly && entry.spliceVerified) return splice(sql, edits);
+  const out = rewrite(sql, edits);
+  if (cellsOnly) entry.spliceVerified = true;
+  return out;
 }

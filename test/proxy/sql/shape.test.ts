@@ -115,7 +115,7 @@ describe('statement shapes', () => {
           const fresh = analyse(sql, ctx({ role }));
           assert.deepEqual(got, fresh, `${name}: ${sql.toString()}`);
           // Every text of a shape has the same audit fingerprint (the session computes it once per shape).
-          const entry = cache.shapeOf(got);
+          const entry = cache.shapeEntryOf(got);
           if (entry) assert.equal(fingerprint(sql), (entry.fingerprint ??= fingerprint(sql)), sql.toString());
           checked++;
           if (cache.shapeHits > before) hits++;
