@@ -9,14 +9,14 @@
 // in -M prepared and -M simple. Reports median TPS after/before and mamori's CPU µs per statement.
 // Writes bench/results/origin-<timestamp>.json. Not a test: it asserts nothing.
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startCluster, freePort, type Cluster } from '../test/harness/cluster.js';
+import { startCluster, type Cluster } from '../test/harness/cluster.js';
 import { Keyring, keyringConfigFrom } from '../keyring/index.js';
 import { defaultConfig } from '../config/load.js';
 import { run, parseSummary } from './lib/pgbench.js';
 import { nameList, parseRunOptions, type RunOptions } from './lib/options.js';
+import { profilingArgs, startChildProxy, stopChildProxy, type BenchKeyring, type ChildProxy } from './lib/child-proxy.js';
 import { cpuSeconds } from './lib/procstat.js';
 import { fmt, median, ratio } from './lib/stats.js';
 import { REPO_ROOT } from './lib/targets.js';
@@ -54,57 +54,16 @@ function script(w: Workload): string {
 const BENCH_USER = 'bench';
 const BENCH_PASSWORD = 'bench-pw';
 
-interface Proxy { side: Side; port: number; child: ChildProcess; env: NodeJS.ProcessEnv }
+interface Proxy extends ChildProxy { side: Side }
 
-async function startProxy(side: Side, root: string, cluster: Cluster, dir: string, controlPassword: string, keyring: { keyFile: string; store: { type: 'file'; path: string } }): Promise<Proxy> {
-  const port = await freePort();
-  const configPath = join(dir, `mamori-${side}.yaml`);
-  writeFileSync(configPath, [
-    `listen: { host: 127.0.0.1, port: ${port} }`,
-    `upstream: { host: ${cluster.host}, port: ${cluster.port}, tls: { mode: disable } }`,
-    'control: { user: mamori, passwordEnv: MAMORI_BENCH_CONTROL_PASSWORD }',
-    'limits: { maxConnections: 500 }',
-    'log: { level: warn }',
-    `keyring: { keyFile: ${keyring.keyFile}, store: { type: file, path: ${keyring.store.path} } }`,
-    'approval: { members: none }',
-    'audit: { statements: none }',
-    'metrics: { enabled: false }',
-    'columns:',
-    '  public.enc.my_number:',
-    '    type: mynumber',
-    '    mode: deterministic',
-    `    read: { plaintext: [${BENCH_USER}] }`,
-    '    others: deny',
-    '',
-  ].join('\n'));
-  const env = { ...process.env, MAMORI_BENCH_CONTROL_PASSWORD: controlPassword };
-  // BENCH_MAMORI_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the "after" child (written on exit).
-  const nodeArgs = side === 'after' ? (process.env.BENCH_MAMORI_NODE_ARGS ?? '').split(' ').filter(Boolean) : [];
-  const child = spawn(process.execPath, [...nodeArgs, join(root, 'bin/mamori.js'), 'start', '--config', configPath], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let tail = '';
-  child.stdout!.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-3000)));
-  child.stderr!.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-3000)));
-  const clientEnv = { ...process.env, PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: BENCH_USER, PGPASSWORD: BENCH_PASSWORD, PGDATABASE: 'postgres', PGSSLMODE: 'disable' };
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const r = await run(join(cluster.bindir, 'psql'), ['-Atc', 'select 1'], clientEnv, 10_000);
-    if (r.code === 0 && r.stdout.trim() === '1') break;
-    if (child.exitCode !== null || Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`mamori (${side}) did not come up: ${r.stderr.trim()} ${tail}`);
-    }
-    await new Promise((res) => setTimeout(res, 250));
-  }
-  return { side, port, child, env: clientEnv };
-}
-
-async function stopProxy(p: Proxy): Promise<void> {
-  if (p.child.exitCode !== null) return;
-  const done = new Promise((r) => p.child.once('exit', r));
-  p.child.kill('SIGTERM');
-  const t = setTimeout(() => p.child.kill('SIGKILL'), 15_000);
-  await done;
-  clearTimeout(t);
+async function startProxy(side: Side, root: string, cluster: Cluster, dir: string, controlPassword: string, keyring: BenchKeyring): Promise<Proxy> {
+  const p = await startChildProxy({
+    root, cwd: root, configPath: join(dir, `mamori-${side}.yaml`), cluster, keyring, controlPassword, user: BENCH_USER, password: BENCH_PASSWORD,
+    column: [`read: { plaintext: [${BENCH_USER}] }`, 'others: deny'],
+    // the "after" child is the one profiled
+    nodeArgs: side === 'after' ? profilingArgs() : [],
+  });
+  return { ...p, side };
 }
 
 interface RunRecord { round: number; workload: Workload; mode: Mode; side: Side; tps: number | null; cpuUsPerStatement: number | null; load1: number; error?: string }
@@ -167,7 +126,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    for (const p of proxies) await stopProxy(p);
+    for (const p of proxies) await stopChildProxy(p);
     await cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -9,16 +9,16 @@
 // mamori's CPU µs per statement (/proc/<pid>/stat utime+stime before/after ÷ statements). Writes
 // bench/results/policy-<timestamp>.json. Not a test: it asserts nothing.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { startCluster, freePort, type Cluster } from '../test/harness/cluster.js';
+import { startCluster, type Cluster } from '../test/harness/cluster.js';
 import { Keyring, keyringConfigFrom } from '../keyring/index.js';
 import { defaultConfig } from '../config/load.js';
 import { myNumberCheckDigit } from '../keyring/mynumber.js';
 import { run, parseSummary } from './lib/pgbench.js';
 import { nameList, parseRunOptions, type RunOptions } from './lib/options.js';
+import { profilingArgs, startChildProxy, stopChildProxy, writeChildConfig, type ChildProxy } from './lib/child-proxy.js';
 import { cpuSeconds } from './lib/procstat.js';
 import { fmt, median, ratio } from './lib/stats.js';
 import { REPO_ROOT } from './lib/targets.js';
@@ -113,65 +113,36 @@ async function startStack(o: Options): Promise<Stack> {
   await cluster.createRole(BENCH_USER, BENCH_PASSWORD);
   const keyring = { keyFile: join(dir, 'root.key'), store: { type: 'file' as const, path: join(dir, 'keystore.json') } };
   await (await Keyring.init(keyringConfigFrom(defaultConfig({ keyring }).keyring), { databaseIdentity: 'bench-db' })).close();
-  const port = await freePort();
-  const configPath = join(dir, 'mamori.yaml');
-  writeFileSync(configPath, [
-    `listen: { host: 127.0.0.1, port: ${port} }`,
-    `upstream: { host: ${cluster.host}, port: ${cluster.port}, tls: { mode: disable } }`,
-    'control: { user: mamori, passwordEnv: MAMORI_BENCH_CONTROL_PASSWORD }',
-    'limits: { maxConnections: 500 }',
-    'log: { level: warn }',
-    `keyring: { keyFile: ${keyring.keyFile}, store: { type: file, path: ${keyring.store.path} } }`,
-    'approval: { members: none }',
-    'audit: { statements: none }',
-    'metrics: { enabled: false }',
+  const proxyOptions = {
+    root: REPO_ROOT, cwd: dir, configPath: join(dir, 'mamori.yaml'), cluster, keyring, controlPassword, user: BENCH_USER, password: BENCH_PASSWORD,
+    column: [`read: { plaintext: [${BENCH_USER}] }`, `search: [${BENCH_USER}]`, `write: [${BENCH_USER}]`, 'others: deny'],
     // The bench searches far faster than the default per-session rate allows (that is the point of it).
-    'search: { ratePerSecond: 10000000, burst: 10000000 }',
-    'columns:',
-    '  public.enc.my_number:',
-    '    type: mynumber',
-    '    mode: deterministic',
-    `    read: { plaintext: [${BENCH_USER}] }`,
-    `    search: [${BENCH_USER}]`,
-    `    write: [${BENCH_USER}]`,
-    '    others: deny',
-    '',
-  ].join('\n'));
-  const env = { ...process.env, MAMORI_BENCH_CONTROL_PASSWORD: controlPassword };
-  const cli = join(REPO_ROOT, 'bin/mamori.js');
-  const setup = await run(process.execPath, [cli, 'setup-db', '--config', configPath, '-d', 'postgres'], { ...cluster.env(), ...env }, 60_000);
+    extra: ['search: { ratePerSecond: 10000000, burst: 10000000 }'],
+    nodeArgs: profilingArgs(),
+  };
+  const port = await writeChildConfig(proxyOptions);
+  const setupEnv = { ...cluster.env(), MAMORI_BENCH_CONTROL_PASSWORD: controlPassword };
+  const setup = await run(process.execPath, [join(REPO_ROOT, 'bin/mamori.js'), 'setup-db', '--config', proxyOptions.configPath, '-d', 'postgres'], setupEnv, 60_000);
   if (setup.code !== 0) throw new Error(`setup-db failed: ${(setup.stderr || setup.stdout).trim().split('\n').slice(-3).join(' | ')}`);
   await cluster.query('CREATE TABLE public.enc (id int PRIMARY KEY, name text NOT NULL, my_number mamori.mynumber UNIQUE)');
   await cluster.query('CREATE TABLE public.plain (id int PRIMARY KEY, name text NOT NULL, my_number text UNIQUE)');
   await cluster.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON public.enc, public.plain TO ${BENCH_USER}`);
-  // BENCH_MAMORI_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the mamori child (written on exit).
-  const nodeArgs = (process.env.BENCH_MAMORI_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, cli, 'start', '--config', configPath], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let tail = '';
-  child.stdout.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-3000)));
-  child.stderr.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-3000)));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null) {
-      const done = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await done;
-      clearTimeout(t);
-    }
+  const cleanup = async (): Promise<void> => {
     await cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   };
-  const clientEnv = { ...process.env, PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: BENCH_USER, PGPASSWORD: BENCH_PASSWORD, PGDATABASE: 'postgres', PGSSLMODE: 'disable' };
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const r = await run(join(cluster.bindir, 'psql'), ['-Atc', 'select 1'], clientEnv, 10_000);
-    if (r.code === 0 && r.stdout.trim() === '1') break;
-    if (child.exitCode !== null || Date.now() > deadline) {
-      await stop();
-      throw new Error(`mamori did not come up: ${r.stderr.trim()} ${tail}`);
-    }
-    await new Promise((res) => setTimeout(res, 250));
+  let proxy: ChildProxy;
+  try {
+    proxy = await startChildProxy(proxyOptions, port);
+  } catch (err) {
+    await cleanup();
+    throw err;
   }
+  const stop = async (): Promise<void> => {
+    await stopChildProxy(proxy);
+    await cleanup();
+  };
+  const { child, env: clientEnv } = proxy;
   // Rows: the encrypted table through mamori (multi-row literal INSERTs, encrypted on the way), the plain one too.
   const c = new pg.Client({ host: '127.0.0.1', port, user: BENCH_USER, password: BENCH_PASSWORD, database: 'postgres' });
   await c.connect();
