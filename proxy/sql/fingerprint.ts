@@ -14,7 +14,6 @@ function charClass(c: number): number {
   return 0;
 }
 const isDigit = (c: number): boolean => c >= 48 && c <= 57;
-const isIdentChar = (c: number): boolean => charClass(c) === IDENT || isDigit(c) || c === 36; /* $ */
 
 /** Index just past a '…' literal starting at the quote `q`; backslash escapes only in E'' strings. */
 function skipQuoted(s: string, q: number, backslash: boolean): number {
@@ -73,18 +72,18 @@ function skipNumber(s: string, i: number): number {
 
 const IN_LIST = /\bin ?\(\?(?:, \?)*\)/g;
 
-/** The fingerprint of one SQL string (possibly several statements). Never contains literal or comment text. */
+/**
+ * The fingerprint of one SQL string (possibly several statements). Never contains literal or comment text.
+ * One pass that appends to the output string as it goes (no array of pieces, no per-token closure): this runs
+ * for every statement under `statements: all`.
+ */
 export function fingerprint(sql: string | Buffer): string {
   const s = typeof sql === 'string' ? sql : sql.toString('utf8');
   const n = s.length;
-  const out: string[] = [];
+  let out = '';
+  // a separating space is owed before the next token (whitespace or a comment was skipped, or after , and ;)
   let space = false;
   let i = 0;
-  const emit = (t: string): void => {
-    if (space && out.length > 0) out.push(' ');
-    space = false;
-    out.push(t);
-  };
   while (i < n) {
     const c = s.charCodeAt(i);
     const cls = charClass(c);
@@ -93,14 +92,47 @@ export function fingerprint(sql: string | Buffer): string {
       i++;
       continue;
     }
-    // comments: -- to end of line, /* nested */
-    if (c === 45 && s.charCodeAt(i + 1) === 45) {
+    let token: string;
+    if (cls === IDENT) {
+      let j = i + 1;
+      let upper = c < 97 || c >= 128; // A-Z, _ (harmless) or non-ASCII: lower-case the word
+      while (j < n) {
+        const d = s.charCodeAt(j);
+        if ((d >= 97 && d <= 122) || (d >= 48 && d <= 57) || d === 95 || d === 36) j++;
+        else if ((d >= 65 && d <= 90) || d >= 128) {
+          upper = true;
+          j++;
+        } else break;
+      }
+      const next = s.charCodeAt(j);
+      if (j === i + 1 && (next === 39 || next === 38)) {
+        const p = c | 0x20;
+        if (next === 39 && (p === 101 || p === 98 || p === 120 || p === 110)) {
+          // E'…' (backslash escapes), B'…', X'…', N'…'
+          i = skipQuoted(s, j, p === 101);
+          token = '?';
+        } else if (next === 38 && p === 117 && s.charCodeAt(j + 1) === 39) {
+          i = skipQuoted(s, j + 1, false); // U&'…'
+          token = '?';
+        } else if (next === 38 && p === 117 && s.charCodeAt(j + 1) === 34) {
+          // U&"ident": keep the U& and let the quoted identifier branch take the rest
+          token = 'u&';
+          i = j + 1;
+        } else {
+          token = upper ? s.slice(i, j).toLowerCase() : s.slice(i, j);
+          i = j;
+        }
+      } else {
+        token = upper ? s.slice(i, j).toLowerCase() : s.slice(i, j);
+        i = j;
+      }
+    } else if (c === 45 && s.charCodeAt(i + 1) === 45) {
+      // comments: -- to end of line, /* nested */
       const nl = s.indexOf('\n', i + 2);
       i = nl < 0 ? n : nl + 1;
       space = true;
       continue;
-    }
-    if (c === 47 && s.charCodeAt(i + 1) === 42) {
+    } else if (c === 47 && s.charCodeAt(i + 1) === 42) {
       let depth = 1;
       i += 2;
       while (i < n && depth > 0) {
@@ -115,13 +147,10 @@ export function fingerprint(sql: string | Buffer): string {
       }
       space = true;
       continue;
-    }
-    if (c === 39 /* ' */) {
+    } else if (c === 39 /* ' */) {
       i = skipQuoted(s, i, false);
-      emit('?');
-      continue;
-    }
-    if (c === 34 /* " */) {
+      token = '?';
+    } else if (c === 34 /* " */) {
       // quoted identifier: kept verbatim ("" doubles a quote); an unterminated one swallows the rest of the
       // text, which may hold literals, so only its place is kept
       let j = i + 1;
@@ -138,72 +167,36 @@ export function fingerprint(sql: string | Buffer): string {
         }
         j++;
       }
-      emit(closed ? s.slice(i, j) : '"?"');
+      token = closed ? s.slice(i, j) : '"?"';
       i = j;
-      continue;
-    }
-    if (cls === IDENT) {
-      let j = i + 1;
-      while (j < n && isIdentChar(s.charCodeAt(j))) j++;
-      const next = s.charCodeAt(j);
-      const len = j - i;
-      if (next === 39 && len === 1) {
-        // E'…' (backslash escapes), B'…', X'…', N'…'
-        const p = c | 0x20;
-        if (p === 101 || p === 98 || p === 120 || p === 110) {
-          i = skipQuoted(s, j, p === 101);
-          emit('?');
-          continue;
-        }
-      }
-      if (len === 1 && (c | 0x20) === 117 && next === 38 /* & */) {
-        const q = s.charCodeAt(j + 1);
-        if (q === 39) {
-          i = skipQuoted(s, j + 1, false);
-          emit('?');
-          continue;
-        }
-        if (q === 34) {
-          // U&"ident": keep the U& and let the quoted identifier branch take the rest
-          emit('u&');
-          i = j + 1;
-          continue;
-        }
-      }
-      emit(s.slice(i, j).toLowerCase());
-      i = j;
-      continue;
-    }
-    if (isDigit(c) || (c === 46 && isDigit(s.charCodeAt(i + 1)))) {
+    } else if (isDigit(c) || (c === 46 && isDigit(s.charCodeAt(i + 1)))) {
       i = skipNumber(s, i);
-      emit('?');
-      continue;
-    }
-    if (c === 36 /* $ */) {
-      const d = s.charCodeAt(i + 1);
-      if (isDigit(d)) {
-        let j = i + 1;
-        while (j < n && isDigit(s.charCodeAt(j))) j++;
-        emit(s.slice(i, j));
-        i = j;
-        continue;
-      }
-      const tagLen = dollarTagLength(s, i);
+      token = '?';
+    } else if (c === 36 /* $ */ && isDigit(s.charCodeAt(i + 1))) {
+      let j = i + 2;
+      while (j < n && isDigit(s.charCodeAt(j))) j++;
+      token = s.slice(i, j);
+      i = j;
+    } else {
+      const tagLen = c === 36 ? dollarTagLength(s, i) : 0;
       if (tagLen > 0) {
         const tag = s.slice(i, i + tagLen);
         const end = s.indexOf(tag, i + tagLen);
         i = end < 0 ? n : end + tagLen;
-        emit('?');
+        token = '?';
+      } else {
+        // punctuation and operators, one character at a time (spacing inside operators is preserved by `space`)
+        if (c === 44 /* , */ || c === 41 /* ) */ || c === 59 /* ; */) space = false;
+        if (space && out.length > 0) out += ' ';
+        out += s[i]!;
+        space = c === 44 || c === 59; // `(` and everything else: no space owed
+        i++;
         continue;
       }
     }
-    // punctuation and operators, one character at a time (spacing inside operators is preserved by `space`)
-    if (c === 44 /* , */ || c === 41 /* ) */ || c === 59 /* ; */) space = false;
-    emit(s[i]!);
-    if (c === 40 /* ( */) space = false;
-    else if (c === 44 || c === 59) space = true;
-    i++;
+    if (space && out.length > 0) out += ' ';
+    space = false;
+    out += token;
   }
-  const text = out.join('');
-  return text.includes('(?') ? text.replace(IN_LIST, 'in (...)') : text;
+  return out.includes('(?') ? out.replace(IN_LIST, 'in (...)') : out;
 }

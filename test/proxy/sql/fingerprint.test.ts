@@ -1,9 +1,11 @@
 // Fingerprints keep a statement's shape and drop every value: a property test over random statements with
-// random literal and comment contents in every literal syntax, a corpus of realistic statements, and a speed floor.
+// random literal and comment contents in every literal syntax, a corpus of realistic statements, a speed floor, and
+// equality with the scanner it replaced (fingerprint-reference.ts) over generated statements and raw SQL-ish text.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { fingerprint } from '../../../proxy/sql/fingerprint.js';
+import { referenceFingerprint } from './fingerprint-reference.js';
 
 type Piece = { text: string; secret?: string };
 
@@ -43,6 +45,9 @@ const statement = fc.array(fc.oneof({ weight: 3, arbitrary: ident.map((t) => ({ 
   maxLength: 25,
 });
 
+/** Statements of a generated text are joined by `;` (with the spacing of the first part). */
+const s0 = (parts: ReadonlyArray<readonly [unknown, string]>): string => ';' + (parts[0]?.[1] ?? '');
+
 describe('fingerprint', () => {
   test('never contains a literal or comment content (property, every literal syntax)', () => {
     let checked = 0;
@@ -68,6 +73,33 @@ describe('fingerprint', () => {
       { numRuns: 3000 },
     );
     assert.ok(checked > 2000, `only ${checked} literal contents were checked`);
+  });
+
+  test('equals the previous scanner over generated statements (every literal syntax, odd spacing)', () => {
+    const sep = fc.constantFrom(' ', '', '\n', '\t ', '  ', '\r\n');
+    fc.assert(
+      fc.property(fc.array(fc.tuple(statement, sep)), (parts) => {
+        const sql = parts.map(([pieces, s]) => pieces.map((p) => p.text).join(s)).join(s0(parts));
+        assert.equal(fingerprint(sql), referenceFingerprint(sql), JSON.stringify(sql));
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  test('equals the previous scanner over raw text made of SQL lexer characters and any unicode', () => {
+    const chars = fc.constantFrom(...'aEbBxXnNuU&_$1.9eE+-\'"*/()[],;: \n\t\\?=<>|%$0xé日İ'.split(''), 'in (', ' IN(', '$$', '$q$', '--', '/*', '*/', "''", '""', '1e+5', '0x1F', 'U&"', "U&'", '$1');
+    const raw = fc.oneof(
+      fc.array(chars, { maxLength: 60 }).map((a) => a.join('')),
+      fc.string({ maxLength: 60, unit: 'grapheme' }),
+      fc.string({ maxLength: 60, unit: 'binary' }),
+    );
+    fc.assert(
+      fc.property(raw, (sql) => {
+        assert.equal(fingerprint(sql), referenceFingerprint(sql), JSON.stringify(sql));
+        assert.equal(fingerprint(Buffer.from(sql, 'utf8')), referenceFingerprint(Buffer.from(sql, 'utf8')));
+      }),
+      { numRuns: 20000 },
+    );
   });
 
   test('a corpus of statements with My Numbers: no value survives, shapes are as documented', () => {
