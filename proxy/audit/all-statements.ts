@@ -5,7 +5,7 @@
 // policy treats as protected are skipped here: they already get their awaited intent and completion records.
 import type { Frame } from '../wire/framer.js';
 import { FE } from '../wire/types.js';
-import type { Decision, Session, SessionHooks } from '../session/session.js';
+import type { Decision, SessionHooks } from '../session/session.js';
 import { fingerprint } from '../sql/fingerprint.js';
 import { sessionFields } from '../observe.js';
 import type { AuditTrail } from './trail.js';
@@ -13,15 +13,34 @@ import type { RecordContext } from './record.js';
 
 /** First keyword of a fingerprint, upper-cased: the command as far as the lexer knows it. */
 export function commandOfFingerprint(fp: string): string {
-  const m = /^[\s(]*([a-z_]+)/i.exec(fp);
-  return m ? m[1]!.toUpperCase() : 'OTHER';
+  // a scan, not a regex: this runs for every statement (same result as /^[\s(]*([a-z_]+)/i)
+  const n = fp.length;
+  let i = 0;
+  for (; i < n; i++) {
+    const c = fp.charCodeAt(i);
+    if (c !== 40 /* ( */ && !(c === 32 || (c >= 9 && c <= 13) || c === 0xa0 || c === 0xfeff || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000)) break;
+  }
+  let j = i;
+  for (; j < n; j++) {
+    const c = fp.charCodeAt(j);
+    if (!((c >= 97 && c <= 122) || (c >= 65 && c <= 90) || c === 95)) break;
+  }
+  return j > i ? fp.slice(i, j).toUpperCase() : 'OTHER';
+}
+
+/** A prepared statement's text; its fingerprint is computed at its first Execute and kept with it. */
+interface Prepared {
+  text: string;
+  fp: Fingerprint | null;
 }
 
 interface Names {
-  statements: Map<string, Buffer>;
+  statements: Map<string, Prepared>;
   portals: Map<string, string>;
-  /** The session's record context, built once (the session fields do not change once it runs). */
+  /** The session's record context, built once and frozen (the session fields do not change once it runs): sealing serializes a frozen context once per session. */
   context: RecordContext;
+  /** `session:all`, the `statement` of every record of the session. */
+  statement: string;
 }
 
 interface Fingerprint {
@@ -34,44 +53,60 @@ function cstr(body: Buffer, from: number): [string, number] {
   return [body.toString('utf8', from, end), end + 1];
 }
 
+const fingerprintOf = (sql: string | Buffer): Fingerprint => {
+  const f = fingerprint(sql);
+  return { fingerprint: f, command: commandOfFingerprint(f) };
+};
+
 export function recordAllStatements(inner: SessionHooks, trail: AuditTrail, onError: (err: Error) => void): SessionHooks {
   const names = new WeakMap<object, Names>();
-  const fingerprints = new Map<string, Fingerprint>(); // small cache: repeated statements skip the lexer
-  const fp = (sql: Buffer): Fingerprint => {
-    const key = sql.length <= 512 ? sql.toString('latin1') : null;
-    const hit = key !== null ? fingerprints.get(key) : undefined;
-    if (hit !== undefined) return hit;
-    const f = fingerprint(sql);
-    const entry = { fingerprint: f, command: commandOfFingerprint(f) };
-    if (key !== null) {
-      if (fingerprints.size >= 4096) fingerprints.clear();
-      fingerprints.set(key, entry);
+  // Texts Parsed again under a new statement (unnamed statements of drivers that re-Parse each time) skip the
+  // lexer. Simple Query texts are not cached: they usually carry their literals, so they rarely repeat.
+  const parsed = new Map<string, Fingerprint>();
+  const preparedFp = (p: Prepared): Fingerprint => {
+    if (p.fp !== null) return p.fp;
+    let f = p.text.length <= 512 ? parsed.get(p.text) : undefined;
+    if (f === undefined) {
+      f = fingerprintOf(p.text);
+      if (p.text.length <= 512) {
+        if (parsed.size >= 4096) parsed.clear();
+        parsed.set(p.text, f);
+      }
     }
-    return entry;
+    return (p.fp = f);
   };
-  const record = (session: Session, n: Names, sql: Buffer): void => {
-    const f = fp(sql);
-    trail.appendLater({ kind: 'statement_intent', statement: `${session.id}:all`, mode: 'all', fingerprint: f.fingerprint, command: f.command }, n.context).catch(onError);
+  // Records of one batch share one promise (AuditTrail's group commit): one rejection handler per batch, not
+  // one derived promise per statement.
+  let watched: Promise<void> | null = null;
+  const record = (n: Names, f: Fingerprint): void => {
+    const p = trail.appendLater({ kind: 'statement_intent', statement: n.statement, mode: 'all', fingerprint: f.fingerprint, command: f.command }, n.context);
+    if (p !== watched) {
+      watched = p;
+      p.catch(onError);
+    }
   };
-  const after = (session: Session, n: Names, sql: Buffer | null, d: Decision): Decision => {
-    // statements with their own intent/completion records are skipped; a refusal is recorded by the session
-    if (sql && d.action !== 'refuse' && (d.transform as { recorded?: boolean } | undefined)?.recorded !== true) record(session, n, sql);
+  const after = (n: Names, sql: Buffer | Prepared, d: Decision): Decision => {
+    // statements with their own intent/completion records are skipped (no fingerprint computed); a refusal is
+    // recorded by the session
+    if (d.action !== 'refuse' && (d.transform as { recorded?: boolean } | undefined)?.recorded !== true) {
+      record(n, Buffer.isBuffer(sql) ? fingerprintOf(sql) : preparedFp(sql));
+    }
     return d;
   };
   return {
     ...inner, // other hooks (notices) unchanged
     clientMessage(session, frame: Frame) {
-      let sql: Buffer | null = null;
       let n = names.get(session);
       if (!n) {
-        n = { statements: new Map(), portals: new Map(), context: sessionFields(session) };
+        n = { statements: new Map(), portals: new Map(), context: Object.freeze(sessionFields(session)), statement: `${session.id}:all` };
         names.set(session, n);
       }
+      let sql: Buffer | Prepared | null = null;
       if (frame.type === FE.Query) sql = frame.body.subarray(0, frame.body.length - 1);
       else if (frame.type === FE.Parse) {
         const [name, at] = cstr(frame.body, 0);
         const [text] = cstr(frame.body, at);
-        n.statements.set(name, Buffer.from(text, 'utf8'));
+        n.statements.set(name, { text, fp: null });
       } else if (frame.type === FE.Bind) {
         const [portal, at] = cstr(frame.body, 0);
         const [stmt] = cstr(frame.body, at);
@@ -79,13 +114,13 @@ export function recordAllStatements(inner: SessionHooks, trail: AuditTrail, onEr
       } else if (frame.type === FE.Execute) {
         const [portal] = cstr(frame.body, 0);
         const stmt = n.portals.get(portal);
-        sql = stmt !== undefined ? (n.statements.get(stmt) ?? null) : null;
+        sql = (stmt !== undefined ? n.statements.get(stmt) : undefined) ?? null;
       }
       const d = inner.clientMessage ? inner.clientMessage(session, frame) : { action: 'forward' as const };
       if (sql === null) return d;
-      const s = sql;
       const cur = n;
-      return d instanceof Promise ? d.then((x) => after(session, cur, s, x)) : after(session, n, s, d);
+      const s = sql;
+      return d instanceof Promise ? d.then((x) => after(cur, s, x)) : after(n, s, d);
     },
   };
 }

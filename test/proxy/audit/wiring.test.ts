@@ -293,6 +293,9 @@ describe('statements: all (real PostgreSQL)', () => {
       const c = await stack.connect(ROLES.clerk, { application_name: 'all' });
       await c.query(`SELECT 'secret-literal-1' AS a, 4242424242 AS b`);
       await c.query({ text: 'SELECT $1::text AS p', values: ['secret-param-2'] });
+      // a named prepared statement: Parsed once, executed twice, one record per execution
+      await c.query({ name: 'named', text: 'SELECT $1::int + 17 AS q', values: [5] });
+      await c.query({ name: 'named', text: 'SELECT $1::int + 17 AS q', values: [6] });
       await c.query(`INSERT INTO employees VALUES (7, 'x', '${WRITTEN}')`);
       await c.query('SELECT my_number FROM employees WHERE id = 7');
       await c.query(`SELECT 'after-protected' AS later`); // a session that touched protected data: still recorded
@@ -303,6 +306,8 @@ describe('statements: all (real PostgreSQL)', () => {
       assert.ok(all.includes("select ? as a, ? as b"), JSON.stringify(all));
       assert.ok(all.includes('select $1::text as p'), JSON.stringify(all));
       assert.ok(all.includes('select ? as later'), JSON.stringify(all));
+      assert.equal(all.filter((f) => f === 'select $1::int + ? as q').length, 2, JSON.stringify(all));
+      assert.ok(rs.filter((r) => r.mode === 'all').every((r) => r.command === 'SELECT' && r.statement.endsWith(':all')));
       const prot = rs.filter((r) => r.mode === 'protected').map((r) => r.command);
       assert.deepEqual(prot, ['INSERT', 'SELECT']);
       assert.ok(!all.some((f) => /employees/.test(f ?? '')), 'protected statements are not recorded twice');
