@@ -98,6 +98,8 @@ const HASH_BY_CELL_MAX = 8192;
 export class SubjectCollector {
   private readonly seen = new Set<string>();
   private keyId: string | undefined;
+  /** The subject key of this collector's hashes (null: none configured), taken at the first value. */
+  private key: { id: string; key: KeyObject } | null | undefined;
   private dropped = 0;
   constructor(
     private readonly keys: SubjectKeySource,
@@ -109,13 +111,18 @@ export class SubjectCollector {
    * so its subject hash is looked up by it (under the same subject key) instead of recomputed.
    */
   add(col: ProtectedColumn, canonical: Buffer, stored?: string): void {
-    let src;
-    try {
-      src = this.keys.subjectKey();
-    } catch {
-      return; // no subject key configured: nothing to hash with
+    // the subject key is taken once per collector: one statement's hashes all under one key, the one its
+    // record names (subjectKeyId), even if the retention period turns mid-statement
+    let src = this.key;
+    if (src === undefined) {
+      try {
+        src = this.key = this.keys.subjectKey();
+      } catch {
+        src = this.key = null;
+      }
+      if (src !== null) this.keyId = src.id;
     }
-    this.keyId = src.id;
+    if (src === null) return; // no subject key configured: nothing to hash with
     let h: string;
     if (stored === undefined) h = subjectHash(src.key, col.type.type, canonical);
     else {
@@ -139,12 +146,16 @@ export class SubjectCollector {
   }
 
   take(): Subjects & { subjectsDropped?: number } {
-    if (this.seen.size === 0) return {};
+    if (this.seen.size === 0) {
+      this.key = undefined;
+      return {};
+    }
     const out: Subjects & { subjectsDropped?: number } = { subjects: [...this.seen] };
     if (this.keyId) out.subjectKeyId = this.keyId;
     if (this.dropped > 0) out.subjectsDropped = this.dropped;
     this.seen.clear();
     this.dropped = 0;
+    this.key = undefined; // the next statement's values take the key current then
     return out;
   }
 }

@@ -75,4 +75,22 @@ describe('SubjectCollector', () => {
     next.add(col('mynumber'), v, stored);
     assert.deepEqual(next.take(), { subjects: [subjectHash(key2, 'mynumber', v)], subjectKeyId: 'k2' });
   });
+
+  test('one statement hashes all its values under one subject key, the one its record names; the next takes the key current then', () => {
+    const key2 = createSecretKey(randomBytes(32));
+    let calls = 0;
+    let current = { id: 'k1', key };
+    const source = { subjectKey: () => (calls++, current) };
+    const a = Buffer.from('123456789018');
+    const b = Buffer.from('000000000019');
+    const c = new SubjectCollector(source);
+    c.add(col('mynumber'), a);
+    current = { id: 'k2', key: key2 }; // the retention period turns mid-statement
+    c.add(col('mynumber'), b);
+    assert.deepEqual(c.take(), { subjects: [subjectHash(key, 'mynumber', a), subjectHash(key, 'mynumber', b)], subjectKeyId: 'k1' });
+    assert.equal(calls, 1);
+    c.add(col('mynumber'), a); // the same collector, next statement
+    assert.deepEqual(c.take(), { subjects: [subjectHash(key2, 'mynumber', a)], subjectKeyId: 'k2' });
+    assert.equal(calls, 2);
+  });
 });
