@@ -193,6 +193,9 @@ const [V, TIME, INSTANCE, SEQ, PREV] = [at('v'), at('time'), at('instance'), at(
 const VERSION_JSON = String(AUDIT_RECORD_VERSION);
 /** Scratch slots of serialized members, one per template member (sealing is synchronous: one array serves all). */
 const slots: Array<string | undefined> = new Array<string | undefined>(TEMPLATE_KEYS.length).fill(undefined);
+/** Per template member, the last string value sealed there and its JSON. */
+const lastString: Array<string | undefined> = new Array<string | undefined>(TEMPLATE_KEYS.length).fill(undefined);
+const lastStringJson: Array<string | undefined> = new Array<string | undefined>(TEMPLATE_KEYS.length).fill(undefined);
 
 /**
  * A frozen context's members serialized once ([slot, JSON] of those set): a session seals the same context into
@@ -244,7 +247,15 @@ export function sealLine(event: AuditEvent, context: RecordContext | null, chain
       if (v === undefined || k === 'hash') continue;
       const i = INDEX.get(k);
       if (i === undefined) return sealGeneric(event, context, chain);
-      slots[i] = memberJson(v);
+      if (typeof v === 'string') {
+        // the same member string as in the slot's last record (kind, fingerprint, command, mode, subject key
+        // id): its JSON is the same too
+        if (v !== lastString[i]) {
+          lastString[i] = v;
+          lastStringJson[i] = JSON.stringify(v);
+        }
+        slots[i] = lastStringJson[i];
+      } else slots[i] = memberJson(v);
     }
     if (context !== null) for (const [i, json] of contextSlots(context)) if (slots[i] === undefined) slots[i] = json;
     for (const [i, json] of DEFAULT_SLOTS) if (slots[i] === undefined) slots[i] = json;
