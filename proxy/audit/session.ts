@@ -62,6 +62,16 @@ export class SessionAudit {
    * (failMode closed): the caller must then refuse the statement instead of releasing rows.
    */
   intent(start: StatementStart): Promise<StatementHandle> {
+    return this.intentOr(start, (err) => {
+      throw err;
+    });
+  }
+
+  /**
+   * The intent record, with what to answer when it cannot be written (`failed` gets the trail's error): one
+   * promise per protected statement instead of the intent's and a caller's mapping of its failure.
+   */
+  intentOr<T>(start: StatementStart, failed: (err: unknown) => T): Promise<StatementHandle | T> {
     const id = `${this.context.session}:${++this.n}`;
     const began = performance.now();
     const { fingerprint, command, columns } = start;
@@ -90,6 +100,6 @@ export class SessionAudit {
           this.context,
         ),
     };
-    return written.then(() => handle);
+    return written.then(() => handle, failed);
   }
 }

@@ -905,23 +905,22 @@ export class SessionPolicy {
 
   /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
   private intent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> | null {
-    if (!this.audit) return null;
-    // one promise chain per statement (this runs for every protected statement: no async wrappers around it)
-    return this.writeIntent(fp, command, columns, extras, subjects).then(undefined, (err: unknown) => {
+    const audit = this.audit;
+    if (!audit) return null;
+    const failed = (err: unknown): null | MamoriError => {
       if (this.engine.config.audit.failMode === 'open') return null;
       this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
       return AUDIT_UNAVAILABLE;
-    });
-  }
-
-  /** Search records (not awaited: they share the intent's write), the intent (awaited), deletions at completion. */
-  private writeIntent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects): Promise<StatementHandle> {
-    const audit = this.audit!;
+    };
+    // search records are not awaited: they share the intent's write
     if (extras.searches.length > 0) {
       void audit.record({ kind: 'search', fingerprint: fp, command, columns: extras.searches, ...subjects }).catch(() => undefined);
     }
-    const written = audit.intent({ fingerprint: fp, command, columns, mode: 'protected', ...subjects });
-    return extras.deletions.length === 0 ? written : written.then((h) => withDeletions(h, audit, extras.deletions, fp, command));
+    const start = { fingerprint: fp, command, columns, mode: 'protected' as const, ...subjects };
+    // one promise per statement on the common path (this runs for every protected statement); deletions are
+    // written at completion by a wrapped handle
+    if (extras.deletions.length === 0) return audit.intentOr(start, failed);
+    return audit.intent(start).then((h) => withDeletions(h, audit, extras.deletions, fp, command), failed);
   }
 
   /** A per-statement collector of plaintext subjects, when the trail hashes subjects. */
