@@ -307,7 +307,7 @@ describe('statements: all (real PostgreSQL)', () => {
       assert.ok(all.includes('select $1::text as p'), JSON.stringify(all));
       assert.ok(all.includes('select ? as later'), JSON.stringify(all));
       assert.equal(all.filter((f) => f === 'select $1::int + ? as q').length, 2, JSON.stringify(all));
-      assert.ok(rs.filter((r) => r.mode === 'all').every((r) => r.command === 'SELECT' && r.statement.endsWith(':all')));
+      assert.ok(rs.filter((r) => r.mode === 'all').every((r) => r.command === 'SELECT' && String((r as { statement?: unknown }).statement).endsWith(':all')));
       const prot = rs.filter((r) => r.mode === 'protected').map((r) => r.command);
       assert.deepEqual(prot, ['INSERT', 'SELECT']);
       assert.ok(!all.some((f) => /employees/.test(f ?? '')), 'protected statements are not recorded twice');
