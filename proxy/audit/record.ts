@@ -229,8 +229,27 @@ function memberJson(v: unknown): string {
     return String(v);
   }
   if (v === null) return 'null';
-  if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return JSON.stringify(v);
+  if (Array.isArray(v)) {
+    if (Object.isFrozen(v)) return frozenArrayJson(v);
+    if (v.every((x) => typeof x === 'string')) return JSON.stringify(v);
+  }
   return canonicalJson(v);
+}
+
+/**
+ * JSON of frozen arrays whose elements are frozen too (a statement's column decisions, frozen by SessionAudit:
+ * its intent and completion, and every execution of a prepared statement, carry the same array): made once.
+ */
+const frozenJson = new WeakMap<readonly unknown[], string>();
+function frozenArrayJson(v: readonly unknown[]): string {
+  const known = frozenJson.get(v);
+  if (known !== undefined) return known;
+  const json = v.every((x) => typeof x === 'string') ? JSON.stringify(v) : canonicalJson(v);
+  // nothing reachable can change: the array is frozen, and so is every element (objects one level deep, with
+  // primitive members: a column decision)
+  const fixed = v.every((x) => typeof x !== 'object' || x === null || (Object.isFrozen(x) && Object.values(x).every((m) => typeof m !== 'object' || m === null)));
+  if (fixed) frozenJson.set(v, json);
+  return json;
 }
 
 /**

@@ -74,7 +74,9 @@ export class SessionAudit {
   intentOr<T>(start: StatementStart, failed: (err: unknown) => T): Promise<StatementHandle | T> {
     const id = `${this.context.session}:${++this.n}`;
     const began = performance.now();
-    const { fingerprint, command, columns } = start;
+    const { fingerprint, command } = start;
+    // frozen (and so are its decisions): sealing serializes a frozen array once for both records (record.ts)
+    const columns = freezeColumns(start.columns);
     // built field by field: object spread into a record costs more than the rest of sealing it
     const written = this.trail.append(
       { kind: 'statement_intent', statement: id, mode: start.mode, fingerprint, command, columns, subjects: start.subjects, subjectKeyId: start.subjectKeyId },
@@ -102,4 +104,11 @@ export class SessionAudit {
     };
     return written.then(() => handle, failed);
   }
+}
+
+/** The column decisions frozen in place (a prepared statement's plan passes the same array each time: frozen once). */
+function freezeColumns(columns: ColumnDecision[]): ColumnDecision[] {
+  if (Object.isFrozen(columns)) return columns;
+  for (const c of columns) Object.freeze(c);
+  return Object.freeze(columns) as ColumnDecision[];
 }

@@ -3,7 +3,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { AuditParseError, canonicalJson, parseRecord, recordHash, sealLine, sealRecord, sealRecordLine, serializeRecord, ZERO_HASH, type AuditEvent } from '../../../proxy/audit/record.js';
+import { AuditParseError, canonicalJson, parseRecord, recordHash, sealLine, sealRecord, sealRecordLine, serializeRecord, ZERO_HASH, type AuditEvent, type ColumnDecision } from '../../../proxy/audit/record.js';
 
 function shuffleKeys(v: unknown, rnd: () => number): unknown {
   if (Array.isArray(v)) return v.map((x) => shuffleKeys(x, rnd));
@@ -91,6 +91,21 @@ describe('sealLine (the template serializer)', () => {
     assert.notEqual(second, first);
     assert.equal(parseRecord(second).user, 'carol');
     assert.equal(second, sealRecordLine({ ...merged, user: 'carol' }, chain).line);
+  });
+
+  test('frozen column decisions are serialized once; an array whose elements can still change is read afresh', () => {
+    const decisions: ColumnDecision[] = [{ column: 'public.t.my_number', decision: 'plaintext' }, { column: 'public.t.name', decision: 'mask' }];
+    const e = (columns: AuditEvent['columns']): AuditEvent => ({ kind: 'statement_intent', statement: 's1:1', mode: 'protected', columns });
+    const reference = sealRecordLine({ ...context, ...e(decisions.map((d) => ({ ...d }))) }, chain).line;
+    const frozen = Object.freeze(decisions.map((d) => Object.freeze({ ...d })));
+    for (let i = 0; i < 3; i++) assert.equal(sealLine(e(frozen as AuditEvent['columns']), context, chain).line, reference);
+    // frozen array, elements not frozen: an element changed between two records shows in the second
+    const shallow = Object.freeze(decisions.map((d) => ({ ...d })));
+    assert.equal(sealLine(e(shallow as AuditEvent['columns']), context, chain).line, reference);
+    shallow[1]!.decision = 'deny';
+    const after = parseRecord(sealLine(e(shallow as AuditEvent['columns']), context, chain).line);
+    assert.equal(after.columns[1]!.decision, 'deny');
+    assert.equal(recordHash(after), after.hash);
   });
 
   test('the chain fields of consecutive records (time, instance, seq, prev) are each their own', () => {
