@@ -221,14 +221,20 @@ export class FileSink {
   appendSync(batch: Batch): boolean {
     const fh = this.fh;
     if (!fh || this.inFlight > 0 || this.opts.writeMode === 'async' || this.opts.fsync === 'always') return false;
-    const bytes = Buffer.from(batch.data, 'utf8');
-    if (this.shouldRotate(bytes.length)) return false;
+    const size = Buffer.byteLength(batch.data, 'utf8');
+    if (this.shouldRotate(size)) return false;
     let off = 0;
     try {
-      while (off < bytes.length) {
-        const written = writeSync(fh.fd, bytes, off, bytes.length - off);
-        if (written <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-        off += written;
+      // the string goes to write(2) as it is (encoded on the native side, no Buffer made here); the rare short
+      // write continues from the bytes
+      off = writeSync(fh.fd, batch.data);
+      if (off < size) {
+        const bytes = Buffer.from(batch.data, 'utf8');
+        while (off < size) {
+          const written = writeSync(fh.fd, bytes, off, size - off);
+          if (written <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+          off += written;
+        }
       }
     } catch (e) {
       if (off > 0) {
@@ -241,7 +247,7 @@ export class FileSink {
       throw e;
     }
     this.dirty = true;
-    this.recordAppended(bytes.length, batch);
+    this.recordAppended(size, batch);
     return true;
   }
 
