@@ -553,10 +553,12 @@ export class SessionPolicy {
         mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
       : null;
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
-    const copy = analysis.statements[0]?.copy;
+    // (During protect's transition a COPY FROM is rewritten to write the column's shadow: its own plan.)
+    const copy = tplan?.copy ?? analysis.statements[0]?.copy;
     if (copy) {
       const t = this.copyTransform(copy, catalog, role, handle);
-      return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
+      if (t instanceof MamoriError) return { action: 'refuse', error: t };
+      return raw ? { action: 'replace', raw, transform: t } : { action: 'forward', transform: t };
     }
     const transform = new QueryResults(this, catalog, role, handle, tplan?.fields);
     transform.decision = decisionLabel(columns);
@@ -1109,12 +1111,13 @@ export class SessionPolicy {
     await this.loadKeysFor(analysis.statements, catalog);
     const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')))
       || sp.targets.some((t) => t.reads);
+    const copyPlan = tplan?.copy ?? analysis.statements[0]?.copy; // a COPY FROM in protect's transition: its own
     const plan: StatementPlanInfo = {
       params, reads, columns: [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)],
       command: sp.commands.join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
       extras: mergeExtras([statementExtras(direct), ...sp.targets.map((t) => t.extras)]),
       search: searchedColumn(direct) ?? sp.targets.find((t) => t.search)?.search ?? null,
-      ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
+      ...(copyPlan ? { copy: copyPlan } : {}),
       ...(sp.executes.length > 0 ? { executes: sp.executes } : {}),
       ...(tplan ? { transition: tplan.fields } : {}),
       ...(tplan && tplan.extraParams.length > 0 ? { transitionParams: { extraParams: tplan.extraParams, clientParams: tplan.clientParams } } : {}),

@@ -5,7 +5,8 @@
 //    the cell when the shadow holds one, else 0x00 + the plaintext's UTF-8 bytes. The field is mapped to the
 //    protected column by position and rendered per role like any cell (proxy/results/rows.ts), so a mask, NULL
 //    or refusal applies to rows still in plaintext too;
-//  - `col = v` and `col IN (vs)` become `(shadow = cell OR col = v)`; `col IS [NOT] NULL` covers both. For a
+//  - `col = v`, `col IN (vs)` and `col = ANY($k | ARRAY[vs])` become `(shadow = cell OR col = v)` (IN / ANY
+//    alike, over cells); `col IS [NOT] NULL` covers both. For a
 //    parameter `$k` the cell stays in `$k` (bytea) and the plaintext comparison gets a parameter of its own, `$m`
 //    after the client's, bound by mamori with the value as the client sent it (its ParameterDescription hides it);
 //  - INSERT (…, col, …) and UPDATE SET col = v write the cell to the shadow (and NULL to the column).
@@ -15,7 +16,7 @@ import { readToken, skipTrivia } from '../sql/lexer.js';
 import { byteaLiteral, splice, verifySplice, type ExpectedEdit } from '../sql/splice.js';
 import { spanEnd, spanStart } from '../sql/span.js';
 import { decodeBind, encodeBind, expandFormats } from '../wire/frontend.js';
-import type { CatalogSnapshot, LiteralSite, ParamSite, ProtectedColumn, StatementPlan } from '../sql/types.js';
+import type { CatalogSnapshot, CopyPlan, LiteralSite, ParamSite, ProtectedColumn, StatementPlan } from '../sql/types.js';
 import type { ColumnTransition } from '../policy/catalog.js';
 
 /** A result field served from a column in transition (its origin in RowDescription is 0: mapped by position). */
@@ -44,6 +45,8 @@ export interface TransitionPlan {
    */
   extraParams: { index: number; from: number }[];
   clientParams: number;
+  /** COPY FROM: the plan of the rewritten COPY (the client's fields, the column's written to its shadow). */
+  copy?: CopyPlan;
   /** Checks the re-parsed rewritten statement has the intended shape; throws TransitionRefusal otherwise. */
   check(rewritten: Buffer): void;
 }
@@ -132,12 +135,16 @@ export function planTransition(sql: Buffer, statements: readonly StatementPlan[]
     case 'DeleteStmt':
       w.delete(node.DeleteStmt);
       break;
+    case 'CopyStmt':
+      w.copyFrom(node.CopyStmt);
+      break;
     default:
       throw busy(first, `${plan.command} of it`);
   }
   w.finish(node);
-  const expect = { type, fieldCount: w.fieldCount, fields: w.fields, tcols };
+  const expect = { type, fieldCount: w.fieldCount, fields: w.fields, tcols, copyColumns: w.copyColumns };
   return {
+    ...(w.copyPlan ? { copy: w.copyPlan } : {}),
     edits: w.edits,
     fields: w.fields,
     consumed: w.consumed,
@@ -217,6 +224,9 @@ class Walker {
   /** Client parameter `$k` → the parameter mamori adds for its plaintext comparison. */
   readonly extra = new Map<number, number>();
   fieldCount = 0;
+  /** COPY FROM in transition: the column list written out, and the plan of the rewritten COPY. */
+  copyColumns: string[] | null = null;
+  copyPlan: CopyPlan | null = null;
   private readonly handled = new Set<AstNode>();
   private refnames: string[][] = [];
   private columns: string[] = [];
@@ -294,6 +304,63 @@ class Walker {
     if ((d.usingClause ?? []).length > 0) throw busy(this.first, 'DELETE … USING');
     this.relation(d.relation);
     this.targets(returning(d));
+  }
+
+  /**
+   * `COPY t [(cols)] FROM STDIN`: the client's fields go to the same columns, the column's to its shadow. The
+   * column list is written out (named, or the table's columns without the shadow and generated columns, which is
+   * what the client's rows carry) with the shadow in the column's place; the old column is left NULL.
+   */
+  copyFrom(c: AstNode): void {
+    const copy = this.plan.copy;
+    if (!copy || copy.direction !== 'from' || !copy.table || !c.relation) throw busy(this.first, 'COPY TO of it');
+    if (c.whereClause) throw busy(this.first, 'COPY FROM … WHERE');
+    this.relation(c.relation);
+    const o = copy.options;
+    if (o.header === 'match') throw busy(this.first, 'COPY FROM with HEADER MATCH (the header names the column, the data goes to its shadow)');
+    for (const [name, list] of [['FORCE_NOT_NULL', o.forceNotNull], ['FORCE_NULL', o.forceNull], ['FORCE_QUOTE', o.forceQuote]] as const) {
+      if (Array.isArray(list) && list.some((n) => this.tcols.has(n))) throw busy(this.first, `COPY FROM with ${name} naming it`);
+    }
+    const shadows = new Set([...this.tcols.values()].map((t) => t.shadow));
+    // The analysis took the table's columns when none are named: the shadow (added last) is not the client's.
+    const keep = copy.columnNames.map((n, i) => (shadows.has(n) ? -1 : i)).filter((i) => i >= 0);
+    const names = keep.map((i) => copy.columnNames[i]!);
+    if (new Set(names).size !== names.length) throw busy(this.first, 'a COPY naming a column twice');
+    this.copyColumns = names.map((n) => this.tcols.get(n)?.shadow ?? n);
+    this.copyPlan = { ...copy, columnNames: names, columns: keep.map((i) => copy.columns[i] ?? null) };
+    const list = Buffer.from(' (' + this.copyColumns.map(qi).join(', ') + ')');
+    const rel = this.relationEnd(c.relation);
+    const open = skipTrivia(this.buf, rel);
+    if (c.attlist) {
+      if (this.buf[open] !== 0x28) throw new TransitionRefusal('XX000', `internal error: could not locate the COPY column list of ${path(this.first)}`);
+      let depth = 0;
+      let i = open;
+      for (;;) {
+        const t = readToken(this.buf, i);
+        if (t.kind === 'op' && this.buf[i] === 0x28) depth++;
+        if (t.kind === 'op' && this.buf[i] === 0x29 && --depth === 0) {
+          this.edits.push({ start: rel, end: t.end, parts: [list] });
+          return;
+        }
+        i = skipTrivia(this.buf, t.end);
+        if (i >= this.buf.length) throw new TransitionRefusal('XX000', `internal error: could not locate the COPY column list of ${path(this.first)}`);
+      }
+    }
+    this.edits.push({ start: rel, end: rel, parts: [list] });
+  }
+
+  /** Byte offset just past a relation name (`t`, `s.t`, quoted or not) starting at the RangeVar's location. */
+  private relationEnd(rv: AstNode): number {
+    const r: AstNode = rv.RangeVar ?? rv;
+    let i: number = r.location;
+    if (typeof i !== 'number' || i < 0) throw new TransitionRefusal('XX000', `internal error: could not locate the table of ${path(this.first)}`);
+    for (;;) {
+      const t = readToken(this.buf, i);
+      if (t.kind !== 'ident' && t.kind !== 'qident') throw new TransitionRefusal('XX000', `internal error: could not locate the table of ${path(this.first)}`);
+      const next = skipTrivia(this.buf, t.end);
+      if (this.buf[next] !== 0x2e) return t.end;
+      i = skipTrivia(this.buf, next + 1);
+    }
   }
 
   /** The SET / INSERT column name token at `loc` (the name only, no indirection). */
@@ -417,7 +484,11 @@ class Walker {
         this.handled.add(colNode);
         return;
       }
-      throw busy(t.column, 'this comparison of it (only = and IN with constants, and IS [NOT] NULL, are served)');
+      if (e.kind === 'AEXPR_OP_ANY' && op === '=' && l) {
+        this.anySearch(colNode, ref, shadow, other, t);
+        return;
+      }
+      throw busy(t.column, 'this comparison of it (only =, IN and = ANY with constants or parameters, and IS [NOT] NULL, are served)');
     }
     if (n.NullTest?.arg?.ColumnRef) {
       const cr = n.NullTest.arg.ColumnRef;
@@ -443,8 +514,41 @@ class Walker {
     }
   }
 
+  /**
+   * `col = ANY($k)` (an array parameter) or `col = ANY(ARRAY[v, …])`: `(shadow = ANY(cells) OR col = ANY(…))`.
+   * The array parameter's cells stay in `$k` (bytea[]); the plaintext side gets a parameter of its own, bound with
+   * the array as the client sent it.
+   */
+  private anySearch(colNode: AstNode, ref: { start: number; end: number }, shadow: string, other: AstNode, t: TCol): void {
+    const arr = other?.A_ArrayExpr;
+    let vs: SearchOperand[];
+    let inner: number;
+    const cells: (Buffer | LiteralSite)[] = [];
+    if (arr) {
+      const elems: AstNode[] = arr.elements ?? [];
+      if (elems.length === 0) throw busy(t.column, '= ANY of an empty ARRAY[]');
+      vs = elems.map((x) => this.searchOperand(x, t));
+      const rb = skipTrivia(this.buf, vs.at(-1)!.end);
+      if (this.buf[rb] !== 0x5d) throw new TransitionRefusal('XX000', `internal error: could not locate the ARRAY[…] of ${path(t.column)}`);
+      inner = rb + 1;
+      cells.push(Buffer.from('ARRAY['));
+      vs.forEach((v, k) => cells.push(...(k > 0 ? [Buffer.from(', ')] : []), ...this.cellPart(v)));
+      cells.push(Buffer.from(']::pg_catalog.bytea[]'));
+    } else {
+      const v = this.searchOperand(other, t, true);
+      vs = [v];
+      inner = v.end;
+      cells.push(...this.cellPart(v));
+    }
+    const close = skipTrivia(this.buf, inner);
+    if (this.buf[close] !== 0x29) throw new TransitionRefusal('XX000', `internal error: could not locate the ANY (…) of ${path(t.column)}`);
+    const end = close + 1;
+    this.edits.push({ start: ref.start, end, parts: [Buffer.from(`(${shadow} = ANY (`), ...cells, Buffer.from(') OR '), ...this.plainPart(ref.start, end, vs), Buffer.from(')')] });
+    this.handled.add(colNode);
+  }
+
   /** The search value bound for the column at this operand (found by the analysis), else refused. */
-  private searchOperand(n: AstNode, t: TCol): SearchOperand {
+  private searchOperand(n: AstNode, t: TCol, array = false): SearchOperand {
     let start: number;
     let end: number;
     try {
@@ -455,21 +559,21 @@ class Walker {
     }
     const pr: AstNode | undefined = n?.ParamRef ?? n?.TypeCast?.arg?.ParamRef;
     if (pr) {
-      const site = this.plan.params.find((p) => p.index === pr.number && p.purpose === 'search' && p.column === t.column && !p.array);
+      const site = this.plan.params.find((p) => p.index === pr.number && p.purpose === 'search' && p.column === t.column && (p.array === true) === array);
       if (!site) throw busy(t.column, 'a comparison with this parameter');
       this.consumedParams.add(site);
       if (!this.extra.has(pr.number)) this.extra.set(pr.number, this.clientParams + this.extra.size + 1);
       return { kind: 'param', site, k: pr.number, at: pr.location, start, end };
     }
     const site = this.plan.literals.find((s) => s.start === start && s.end === end && s.purpose === 'search' && s.column === t.column);
-    if (!site) throw busy(t.column, 'a comparison with this value');
+    if (!site || array) throw busy(t.column, 'a comparison with this value');
     this.consumed.add(site);
     return { kind: 'literal', site, start, end };
   }
 
   /** The shadow side: the constant's cell, or the parameter (which mamori binds to the cell). */
   private cellPart(v: SearchOperand): (Buffer | LiteralSite)[] {
-    return v.kind === 'literal' ? [v.site] : [Buffer.from(`$${v.k}::pg_catalog.bytea`)];
+    return v.kind === 'literal' ? [v.site] : [Buffer.from(`$${v.k}::pg_catalog.bytea${v.site.array === true ? '[]' : ''}`)];
   }
 
   /** The plaintext side: the original text, each search parameter `$k` renamed to its added `$m`. */
@@ -512,7 +616,7 @@ class Walker {
         const cr = o.ColumnRef;
         if (cr.fields.at(-1)?.A_Star !== undefined) throw busy(this.first, 'a `*` outside the select list');
         const t = this.tcolOf(cr);
-        if (t) throw busy(t.column, 'this use of it (only plain reads, = / IN with constants, IS [NOT] NULL, INSERT and UPDATE SET are served)');
+        if (t) throw busy(t.column, 'this use of it (only plain reads, = / IN / = ANY with constants or parameters, IS [NOT] NULL, INSERT and UPDATE SET are served)');
         // A whole-row reference to the table (`SELECT t FROM t`).
         const names: string[] = cr.fields.map((f: AstNode) => f.String?.sval);
         if (this.refnames.some((r) => r.length === names.length && r.every((x, i) => x === names[i]))) throw busy(this.first, 'a whole-row reference to its table');
@@ -521,16 +625,16 @@ class Walker {
     };
     refuseUnhandled(root);
     for (const s of this.plan.literals) {
-      if (s.purpose === 'search' && this.tcols.get(s.column.column)?.column === s.column && !this.consumed.has(s)) throw busy(s.column, 'this search of it (only = and IN with constants are served)');
+      if (s.purpose === 'search' && this.tcols.get(s.column.column)?.column === s.column && !this.consumed.has(s)) throw busy(s.column, 'this search of it (only =, IN and = ANY with constants are served)');
     }
     for (const p of this.plan.params) {
-      if (p.purpose === 'search' && this.tcols.get(p.column.column)?.column === p.column && !this.consumedParams.has(p)) throw busy(p.column, 'this search of it with a parameter (only = and IN are served)');
+      if (p.purpose === 'search' && this.tcols.get(p.column.column)?.column === p.column && !this.consumedParams.has(p)) throw busy(p.column, 'this search of it with a parameter (only =, IN and = ANY are served)');
     }
   }
 }
 
 /** The rewritten statement re-parsed: same statement kind, the planned result fields, the writes on the shadow. */
-function checkShape(rewritten: Buffer, expect: { type: string; fieldCount: number; fields: TransitionField[]; tcols: Map<string, TCol> }, first: ProtectedColumn): void {
+function checkShape(rewritten: Buffer, expect: { type: string; fieldCount: number; fields: TransitionField[]; tcols: Map<string, TCol>; copyColumns: string[] | null }, first: ProtectedColumn): void {
   const fail = (why: string): never => {
     throw new TransitionRefusal('XX000', `internal error: the rewrite for ${path(first)} (in transition) did not check out (${why}); the statement was not run`);
   };
@@ -544,6 +648,11 @@ function checkShape(rewritten: Buffer, expect: { type: string; fieldCount: numbe
   const node: AstNode = stmts[0].stmt;
   if (Object.keys(node)[0] !== expect.type) fail('statement kind');
   const s: AstNode = node[expect.type];
+  if (expect.type === 'CopyStmt') {
+    const names: string[] = (s.attlist ?? []).map((n: AstNode) => n.String?.sval);
+    if (s.is_from !== true || !expect.copyColumns || names.join('\0') !== expect.copyColumns.join('\0')) fail('COPY column list');
+    return;
+  }
   const list: AstNode[] = expect.type === 'SelectStmt' ? (s.targetList ?? []) : returning(s);
   if (list.length !== expect.fieldCount) fail('result field count');
   for (const f of expect.fields) {

@@ -6,8 +6,11 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import postgres from 'postgres';
+import { from as copyFrom } from 'pg-copy-streams';
 import { RawClient } from '../../harness/raw-client.js';
 import { encodeBind, encodeDescribe, encodeExecute, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
 import { BE } from '../../../proxy/wire/types.js';
@@ -220,6 +223,16 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [expected.get(moved)])).rows, [{ id: moved }]);
     const byParams = await clerk.query('SELECT id FROM employees WHERE id > $1 AND my_number IN ($2, $3::text) ORDER BY id', [0, expected.get(moved), expected.get(plain)]);
     assert.deepEqual(byParams.rows, [{ id: moved }, { id: plain }]);
+    // = ANY: an array parameter (its cells in the client's parameter, the array as sent in one mamori adds),
+    // and ARRAY[…] of constants and parameters; a value nobody holds finds nothing.
+    const anyParam = await clerk.query('SELECT id FROM employees WHERE my_number = ANY($1) ORDER BY id', [[expected.get(moved), myNumber(999_998), expected.get(plain)]]);
+    assert.deepEqual(anyParam.rows, [{ id: moved }, { id: plain }]);
+    const anyCast = await clerk.query('SELECT id, my_number FROM employees WHERE id > $2 AND my_number = ANY($1::text[]) ORDER BY id', [[expected.get(plain)], 0]);
+    assert.deepEqual(anyCast.rows, [{ id: plain, my_number: expected.get(plain) }]);
+    const anyArray = await clerk.query(`SELECT id FROM employees WHERE my_number = ANY (ARRAY['${expected.get(moved)}', $1]) ORDER BY id`, [expected.get(plain)]);
+    assert.deepEqual(anyArray.rows, [{ id: moved }, { id: plain }]);
+    const anySimple = await clerk.query(`SELECT id FROM employees WHERE my_number = ANY(ARRAY['${expected.get(plain)}']) ORDER BY id`);
+    assert.deepEqual(anySimple.rows, [{ id: plain }]);
     const hyphenated = 161; // still plaintext, stored as typed with hyphens: found by that spelling
     const h = expected.get(hyphenated)!;
     assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [`${h.slice(0, 4)}-${h.slice(4, 8)}-${h.slice(8)}`])).rows, [{ id: hyphenated }]);
@@ -270,6 +283,25 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     expected.set(100005, myNumber(400_002));
     const raw = await admin.query(`SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = 100005`);
     assert.deepEqual(raw.rows, [{ my_number: null, cell: true }]);
+    // COPY FROM writes the shadow too (the table's columns without the shadow when none are named; text and
+    // CSV); an invalid value aborts the COPY with nothing stored.
+    const copyIn = async (sql: string, data: string): Promise<void> => {
+      await pipeline(Readable.from([Buffer.from(data)]), clerk.query(copyFrom(sql)));
+    };
+    await copyIn('COPY employees FROM STDIN', `100021\tcopied\t${myNumber(400_021)}\n100022\tcopied\t\\N\n`);
+    await copyIn('COPY public.employees (my_number, id, name) FROM STDIN (FORMAT csv, FORCE_NULL (name))', `${myNumber(400_023)},100023,"copied, csv"\n`);
+    const copied = await admin.query('SELECT id, my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id BETWEEN 100021 AND 100024 ORDER BY id');
+    assert.deepEqual(copied.rows, [{ id: 100021, my_number: null, cell: true }, { id: 100022, my_number: null, cell: false }, { id: 100023, my_number: null, cell: true }]);
+    assert.deepEqual((await clerk.query('SELECT id, name, my_number FROM employees WHERE my_number = ANY($1) ORDER BY id', [[myNumber(400_021), myNumber(400_023)]])).rows,
+      [{ id: 100021, name: 'copied', my_number: myNumber(400_021) }, { id: 100023, name: 'copied, csv', my_number: myNumber(400_023) }]);
+    const badNumber = myNumber(400_024).slice(0, 11) + String((Number(myNumber(400_024)[11]) + 1) % 10);
+    await assert.rejects(copyIn('COPY employees (id, name, my_number) FROM STDIN', `100024\tfine\t${myNumber(400_025)}\n100025\tbad\t${badNumber}\n`), (e: pg.DatabaseError) => {
+      assert.equal(e.code, '22P02');
+      assert.doesNotMatch(e.message, new RegExp(badNumber));
+      return true;
+    });
+    assert.equal((await admin.query('SELECT count(*)::int AS n FROM employees WHERE id IN (100024, 100025)')).rows[0].n, 0);
+    await clerk.query('DELETE FROM employees WHERE id BETWEEN 100021 AND 100025');
     // Searches in UPDATE and DELETE find rows in either column too.
     const multi = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (100007, 'a', '${myNumber(400_007)}'), (100008, 'b', NULL) RETURNING id`);
     assert.equal(multi.rowCount, 2);
@@ -281,16 +313,17 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     for (const [q, code] of [
       ['SELECT my_number FROM employees ORDER BY my_number', '0A000'],
       ['SELECT upper(my_number) FROM employees', '0A000'],
-      [`SELECT id FROM employees WHERE my_number = ANY($1)`, '55000'],
+      [`SELECT id FROM employees WHERE my_number IS DISTINCT FROM $1`, '55000'],
       ['SELECT my_number__mamori FROM employees', '55000'],
       ['TABLE employees', '55000'],
       [`SELECT id FROM employees WHERE my_number <> '${myNumber(1)}'`, '55000'],
       ['SELECT my_number FROM employees; SELECT 1', '55000'],
       ['SELECT e.my_number FROM employees e JOIN employees f ON f.id = e.id', '55000'],
-      ['COPY employees (id, name, my_number) FROM STDIN', '55000'],
+      ['COPY employees (id, name, my_number) FROM STDIN (FORMAT csv, HEADER match)', '55000'],
+      ['COPY employees (id, name, my_number) FROM STDIN (FORMAT csv, FORCE_NOT_NULL (my_number))', '55000'],
       [`INSERT INTO employees VALUES (100006, 'y', '${myNumber(400_003)}')`, '55000'],
     ] as const) {
-      const params = q.includes('$1') ? [[expected.get(moved)]] : [];
+      const params = q.includes('$1') ? [expected.get(moved)] : [];
       await assert.rejects(clerk.query(q, params), (e: pg.DatabaseError) => {
         assert.equal(e.code, code, `${q}: ${e.message}`);
         assert.match(e.message, /public\.employees\.my_number|my_number__mamori/, q);
