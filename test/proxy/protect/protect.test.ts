@@ -12,7 +12,7 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { from as copyFrom } from 'pg-copy-streams';
 import { RawClient } from '../../harness/raw-client.js';
-import { encodeBind, encodeDescribe, encodeExecute, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
+import { encodeBind, encodeCopyData, encodeCopyDone, encodeDescribe, encodeExecute, encodeFlush, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
 import { BE } from '../../../proxy/wire/types.js';
 import { Keyring, keyringConfigFrom } from '../../../keyring/index.js';
 import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
@@ -269,6 +269,17 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
       );
       const bin = await wire.until(BE.ReadyForQuery);
       assert.deepEqual(bin.filter((f) => f.type === BE.DataRow).map((f) => f.body.toString('utf8', 6)), [expected.get(moved), expected.get(plain)]);
+      // COPY FROM through the extended protocol writes the shadow as well.
+      wire.send(encodeParse({ name: '', sql: 'COPY employees (id, name, my_number) FROM STDIN', paramTypes: [] }), encodeBind({ portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }), encodeFlush());
+      await wire.until(BE.CopyInResponse);
+      wire.send(encodeCopyData(Buffer.from(`100031\twire\t${myNumber(400_031)}\n`)), encodeCopyDone(), encodeSync());
+      const copiedWire = await wire.until(BE.ReadyForQuery);
+      const cc = copiedWire.find((f) => f.type === BE.CommandComplete);
+      assert.equal(cc?.body.toString('latin1', 0, cc.body.length - 1), 'COPY 1');
+      const stored = await admin.query('SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = 100031');
+      assert.deepEqual(stored.rows, [{ my_number: null, cell: true }]);
+      assert.deepEqual((await clerk.query('SELECT my_number FROM employees WHERE id = 100031')).rows, [{ my_number: myNumber(400_031) }]);
+      await clerk.query('DELETE FROM employees WHERE id = 100031');
     } finally {
       wire.close();
     }
