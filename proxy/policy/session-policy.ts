@@ -514,7 +514,7 @@ export class SessionPolicy {
     }
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
-    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path);
     if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const sp = await this.sqlPrepared(analysis.statements, role, sql);
@@ -833,16 +833,10 @@ export class SessionPolicy {
   }
 
   /** The transition rewrite of a statement touching a column `mamori protect` is converting; null when none. */
-  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], role: RolePolicy, declaredParams = 0): TransitionPlan | null | Decision {
+  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], declaredParams = 0): TransitionPlan | null | Decision {
     if (catalog.transitions.size === 0) return null;
     try {
-      const plan = planTransition(sql, statements, catalog, path, declaredParams);
-      // Decided before the statement runs: rows still in plaintext have no cell to hand out.
-      const ct = plan?.fields.find((f) => role.read(f.column) === 'ciphertext');
-      if (ct) {
-        return refusal('55000', `protected column ${qualified(ct.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished (docs/protect.md)`);
-      }
-      return plan;
+      return planTransition(sql, statements, catalog, path, declaredParams);
     } catch (err) {
       if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
       throw err;
@@ -963,8 +957,6 @@ export class SessionPolicy {
       }
       const decision: ReadDecision = role.read(pf.column);
       if (decision === 'deny') throw new MamoriError('insufficient_privilege', `permission denied to read column "${qualified(pf.column)}"`);
-      // Rows not yet moved have no cell to hand out.
-      if (tf && decision === 'ciphertext') throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished`);
       const cc = this.engine.config.columns[pf.policyKey];
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
@@ -975,7 +967,8 @@ export class SessionPolicy {
       if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && this.codec() === null) {
         throw new MamoriError('object_not_in_prerequisite_state', noConverter(pf.column, this.session.params.get('client_encoding') ?? 'UTF8'));
       }
-      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
+      // A row not yet moved has no cell: read as ciphertext, it is encrypted under the domain's current key.
+      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true, keyDomain: cc!.keyDomain } : {}) });
     });
     return plans;
   }
@@ -1013,6 +1006,11 @@ export class SessionPolicy {
       codec: () => this.codec(),
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer, stored?: string) => subjects.add(col, canonical, stored) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
+      encryptNow: (domain, canonical) => {
+        const cells = this.engine.keys.encryptAllNow([{ domain, canonical }]);
+        if (!cells) throw new Error(`the current key of ${domain} is not loaded`);
+        return cells[0]!;
+      },
     });
     // mamori_crypto_operations_total: the cells each row decrypts (plaintext and mask fields), by mode.
     const metrics = this.engine.metrics;
@@ -1070,7 +1068,7 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
-    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role, paramTypes.length);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, paramTypes.length);
     if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const sp = await this.sqlPrepared(analysis.statements, role, sql);

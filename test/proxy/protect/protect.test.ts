@@ -16,6 +16,7 @@ import { encodeBind, encodeCopyData, encodeCopyDone, encodeDescribe, encodeExecu
 import { BE } from '../../../proxy/wire/types.js';
 import { Keyring, keyringConfigFrom } from '../../../keyring/index.js';
 import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
+import { isCell } from '../../../keyring/cells/index.js';
 import { defaultConfig } from '../../../config/load.js';
 import type { MamoriConfigInput } from '../../../config/schema.js';
 import { installCatalogSetup } from '../../../proxy/policy/catalog.js';
@@ -153,8 +154,8 @@ async function eventually<T>(f: () => Promise<T>): Promise<T> {
   }
 }
 
-async function connect(role: string): Promise<pg.Client> {
-  const c = new pg.Client(stack.client(role, PASSWORD, { ssl: { ca: cluster.ca.cert, servername: 'localhost' } }));
+async function connect(role: string, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+  const c = new pg.Client(stack.client(role, PASSWORD, { ssl: { ca: cluster.ca.cert, servername: 'localhost' }, ...extra }));
   await c.connect();
   return c;
 }
@@ -197,19 +198,39 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     for (const q of [`SELECT my_number FROM employees WHERE id = ${plain}`, `SELECT * FROM employees WHERE id = ${moved}`]) {
       await assert.rejects(outsider.query(q), { code: '42501' });
     }
-    // The null role gets NULL for both kinds of row; ciphertext is refused (rows still in plaintext have no cell).
+    // The null role gets NULL for both kinds of row; the ciphertext role gets cells for both: the moved row's as
+    // stored, and for the row still in plaintext one made now under the current key (deterministic: the cell the
+    // backfill will store).
     const nulled = await connect(NULLED);
     const backup = await connect(BACKUP);
     try {
       const n = await nulled.query(`SELECT id, my_number FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
       assert.deepEqual(n.rows, [{ id: moved, my_number: null }, { id: plain, my_number: null }]);
-      await assert.rejects(backup.query(`SELECT my_number FROM employees WHERE id = ${moved}`), (e: pg.DatabaseError) => {
-        assert.equal(e.code, '55000');
-        assert.match(e.message, /public\.employees\.my_number is being converted by `mamori protect`: ciphertext reads/);
-        return true;
-      });
-      // Refused before it ran: the session goes on.
-      assert.deepEqual((await backup.query(`SELECT id FROM employees WHERE id = ${moved}`)).rows, [{ id: moved }]);
+      const stored = await admin.query(`SELECT id, my_number__mamori AS c FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
+      assert.equal(stored.rows[1].c, null, 'the plain row has no cell yet');
+      const ct = await backup.query('SELECT id, my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, plain]);
+      assert.deepEqual(ct.rows.map((r) => r.id), [moved, plain]);
+      assert.deepEqual(ct.rows[0].my_number, stored.rows[0].c, 'the moved row: its stored cell');
+      const made = ct.rows[1].my_number as Buffer;
+      assert.ok(isCell(made));
+      assert.equal((await kr.decrypt(made, 'public.employees.my_number'))?.toString('latin1'), expected.get(plain));
+      assert.deepEqual(made, await kr.encrypt('public.employees.my_number', Buffer.from(expected.get(plain)!, 'latin1')), 'deterministic: the cell the backfill stores');
+      // Binary results (on the wire: pg decodes binary fields as text): the same two cells, raw.
+      const wire = await RawClient.connect('127.0.0.1', stack.mamori.port, { user: BACKUP, password: PASSWORD, tls: { ca: cluster.ca.cert, servername: 'localhost' } });
+      try {
+        const id = (n: number): Buffer => {
+          const b = Buffer.alloc(4);
+          b.writeInt32BE(n);
+          return b;
+        };
+        wire.send(encodeParse({ name: '', sql: 'SELECT my_number FROM employees WHERE id = $1', paramTypes: [23] }),
+          ...[moved, plain].flatMap((n) => [encodeBind({ portal: '', statement: '', paramFormats: [1], params: [id(n)], resultFormats: [1] }), encodeExecute({ portal: '', maxRows: 0 })]),
+          encodeSync());
+        const rows = (await wire.until(BE.ReadyForQuery)).filter((f) => f.type === BE.DataRow).map((f) => f.body.subarray(6));
+        assert.deepEqual(rows, [stored.rows[0].c, made]);
+      } finally {
+        wire.close();
+      }
     } finally {
       await nulled.end();
       await backup.end();
