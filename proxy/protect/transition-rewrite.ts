@@ -112,7 +112,6 @@ export function planTransition(sql: Buffer, statements: readonly StatementPlan[]
   const first = [...tcols.values()][0]!.column;
   for (const t of tcols.values()) {
     if (t.column.tableOid !== first.tableOid) throw busy(t.column, 'a statement touching two tables in transition');
-    if (t.column.type.type === 'date') throw busy(t.column, 'a date column in transition (its text form depends on DateStyle)');
   }
   if (statements.length !== 1) throw busy(first, 'a query string of several statements touching it');
   const plan = statements[0]!;
@@ -211,6 +210,17 @@ function maxParam(n: unknown): number {
   let m = typeof o.ParamRef?.number === 'number' ? o.ParamRef.number : 0;
   for (const v of Object.values(o)) m = Math.max(m, maxParam(v));
   return m;
+}
+
+/**
+ * The old column's value as text for mamori to validate. A date's `::text` follows the session's DateStyle, so it
+ * is written out as ISO whatever the session uses; BC dates and infinity become text no date parser accepts
+ * (the row then ends the result with an error naming the column, as any invalid plaintext does).
+ */
+function plainText(ref: string, c: ProtectedColumn): string {
+  if (c.type.type !== 'date') return `${ref}::pg_catalog.text`;
+  return `CASE WHEN ${ref} OPERATOR(pg_catalog.>=) '0001-01-01'::pg_catalog.date AND pg_catalog.isfinite(${ref}) ` +
+    `THEN pg_catalog.to_char(${ref}, 'YYYY-MM-DD') ELSE 'not a supported date' END`;
 }
 
 /** A value operand of a search: a constant found by the analysis, or a parameter `$k` at a byte offset. */
@@ -409,7 +419,7 @@ class Walker {
   /** One value from whichever column holds it: the cell, else 0x00 + the plaintext's UTF-8 bytes. */
   private readExpr(q: string, t: TCol): string {
     return `COALESCE(${q}${qi(t.shadow)}::pg_catalog.bytea, '\\x00'::pg_catalog.bytea OPERATOR(pg_catalog.||) ` +
-      `pg_catalog.convert_to(${q}${qi(t.column.column)}::pg_catalog.text, 'UTF8'))`;
+      `pg_catalog.convert_to(${plainText(`${q}${qi(t.column.column)}`, t.column)}, 'UTF8'))`;
   }
 
   private qualifierMatches(cr: AstNode): boolean {

@@ -65,13 +65,14 @@ before(async () => {
   const keyring = { keyFile: join(dir, 'root.key'), store: { type: 'file' as const, path: join(dir, 'keystore.json') } };
   const krCfg = keyringConfigFrom(defaultConfig({ keyring }).keyring);
   kr = await Keyring.init(krCfg, { databaseIdentity: 'protect-test' });
-  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number', 'public.fixed_t.my_number']) await kr.ensureDomain(d, 'deterministic');
+  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number', 'public.fixed_t.my_number', 'public.born_t.birth']) await kr.ensureDomain(d, 'deterministic');
   const columns = {
     'public.employees.my_number': policy(),
     // The owner (superuser) is named by login: superusers count only so (docs/policy.md); it runs unprotect here.
     'public.resume_t.my_number': policy([cluster.superuser]),
     'public.viewed.my_number': policy(),
     'public.fixed_t.my_number': policy(),
+    'public.born_t.birth': { ...policy(), type: 'date' },
   };
   const audit = {
     statements: 'none' as const,
@@ -97,9 +98,11 @@ before(async () => {
         await a.query(`INSERT INTO viewed VALUES (1, '${myNumber(1)}')`);
         await a.query(`CREATE TABLE fixed_t (id int PRIMARY KEY, my_number char(12))`);
         await a.query(`INSERT INTO fixed_t VALUES (1, '${myNumber(1)}'), (2, NULL)`);
+        await a.query(`CREATE TABLE born_t (id int PRIMARY KEY, birth date)`);
+        await a.query(`INSERT INTO born_t SELECT g, date '1980-01-01' + g FROM generate_series(1, 200) g`);
         for (const r of [CLERK, VIEWER, OUTSIDER, BACKUP, NULLED]) {
           await a.query(`CREATE ROLE ${r} LOGIN PASSWORD '${PASSWORD}'`);
-          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t TO ${r}`);
+          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t, born_t TO ${r}`);
         }
       } finally {
         await a.end();
@@ -579,6 +582,49 @@ describe('protect a live column', () => {
     } finally {
       await clerk.end();
       await viewer.end();
+    }
+  });
+
+  test('a date column in transition is served from both columns, as ISO whatever the session DateStyle', async () => {
+    const day = (id: number): string => new Date(Date.UTC(1980, 0, 1 + id)).toISOString().slice(0, 10);
+    const asText = { getTypeParser: (oid: number) => (oid === 1082 ? (v: string) => v : pg.types.getTypeParser(oid, 'text')) }; // dates as sent
+    const clerk = await connect(CLERK);
+    const clerkDmy = await connect(CLERK, { options: '-c DateStyle=SQL,DMY' });
+    const viewerDmy = await connect(VIEWER, { options: '-c DateStyle=SQL,DMY' });
+    let masked: unknown[] = [];
+    let checked = false;
+    try {
+      const r = await protectColumn(admin, kr, { path: 'public.born_t.birth', table: { schema: 'public', table: 'born_t' }, column: 'birth', type: { type: 'date' }, mode: 'deterministic', domain: 'public.born_t.birth' }, {
+        batchSize: 50,
+        beforeBatchUpdate: async () => {
+          if (checked) return;
+          const moved = await admin.query('SELECT count(*)::int AS n FROM born_t WHERE birth__mamori IS NOT NULL');
+          if (moved.rows[0].n < 50) return;
+          checked = true;
+          const read = await eventually(() => clerk.query({ text: 'SELECT id, birth FROM born_t WHERE id = ANY($1) ORDER BY id', values: [[1, 150]], types: asText }));
+          assert.deepEqual(read.rows, [{ id: 1, birth: day(1) }, { id: 150, birth: day(150) }]);
+          const found = await clerk.query({ text: `SELECT id FROM born_t WHERE birth IN ('${day(2)}', $1) ORDER BY id`, values: [day(151)] });
+          assert.deepEqual(found.rows, [{ id: 2 }, { id: 151 }]);
+          // Under DateStyle SQL, DMY the server would print the old column as dd/mm/yyyy: mamori asks for ISO, so a
+          // mask of a row still in plaintext is the mask of a moved row's value (compared after the backfill).
+          masked = (await viewerDmy.query({ text: 'SELECT birth FROM born_t WHERE id IN (1, 150) ORDER BY id', types: asText })).rows;
+          // Plaintext dates are rendered only under DateStyle ISO, in transition as before and after.
+          await assert.rejects(clerkDmy.query('SELECT birth FROM born_t WHERE id = 150'), (e: pg.DatabaseError) => {
+            assert.match(e.message, /DateStyle ISO/);
+            return true;
+          });
+        },
+      });
+      assert.equal(r.status, 'done', JSON.stringify(r));
+      assert.ok(checked, 'checked mid-backfill');
+      const after = await eventually(() => viewerDmy.query({ text: 'SELECT birth FROM born_t WHERE id IN (1, 150) ORDER BY id', types: asText }));
+      assert.deepEqual(masked, after.rows);
+      const all = await clerk.query({ text: 'SELECT id, birth FROM born_t ORDER BY id', types: asText });
+      assert.deepEqual(all.rows, Array.from({ length: 200 }, (_, i) => ({ id: i + 1, birth: day(i + 1) })));
+    } finally {
+      await clerk.end();
+      await clerkDmy.end();
+      await viewerDmy.end();
     }
   });
 
