@@ -9,7 +9,9 @@
 //    alike, over cells); `col IS [NOT] NULL` covers both. For a
 //    parameter `$k` the cell stays in `$k` (bytea) and the plaintext comparison gets a parameter of its own, `$m`
 //    after the client's, bound by mamori with the value as the client sent it (its ParameterDescription hides it);
-//  - INSERT (…, col, …) and UPDATE SET col = v write the cell to the shadow (and NULL to the column).
+//  - INSERT (…, col, …) (with ON CONFLICT DO NOTHING / DO UPDATE SET col = EXCLUDED.col | v), UPDATE SET col = v and
+//    COPY FROM STDIN write the cell to the shadow (and NULL to the column);
+//  - a ciphertext reader gets a moved row's cell, and for a row still in plaintext a cell made as it is sent.
 // One statement per query string, one table, no joins, subqueries or CTEs: the rewrite stays checkable.
 import { decodeSql, parseText, type AstNode } from '../sql/parser.js';
 import { readToken, skipTrivia } from '../sql/lexer.js';
@@ -278,7 +280,6 @@ class Walker {
 
   insert(i: AstNode): void {
     if (i.withClause) throw busy(this.first, 'a statement with WITH');
-    if (i.onConflictClause) throw busy(this.first, 'INSERT … ON CONFLICT');
     this.relation(i.relation);
     const sel = i.selectStmt?.SelectStmt;
     if (sel && !sel.valuesLists) throw busy(this.first, 'INSERT … SELECT');
@@ -290,7 +291,36 @@ class Walker {
       if (rt.indirection) throw busy(t.column, 'a write to part of it');
       this.nameEdit(rt.location, t.column, Buffer.from(qi(t.shadow)));
     }
+    if (i.onConflictClause) this.onConflict(i.onConflictClause);
     this.targets(returning(i));
+  }
+
+  /**
+   * ON CONFLICT: a target naming other columns (or none), and DO NOTHING or DO UPDATE whose SET of the column is a
+   * value (encrypted as any write) or `EXCLUDED.col` — both written to the shadow, the column emptied.
+   */
+  private onConflict(oc: AstNode): void {
+    if (oc.infer?.conname) throw busy(this.first, 'ON CONFLICT ON CONSTRAINT (name the columns)');
+    for (const x of oc.infer?.indexElems ?? []) {
+      const name = x.IndexElem?.name;
+      if (typeof name !== 'string') throw busy(this.first, 'ON CONFLICT over an expression');
+      if (this.tcols.has(name)) throw busy(this.tcols.get(name)!.column, 'ON CONFLICT (…) naming it (uniqueness spans two columns until protect has finished)');
+    }
+    for (const x of oc.targetList ?? []) {
+      const rt = x.ResTarget;
+      const t = this.tcols.get(rt.name);
+      if (!t) continue;
+      if (rt.val?.MultiAssignRef) throw busy(t.column, 'SET (a, b) = (…)');
+      if (rt.indirection) throw busy(t.column, 'a write to part of it');
+      this.nameEdit(rt.location, t.column, Buffer.from(`${qi(t.column.column)} = NULL, ${qi(t.shadow)}`));
+      const cr = rt.val?.ColumnRef;
+      const names: unknown[] = cr?.fields?.map((f: AstNode) => f.String?.sval) ?? [];
+      if (cr && names.length === 2 && names[0] === 'excluded' && names[1] === t.column.column) {
+        const ref = this.columnRefSpan(cr);
+        this.edits.push({ start: ref.start, end: ref.end, parts: [Buffer.from(`${ref.qualifier}${qi(t.shadow)}`)] });
+        this.handled.add(cr);
+      }
+    }
   }
 
   update(u: AstNode): void {
@@ -673,8 +703,8 @@ function checkShape(rewritten: Buffer, expect: { type: string; fieldCount: numbe
     const names: string[] = (s.cols ?? []).map((c: AstNode) => c.ResTarget.name);
     if (names.some((n) => expect.tcols.has(n))) fail('insert column list');
   }
-  if (expect.type === 'UpdateStmt') {
-    const set: AstNode[] = (s.targetList ?? []).map((x: AstNode) => x.ResTarget);
+  if (expect.type === 'UpdateStmt' || s.onConflictClause) {
+    const set: AstNode[] = ((expect.type === 'UpdateStmt' ? s.targetList : s.onConflictClause.targetList) ?? []).map((x: AstNode) => x.ResTarget);
     for (const rt of set) if (expect.tcols.has(rt.name) && !rt.val?.A_Const?.isnull) fail('update of the old column');
   }
 }

@@ -318,6 +318,22 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     expected.set(100005, myNumber(400_002));
     const raw = await admin.query(`SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = 100005`);
     assert.deepEqual(raw.rows, [{ my_number: null, cell: true }]);
+    // INSERT … ON CONFLICT: DO UPDATE SET col = EXCLUDED.col or a value, and DO NOTHING, also on a row still in
+    // plaintext (it is moved by the write; the backfill's compare-and-swap then leaves it alone).
+    const upNew = await clerk.query('INSERT INTO employees AS e (id, name, my_number) VALUES (100041, $2, $1) ON CONFLICT (id) DO UPDATE SET my_number = EXCLUDED.my_number RETURNING id, my_number', [myNumber(400_041), 'u']);
+    assert.deepEqual(upNew.rows, [{ id: 100041, my_number: myNumber(400_041) }]);
+    const upVal = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (100041, 'u', '${myNumber(400_042)}') ON CONFLICT (id) DO UPDATE SET my_number = '${myNumber(400_043)}' WHERE employees.my_number IS NOT NULL RETURNING my_number`);
+    assert.deepEqual(upVal.rows, [{ my_number: myNumber(400_043) }]);
+    const stillPlain = 185;
+    assert.equal((await admin.query(`SELECT my_number IS NOT NULL AS p FROM employees WHERE id = ${stillPlain}`)).rows[0].p, true);
+    const upPlain = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES ($1, 'ignored', $2) ON CONFLICT (id) DO UPDATE SET my_number = excluded.my_number RETURNING my_number`, [stillPlain, myNumber(400_185)]);
+    assert.deepEqual(upPlain.rows, [{ my_number: myNumber(400_185) }]);
+    expected.set(stillPlain, myNumber(400_185));
+    assert.deepEqual((await admin.query(`SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = ${stillPlain}`)).rows, [{ my_number: null, cell: true }]);
+    const nothing = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (${stillPlain}, 'x', '${myNumber(400_186)}') ON CONFLICT DO NOTHING`);
+    assert.equal(nothing.rowCount, 0);
+    assert.deepEqual((await clerk.query(`SELECT my_number FROM employees WHERE id = ${stillPlain}`)).rows, [{ my_number: myNumber(400_185) }]);
+    await clerk.query('DELETE FROM employees WHERE id = 100041');
     // COPY FROM writes the shadow too (the table's columns without the shadow when none are named; text and
     // CSV); an invalid value aborts the COPY with nothing stored.
     const copyIn = async (sql: string, data: string): Promise<void> => {
@@ -355,6 +371,8 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
       ['SELECT my_number FROM employees; SELECT 1', '55000'],
       ['SELECT e.my_number FROM employees e JOIN employees f ON f.id = e.id', '55000'],
       ['COPY employees (id, name, my_number) FROM STDIN (FORMAT csv, HEADER match)', '55000'],
+      [`INSERT INTO employees (id, name, my_number) VALUES (1, 'x', '${myNumber(1)}') ON CONFLICT (my_number) DO NOTHING`, '55000'],
+      [`INSERT INTO employees (id, name, my_number) VALUES (1, 'x', '${myNumber(1)}') ON CONFLICT ON CONSTRAINT employees_pkey DO NOTHING`, '55000'],
       ['COPY employees (id, name, my_number) FROM STDIN (FORMAT csv, FORCE_NOT_NULL (my_number))', '55000'],
       [`INSERT INTO employees VALUES (100006, 'y', '${myNumber(400_003)}')`, '55000'],
     ] as const) {
