@@ -12,7 +12,8 @@
 //  - INSERT (…, col, …) (with ON CONFLICT DO NOTHING / DO UPDATE SET col = EXCLUDED.col | v), UPDATE SET col = v and
 //    COPY FROM STDIN write the cell to the shadow (and NULL to the column);
 //  - a ciphertext reader gets a moved row's cell, and for a row still in plaintext a cell made as it is sent.
-// One statement per query string, one table, no joins, subqueries or CTEs: the rewrite stays checkable.
+// One statement per query string, the table once (joined with other tables in a SELECT), no subqueries or CTEs:
+// the rewrite stays checkable.
 import { decodeSql, parseText, type AstNode } from '../sql/parser.js';
 import { readToken, skipTrivia } from '../sql/lexer.js';
 import { byteaLiteral, splice, verifySplice, type ExpectedEdit } from '../sql/splice.js';
@@ -236,6 +237,8 @@ class Walker {
   /** Client parameter `$k` → the parameter mamori adds for its plaintext comparison. */
   readonly extra = new Map<number, number>();
   fieldCount = 0;
+  /** The SELECT reads other tables as well (a `*` must then be qualified with the table in transition). */
+  private joined = false;
   /** COPY FROM in transition: the column list written out, and the plan of the rewritten COPY. */
   copyColumns: string[] | null = null;
   copyPlan: CopyPlan | null = null;
@@ -264,13 +267,49 @@ class Walker {
     this.columns = rel.columns.filter((c) => !shadows.has(c));
   }
 
+  /**
+   * FROM of a SELECT: tables, joined (ON) or listed, exactly one of them the table in transition; the others must
+   * be tables mamori resolves with no column named like the column or its shadow (so an unqualified name can only
+   * be the column, and a qualified one is checked against the refnames).
+   */
+  private fromItems(items: readonly AstNode[]): void {
+    const rels: AstNode[] = [];
+    const walk = (n: AstNode): void => {
+      if (n?.RangeVar) rels.push(n.RangeVar);
+      else if (n?.JoinExpr) {
+        const j = n.JoinExpr;
+        if (j.usingClause || j.isNatural) throw busy(this.first, 'JOIN … USING or NATURAL JOIN in a statement reading it');
+        if (j.alias) throw busy(this.first, 'an aliased join in a statement reading it');
+        walk(j.larg);
+        walk(j.rarg);
+      } else throw busy(this.first, 'a statement reading it from a subquery or function');
+    };
+    for (const it of items) walk(it);
+    const resolve = (r: AstNode) => this.catalog.resolveRelation(r.schemaname ? { schema: r.schemaname, name: r.relname } : { name: r.relname }, this.searchPath);
+    const isMine = (r: AstNode): boolean => {
+      const rel = resolve(r);
+      return rel !== null && rel.schema === this.first.schema && rel.name === this.first.table;
+    };
+    const mine = rels.filter(isMine);
+    if (mine.length === 0) throw busy(this.first, 'a statement over another relation');
+    if (mine.length > 1) throw busy(this.first, 'a statement reading its table twice (self-join)');
+    this.relation(mine[0]);
+    const names = new Set([...this.tcols.values()].flatMap((t) => [t.column.column, t.shadow]));
+    for (const r of rels) {
+      if (r === mine[0]) continue;
+      const rel = resolve(r);
+      if (!rel) throw busy(this.first, `a join with ${r.relname}, which mamori cannot resolve`);
+      if (rel.columns.some((c) => names.has(c))) throw busy(this.first, `a join with ${rel.schema}.${rel.name}, which has a column of the same name`);
+    }
+    this.joined = rels.length > 1;
+  }
+
   select(s: AstNode): void {
     if (s.op && s.op !== 'SETOP_NONE') throw busy(this.first, 'a set operation (UNION …) over it');
     if (s.withClause) throw busy(this.first, 'a statement with WITH');
     if (s.intoClause) throw busy(this.first, 'SELECT INTO');
     if (s.distinctClause) throw busy(this.first, 'DISTINCT over it');
-    if ((s.fromClause ?? []).length !== 1) throw busy(this.first, 'a statement reading it from a join or several relations');
-    this.relation(s.fromClause[0]);
+    this.fromItems(s.fromClause ?? []);
     for (const x of [...(s.sortClause ?? []), ...(s.groupClause ?? [])]) {
       const n = x.SortBy?.node ?? x;
       if (n.A_Const) throw busy(this.first, 'ORDER BY / GROUP BY by position in a statement reading it');
@@ -419,6 +458,8 @@ class Walker {
       const star = cr && cr.fields.at(-1)?.A_Star !== undefined;
       if (star) {
         const ref = this.columnRefSpan(cr);
+        // Result positions are counted per select-list item: a `*` of another relation would shift them.
+        if (this.joined && cr.fields.length === 1) throw busy(this.first, 'an unqualified `*` over a join (name the columns, or use t.*)');
         if (!this.qualifierMatches(cr)) throw busy(this.first, 'a `*` over another relation');
         const items: string[] = [];
         for (const name of this.columns) {
@@ -640,7 +681,9 @@ class Walker {
       }
       if (!n || typeof n !== 'object') return;
       const o = n as AstNode;
-      if (o.SubLink || o.RangeSubselect || o.JoinExpr || o.CommonTableExpr) throw busy(this.first, 'a statement with a subquery, join or CTE');
+      // (Joins are checked by fromItems: only a SELECT's FROM may have them.)
+      if (o.SubLink || o.RangeSubselect || o.CommonTableExpr) throw busy(this.first, 'a statement with a subquery or CTE');
+      if (o.JoinExpr && !this.joined) throw busy(this.first, 'a statement with a join');
       if (o.A_Expr || o.NullTest) this.condition(o);
       for (const v of Object.values(o)) visit(v);
     };

@@ -99,10 +99,12 @@ before(async () => {
         await a.query(`CREATE TABLE fixed_t (id int PRIMARY KEY, my_number char(12))`);
         await a.query(`INSERT INTO fixed_t VALUES (1, '${myNumber(1)}'), (2, NULL)`);
         await a.query(`CREATE TABLE born_t (id int PRIMARY KEY, birth date)`);
+        await a.query(`CREATE TABLE emp_dept (emp_id int PRIMARY KEY, dept text)`);
+        await a.query(`INSERT INTO emp_dept VALUES (2, 'd2'), (180, 'd180'), (999999, 'nobody')`);
         await a.query(`INSERT INTO born_t SELECT g, date '1980-01-01' + g FROM generate_series(1, 200) g`);
         for (const r of [CLERK, VIEWER, OUTSIDER, BACKUP, NULLED]) {
           await a.query(`CREATE ROLE ${r} LOGIN PASSWORD '${PASSWORD}'`);
-          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t, born_t TO ${r}`);
+          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t, born_t, emp_dept TO ${r}`);
         }
       } finally {
         await a.end();
@@ -247,6 +249,14 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [expected.get(moved)])).rows, [{ id: moved }]);
     const byParams = await clerk.query('SELECT id FROM employees WHERE id > $1 AND my_number IN ($2, $3::text) ORDER BY id', [0, expected.get(moved), expected.get(plain)]);
     assert.deepEqual(byParams.rows, [{ id: moved }, { id: plain }]);
+    // Joins with other tables (ON, LEFT, a FROM list), the column read and searched through its table's alias.
+    const joined = await clerk.query('SELECT e.id, e.my_number, d.dept FROM employees e JOIN emp_dept d ON d.emp_id = e.id WHERE e.my_number IN ($1, $2) ORDER BY e.id', [expected.get(moved), expected.get(plain)]);
+    assert.deepEqual(joined.rows, [{ id: moved, my_number: expected.get(moved), dept: 'd2' }, { id: plain, my_number: expected.get(plain), dept: 'd180' }]);
+    const left = await viewer.query('SELECT d.dept, e.* FROM emp_dept d LEFT JOIN employees e ON e.id = d.emp_id ORDER BY d.emp_id');
+    assert.deepEqual(left.rows.map((r) => [r.dept, r.my_number]), [['d2', '********' + expected.get(moved)!.slice(8)], ['d180', '********' + expected.get(plain)!.slice(8)], ['nobody', null]]);
+    assert.deepEqual(left.fields.map((f) => f.name), ['dept', 'id', 'name', 'my_number']);
+    const listed = await clerk.query(`SELECT my_number FROM emp_dept, employees WHERE emp_id = id AND dept = 'd180'`);
+    assert.deepEqual(listed.rows, [{ my_number: expected.get(plain) }]);
     // = ANY: an array parameter (its cells in the client's parameter, the array as sent in one mamori adds),
     // and ARRAY[…] of constants and parameters; a value nobody holds finds nothing.
     const anyParam = await clerk.query('SELECT id FROM employees WHERE my_number = ANY($1) ORDER BY id', [[expected.get(moved), myNumber(999_998), expected.get(plain)]]);
@@ -370,6 +380,9 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
       [`SELECT id FROM employees WHERE my_number <> '${myNumber(1)}'`, '55000'],
       ['SELECT my_number FROM employees; SELECT 1', '55000'],
       ['SELECT e.my_number FROM employees e JOIN employees f ON f.id = e.id', '55000'],
+      ['SELECT * FROM employees e JOIN emp_dept d ON d.emp_id = e.id', '55000'],
+      ['SELECT my_number FROM employees JOIN emp_dept ON emp_id = id WHERE id IN (SELECT emp_id FROM emp_dept)', '55000'],
+      ['SELECT e.my_number FROM employees e JOIN emp_dept d USING (id)', '55000'],
       ['COPY employees (id, name, my_number) FROM STDIN (FORMAT csv, HEADER match)', '55000'],
       [`INSERT INTO employees (id, name, my_number) VALUES (1, 'x', '${myNumber(1)}') ON CONFLICT (my_number) DO NOTHING`, '55000'],
       [`INSERT INTO employees (id, name, my_number) VALUES (1, 'x', '${myNumber(1)}') ON CONFLICT ON CONSTRAINT employees_pkey DO NOTHING`, '55000'],
