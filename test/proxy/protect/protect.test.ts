@@ -798,27 +798,57 @@ describe('the CLI', () => {
     ]);
   });
 
-  test('while unprotect runs, mamori refuses the column (values are split between two columns); afterwards it is plaintext text again', async () => {
+  test('while unprotect runs, mamori serves reads and searches from both columns and refuses writes of it; afterwards it is plaintext text again', async () => {
     const clerk = await connect(CLERK);
+    const viewer = await connect(VIEWER);
+    const backup = await connect(BACKUP);
     let checked = false;
     try {
       const r = await unprotectColumn(admin, kr, target('employees'), {
         batchSize: 100,
         beforeBatchUpdate: async () => {
           if (checked) return;
+          const split = await admin.query(`SELECT min(id) FILTER (WHERE my_number__mamori_plain IS NOT NULL)::int AS moved,
+                                                  max(id) FILTER (WHERE my_number IS NOT NULL)::int AS cells FROM employees WHERE id <= ${EMP_ROWS}`);
+          const { moved, cells } = split.rows[0] as { moved: number | null; cells: number };
+          if (moved === null) return; // until a batch has been decrypted
           checked = true;
-          await assert.rejects(clerk.query('SELECT my_number FROM employees WHERE id = 1'), (e: pg.DatabaseError) => {
+          const want = (id: number): string => employeesExpected.get(id)!;
+          // Reads from either column (the catalog reloads once the unprotect's DDL moved the epoch).
+          const read = await eventually(() => clerk.query('SELECT id, my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, cells]));
+          assert.deepEqual(read.rows, [{ id: moved, my_number: want(moved) }, { id: cells, my_number: want(cells) }]);
+          const star = await clerk.query(`SELECT * FROM employees WHERE id = ${moved}`);
+          assert.deepEqual(star.fields.map((f) => f.name), ['id', 'name', 'my_number']);
+          assert.equal(star.rows[0].my_number, want(moved));
+          // Searches over both: a constant, a parameter, = ANY.
+          const found = await clerk.query(`SELECT id FROM employees WHERE my_number = '${want(moved)}' OR my_number = $1 ORDER BY id`, [want(cells)]);
+          assert.deepEqual(found.rows, [{ id: moved }, { id: cells }]);
+          const any = await clerk.query('SELECT id FROM employees WHERE my_number = ANY($1) ORDER BY id', [[want(cells), want(moved)]]);
+          assert.deepEqual(any.rows, [{ id: moved }, { id: cells }]);
+          // Masks and ciphertext per role, for both kinds of row (ciphertext of a decrypted row made now).
+          const masked = await viewer.query('SELECT my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, cells]);
+          assert.deepEqual(masked.rows.map((x) => x.my_number), [moved, cells].map((id) => '********' + want(id).slice(8)));
+          const ct = await backup.query('SELECT id, my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, cells]);
+          for (const row of ct.rows) assert.deepEqual(row.my_number, await kr.encrypt('public.employees.my_number', Buffer.from(want(row.id), 'latin1')));
+          // Writes of the column are refused (the values are read only until unprotect has finished); others run.
+          await assert.rejects(clerk.query('UPDATE employees SET my_number = $1 WHERE id = $2', [myNumber(700_001), cells]), (e: pg.DatabaseError) => {
             assert.equal(e.code, '55000');
-            assert.match(e.message, /public\.employees\.my_number is being decrypted by `mamori unprotect`/);
+            assert.match(e.message, /public\.employees\.my_number is being decrypted by `mamori unprotect`: a write of it/);
+            assert.doesNotMatch(e.message, new RegExp(myNumber(700_001)));
             return true;
           });
+          await assert.rejects(clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (700002, 'x', '${myNumber(700_002)}')`), { code: '55000' });
+          assert.equal((await clerk.query('UPDATE employees SET name = name WHERE id = $1', [moved])).rowCount, 1);
+          await assert.rejects(clerk.query('SELECT my_number__mamori_plain FROM employees'), { code: '55000' });
           // Cells written directly (or by a mamori that has not seen the change yet) are refused by the guard.
-          await assert.rejects(admin.query(`UPDATE employees SET my_number = my_number WHERE id = 1`).then(() => admin.query(`UPDATE employees SET my_number = (SELECT my_number FROM employees WHERE id = 2) WHERE id = 3`)), { code: '55000' });
+          await assert.rejects(admin.query(`UPDATE employees SET my_number = (SELECT my_number FROM employees WHERE id = ${cells}) WHERE id = ${cells - 1}`), { code: '55000' });
         },
       });
       assert.equal(r.status, 'done', JSON.stringify(r));
     } finally {
       await clerk.end();
+      await viewer.end();
+      await backup.end();
     }
     assert.ok(checked);
     const rows = await admin.query<{ id: number; my_number: string }>(`SELECT id, my_number FROM employees WHERE id <= ${EMP_ROWS} ORDER BY id`);
