@@ -238,18 +238,31 @@ function memberJson(v: unknown): string {
 
 /**
  * JSON of frozen arrays whose elements are frozen too (a statement's column decisions, frozen by SessionAudit:
- * its intent and completion, and every execution of a prepared statement, carry the same array): made once.
+ * its intent and completion, and every execution of a prepared statement, carry the same array), kept for the
+ * last few such arrays by identity — a statement's completion is sealed a few records after its intent. A ring,
+ * not a WeakMap: a weak entry per statement costs more than the serialization it saves.
  */
-const frozenJson = new WeakMap<readonly unknown[], string>();
+const FROZEN_RING = 32;
+const frozenArrays: Array<readonly unknown[] | undefined> = new Array<readonly unknown[] | undefined>(FROZEN_RING).fill(undefined);
+const frozenJsons: string[] = new Array<string>(FROZEN_RING).fill('');
+let frozenNext = 0;
 function frozenArrayJson(v: readonly unknown[]): string {
-  const known = frozenJson.get(v);
-  if (known !== undefined) return known;
+  for (let i = 0; i < FROZEN_RING; i++) if (frozenArrays[i] === v) return frozenJsons[i]!;
   const json = v.every((x) => typeof x === 'string') ? JSON.stringify(v) : canonicalJson(v);
-  // nothing reachable can change: the array is frozen, and so is every element (objects one level deep, with
-  // primitive members: a column decision)
-  const fixed = v.every((x) => typeof x !== 'object' || x === null || (Object.isFrozen(x) && Object.values(x).every((m) => typeof m !== 'object' || m === null)));
-  if (fixed) frozenJson.set(v, json);
+  if (v.every(unchangeable)) {
+    frozenArrays[frozenNext] = v;
+    frozenJsons[frozenNext] = json;
+    frozenNext = (frozenNext + 1) % FROZEN_RING;
+  }
   return json;
+}
+/** A primitive, or a frozen object whose members are primitives (a column decision): nothing in it can change. */
+function unchangeable(x: unknown): boolean {
+  if (typeof x !== 'object' || x === null) return true;
+  if (!Object.isFrozen(x)) return false;
+  const o = x as Record<string, unknown>;
+  for (const k in o) if (typeof o[k] === 'object' && o[k] !== null) return false;
+  return true;
 }
 
 /**
