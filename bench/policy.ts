@@ -13,7 +13,8 @@
 // client in this process (the COPY input built before the timed section), mamori in its own. Reported: cells
 // (protected values) per wall-clock second, that over the cell cipher's single-core rate measured in this run
 // (encryptCell / decryptCell loops; target ≥ 0.5), protected/plain, and mamori's CPU µs per row (with the
-// cipher rate it implies: a load-independent figure). `npm run bench:copy` runs only these two.
+// cipher rate it implies: a load-independent figure), and the CPU µs per row of the server backend and of the
+// client beside it (where the wall time goes). `npm run bench:copy` runs only these two.
 // BENCH_MAMORI_ROOT=<tree> runs that tree's bin/mamori.js as the child (before/after comparisons).
 // Writes bench/results/policy-<timestamp>.json. Not a test: it asserts nothing.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -228,12 +229,14 @@ interface BulkRecord {
   round: number; workload: BulkWorkload; table: Table; rows: number; seconds: number;
   /** Protected values (or, on the plain table, rows) per wall-clock second. */
   cellsPerSecond: number; mamoriCpuUsPerRow: number | null;
+  /** The same CPU figure for the server backend of the bench connection and for the client (this process). */
+  serverCpuUsPerRow: number | null; clientCpuUsPerRow: number;
   /** The cipher's single-core rate (encrypt for copy, decrypt for bulkread) measured at the start of the round. */
   cipherRate: number; load1: number;
 }
 
 /** The bulk tables: empty, holding the COPY's rows, or holding them vacuumed and read once. */
-interface Bulk { client: pg.Client; chunks: Buffer[]; state: 'empty' | 'copied' | 'ready' }
+interface Bulk { client: pg.Client; backendPid: number; chunks: Buffer[]; state: 'empty' | 'copied' | 'ready' }
 
 async function bulkClient(s: Stack): Promise<pg.Client> {
   const c = new pg.Client({ host: '127.0.0.1', port: s.port, user: BENCH_USER, password: BENCH_PASSWORD, database: 'postgres' });
@@ -246,12 +249,17 @@ async function bulkOnce(s: Stack, o: Options, b: Bulk, round: number, w: BulkWor
   const name = `bulk_${table}`;
   if (w === 'copy') await s.pg.query(`TRUNCATE public.${name}`);
   const rows = w === 'copy' ? o.copyRows : o.readRows * READ_REPEAT;
+  const perRow = (a: number | null, z: number | null): number | null => (a !== null && z !== null ? ((z - a) * 1e6) / rows : null);
   const before = cpuSeconds(s.pid);
+  const server0 = cpuSeconds(b.backendPid);
+  const client0 = process.cpuUsage();
   const seconds = w === 'copy' ? await timedCopy(b.client, name, b.chunks, o.copyRows) : await timedSelect(b.client, name, o.readRows, READ_REPEAT);
+  const client = process.cpuUsage(client0);
+  const server1 = cpuSeconds(b.backendPid);
   const after = cpuSeconds(s.pid);
   return {
     round, workload: w, table, rows, seconds, cellsPerSecond: rows / seconds,
-    mamoriCpuUsPerRow: before !== null && after !== null ? ((after - before) * 1e6) / rows : null,
+    mamoriCpuUsPerRow: perRow(before, after), serverCpuUsPerRow: perRow(server0, server1), clientCpuUsPerRow: (client.user + client.system) / rows,
     cipherRate: w === 'copy' ? cipher.encrypt : cipher.decrypt, load1: loadavg()[0]!,
   };
 }
@@ -275,7 +283,7 @@ async function bulkRound(s: Stack, o: Options, b: Bulk, round: number, w: BulkWo
     const r = await bulkOnce(s, o, b, round, w, table, cipher);
     out.push(r);
     console.log(`  round ${round} ${w.padEnd(8)} ${table.padEnd(5)} ${fmt(r.cellsPerSecond).padStart(7)} ${table === 'enc' ? 'cells' : 'rows'}/s  ${r.seconds.toFixed(2)} s` +
-      `  mamori CPU µs/row ${fmt(r.mamoriCpuUsPerRow, 2)}  cipher ${fmt(r.cipherRate)}/s  load ${r.load1.toFixed(1)}`);
+      `  CPU µs/row mamori ${fmt(r.mamoriCpuUsPerRow, 2)} server ${fmt(r.serverCpuUsPerRow, 2)} client ${fmt(r.clientCpuUsPerRow, 2)}  cipher ${fmt(r.cipherRate)}/s  load ${r.load1.toFixed(1)}`);
   }
   if (w === 'copy') b.state = 'copied'; // truncated and refilled: vacuumed before the next read
 }
@@ -284,6 +292,7 @@ interface BulkSummary {
   workload: BulkWorkload; rows: number; encCellsPerSecond: number | null; plainRowsPerSecond: number | null; cipherRate: number | null;
   xCipher: number | null; target: number; protectedOverPlain: number | null;
   encCpuUsPerRow: number | null; plainCpuUsPerRow: number | null; xCipherByCpu: number | null;
+  encServerCpuUsPerRow: number | null; plainServerCpuUsPerRow: number | null; encClientCpuUsPerRow: number | null;
 }
 
 function bulkSummary(records: readonly BulkRecord[], w: BulkWorkload): BulkSummary {
@@ -303,6 +312,8 @@ function bulkSummary(records: readonly BulkRecord[], w: BulkWorkload): BulkSumma
     xCipher, target: BULK_TARGET, protectedOverPlain, encCpuUsPerRow: encCpu, plainCpuUsPerRow: med('plain', (r) => r.mamoriCpuUsPerRow),
     // The rate mamori's CPU per row would give on a core of its own, over the cipher's.
     xCipherByCpu: encCpu && cipher ? 1e6 / encCpu / cipher : null,
+    encServerCpuUsPerRow: med('enc', (r) => r.serverCpuUsPerRow), plainServerCpuUsPerRow: med('plain', (r) => r.serverCpuUsPerRow),
+    encClientCpuUsPerRow: med('enc', (r) => r.clientCpuUsPerRow),
   };
 }
 
@@ -323,7 +334,11 @@ async function main(): Promise<void> {
   const bulkRecords: BulkRecord[] = [];
   let bulk: Bulk | null = null;
   try {
-    if (bulkWanted) bulk = { client: await bulkClient(s), chunks, state: 'empty' };
+    if (bulkWanted) {
+      const client = await bulkClient(s);
+      const pid = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      bulk = { client, backendPid: pid.rows[0]!.pid, chunks, state: 'empty' };
+    }
     for (let round = 1; round <= o.rounds; round++) {
       for (const w of o.workloads) {
         if (isBulk(w)) {
@@ -368,11 +383,12 @@ async function main(): Promise<void> {
   }
   const bulkSummaries = BULK_WORKLOADS.filter((w) => o.workloads.includes(w)).map((w) => bulkSummary(bulkRecords, w));
   if (bulkSummaries.length) {
-    console.log('\nbulk      rows/run  enc cells/s  plain rows/s  × cipher  target     prot/plain  enc µs/row  plain µs/row  cipher/s  × cipher by CPU');
+    console.log('\nbulk      rows/run  enc cells/s  plain rows/s  × cipher  target     prot/plain  enc µs/row  plain µs/row  cipher/s  × cipher by CPU  server µs/row enc/plain  client µs/row');
     for (const b of bulkSummaries) {
       const met = b.xCipher === null ? '' : b.xCipher >= b.target ? ' met' : ' MISSED';
       console.log(`${b.workload.padEnd(9)} ${String(b.rows).padStart(8)} ${fmt(b.encCellsPerSecond).padStart(12)} ${fmt(b.plainRowsPerSecond).padStart(13)}  ${fmt(b.xCipher, 2).padStart(8)}  ≥${b.target.toFixed(2)}${met.padEnd(7)} ${fmt(b.protectedOverPlain, 2).padStart(10)} ` +
-        `${fmt(b.encCpuUsPerRow, 2).padStart(11)} ${fmt(b.plainCpuUsPerRow, 2).padStart(13)} ${fmt(b.cipherRate).padStart(9)} ${fmt(b.xCipherByCpu, 2).padStart(16)}`);
+        `${fmt(b.encCpuUsPerRow, 2).padStart(11)} ${fmt(b.plainCpuUsPerRow, 2).padStart(13)} ${fmt(b.cipherRate).padStart(9)} ${fmt(b.xCipherByCpu, 2).padStart(16)}` +
+        `  ${`${fmt(b.encServerCpuUsPerRow, 2)} / ${fmt(b.plainServerCpuUsPerRow, 2)}`.padStart(22)} ${fmt(b.encClientCpuUsPerRow, 2).padStart(14)}`);
     }
   }
   const outFile = o.out ?? join(REPO_ROOT, 'bench/results', `policy-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
