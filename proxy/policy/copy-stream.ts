@@ -189,7 +189,7 @@ export interface CopySetup {
   domainId(domain: string): number;
   keys: CellKeys;
   encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]>;
-  /** encryptAll without waiting, or null (see CellKeys.encryptAllNow). */
+  /** encryptAll without waiting, or null (see EngineKeys.encryptAllNow in proxy/policy/keys.ts). */
   encryptAllNow(items: readonly { domain: string; canonical: Buffer }[]): Buffer[] | null;
   byteaOutput: 'hex' | 'escape';
   /** The codec of the COPY data's encoding (undefined: the session's client_encoding); null if none. */
