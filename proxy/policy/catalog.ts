@@ -47,16 +47,21 @@ export interface DatabaseCatalog extends CatalogSnapshot {
   /** The same, by view OID + attnum. */
   derivedByOrigin(viewOid: number, attnum: number): ProtectedField | undefined;
   /**
-   * Columns in protect's transition (keyed like storage): still plaintext, with the shadow column of cells
-   * being filled by `mamori protect` (docs/protect.md "While a column is in transition").
+   * Columns in transition (keyed like storage): still plaintext, with the shadow column of cells being filled by
+   * `mamori protect`, or cells with the plaintext shadow being filled by `mamori unprotect` (docs/protect.md
+   * "While a column is in transition").
    */
   transitions: ReadonlyMap<string, ColumnTransition>;
 }
 
-/** A column `mamori protect` is converting: rows hold either plaintext in the column or a cell in the shadow. */
+/**
+ * A column being converted: `protect` — rows hold plaintext in the column or a cell in the shadow; `unprotect` —
+ * a cell in the column or plaintext in the shadow.
+ */
 export interface ColumnTransition {
   shadow: string;
   shadowAttnum: number;
+  direction: 'protect' | 'unprotect';
 }
 
 export const EPOCH_CHANNEL = 'mamori_catalog';
@@ -426,13 +431,16 @@ SELECT rels.idx, c.oid::int AS oid, n.nspname::text AS nspname, c.relname::text 
   JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace`;
 
 // What `mamori protect` recorded for the tables of configured columns ($1), with the shadow column it adds
-// (name + '__mamori', proxy/protect/plan.ts SHADOW_SUFFIX) when present. Read only when the table exists.
+// (name + '__mamori', proxy/protect/plan.ts SHADOW_SUFFIX) and the one unprotect adds (name + '__mamori_plain',
+// PLAIN_SHADOW_SUFFIX) when present. Read only when the table exists.
 const STATE_SQL = `
 SELECT p.table_oid::int AS oid, p.column_name::text AS col, p.state, p.original_type_oid::int AS type_oid, p.typmod,
-       a.attnum::int AS shadow_attnum, tn.nspname::text || '.' || t.typname::text AS shadow_type
+       a.attnum::int AS shadow_attnum, tn.nspname::text || '.' || t.typname::text AS shadow_type, pa.attnum::int AS plain_attnum
   FROM mamori.protected_columns p
   LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.table_oid AND a.attname = p.column_name::text || '__mamori'
    AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_attribute pa ON pa.attrelid = p.table_oid AND pa.attname = p.column_name::text || '__mamori_plain'
+   AND pa.attnum > 0 AND NOT pa.attisdropped
   LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
   LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
  WHERE p.table_oid = ANY ($1::oid[])`;
@@ -445,6 +453,7 @@ interface StateRow {
   typmod: number;
   shadow_attnum: number | null;
   shadow_type: string | null;
+  plain_attnum?: number | null;
 }
 
 // Views and matviews that depend, directly or through other views, on the given tables ($1); their rule
@@ -570,8 +579,12 @@ function buildCatalog(input: {
       origins.set(key(r.oid, r.attnum), { column: col, policyKey });
       // In protect's transition: the shadow's cells are the column's (a result field from it is decrypted per policy).
       if (st?.state === 'protecting' && !overBytea && st.shadow_attnum !== null && st.shadow_type === `mamori.${guard}`) {
-        transitions.set(key(r.oid, r.attnum), { shadow: column + '__mamori', shadowAttnum: st.shadow_attnum });
+        transitions.set(key(r.oid, r.attnum), { shadow: column + '__mamori', shadowAttnum: st.shadow_attnum, direction: 'protect' });
         origins.set(key(r.oid, st.shadow_attnum), { column: col, policyKey });
+      }
+      // In unprotect's: the column still holds the cells; its plaintext shadow is never a protected origin.
+      if (st?.state === 'unprotecting' && isGuard && typeof st.plain_attnum === 'number') {
+        transitions.set(key(r.oid, r.attnum), { shadow: column + '__mamori_plain', shadowAttnum: st.plain_attnum, direction: 'unprotect' });
       }
       names.add(r.relname);
       const where = self ? policyKey : `${policyKey} (in ${r.nspname}.${r.relname})`;

@@ -514,7 +514,7 @@ export class SessionPolicy {
     }
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
-    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path);
     if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const sp = await this.sqlPrepared(analysis.statements, role, sql);
@@ -553,10 +553,12 @@ export class SessionPolicy {
         mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
       : null;
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
-    const copy = analysis.statements[0]?.copy;
+    // (During protect's transition a COPY FROM is rewritten to write the column's shadow: its own plan.)
+    const copy = tplan?.copy ?? analysis.statements[0]?.copy;
     if (copy) {
       const t = this.copyTransform(copy, catalog, role, handle);
-      return t instanceof MamoriError ? { action: 'refuse', error: t } : { action: 'forward', transform: t };
+      if (t instanceof MamoriError) return { action: 'refuse', error: t };
+      return raw ? { action: 'replace', raw, transform: t } : { action: 'forward', transform: t };
     }
     const transform = new QueryResults(this, catalog, role, handle, tplan?.fields);
     transform.decision = decisionLabel(columns);
@@ -831,16 +833,10 @@ export class SessionPolicy {
   }
 
   /** The transition rewrite of a statement touching a column `mamori protect` is converting; null when none. */
-  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], role: RolePolicy, declaredParams = 0): TransitionPlan | null | Decision {
+  private transitionPlan(sql: Buffer, statements: readonly StatementPlan[], catalog: DatabaseCatalog, path: readonly string[], declaredParams = 0): TransitionPlan | null | Decision {
     if (catalog.transitions.size === 0) return null;
     try {
-      const plan = planTransition(sql, statements, catalog, path, declaredParams);
-      // Decided before the statement runs: rows still in plaintext have no cell to hand out.
-      const ct = plan?.fields.find((f) => role.read(f.column) === 'ciphertext');
-      if (ct) {
-        return refusal('55000', `protected column ${qualified(ct.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished (docs/protect.md)`);
-      }
-      return plan;
+      return planTransition(sql, statements, catalog, path, declaredParams);
     } catch (err) {
       if (err instanceof TransitionRefusal) return refusal(err.sqlstate, err.message);
       throw err;
@@ -961,8 +957,6 @@ export class SessionPolicy {
       }
       const decision: ReadDecision = role.read(pf.column);
       if (decision === 'deny') throw new MamoriError('insufficient_privilege', `permission denied to read column "${qualified(pf.column)}"`);
-      // Rows not yet moved have no cell to hand out.
-      if (tf && decision === 'ciphertext') throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is being converted by \`mamori protect\`: ciphertext reads of it are refused until protect has finished`);
       const cc = this.engine.config.columns[pf.policyKey];
       if (decision === 'plaintext' && pf.column.type.type === 'date' && !(this.session.params.get('DateStyle') ?? 'ISO').startsWith('ISO')) {
         throw new MamoriError('object_not_in_prerequisite_state', `protected date column ${qualified(pf.column)} is rendered only with DateStyle ISO (the session uses ${this.session.params.get('DateStyle')})`);
@@ -973,7 +967,8 @@ export class SessionPolicy {
       if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && this.codec() === null) {
         throw new MamoriError('object_not_in_prerequisite_state', noConverter(pf.column, this.session.params.get('client_encoding') ?? 'UTF8'));
       }
-      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true } : {}) });
+      // A row not yet moved has no cell: read as ciphertext, it is encrypted under the domain's current key.
+      plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true, keyDomain: cc!.keyDomain } : {}) });
     });
     return plans;
   }
@@ -1012,6 +1007,11 @@ export class SessionPolicy {
       codec: () => this.codec(),
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer, stored?: string) => subjects.add(col, canonical, stored) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
+      encryptNow: (domain, canonical) => {
+        const cells = this.engine.keys.encryptAllNow([{ domain, canonical }]);
+        if (!cells) throw new Error(`the current key of ${domain} is not loaded`);
+        return cells[0]!;
+      },
     });
     // mamori_crypto_operations_total: the cells each row decrypts (plaintext and mask fields), by mode.
     const metrics = this.engine.metrics;
@@ -1069,7 +1069,7 @@ export class SessionPolicy {
     if (this.roleChangedAtStartup) return refusal('42501', 'this session changed its role at startup (-c role=…); protected columns are not available to it');
     const notEncrypted = plaintextStorageRefusal(analysis.statements, catalog, (c) => this.columnConfig(c, catalog)?.enforce !== false);
     if (notEncrypted) return refusal('55000', notEncrypted);
-    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, role, paramTypes.length);
+    const tplan = this.transitionPlan(sql, analysis.statements, catalog, path, paramTypes.length);
     if (tplan && 'action' in tplan) return tplan;
     this.touched = true;
     const sp = await this.sqlPrepared(analysis.statements, role, sql);
@@ -1110,12 +1110,13 @@ export class SessionPolicy {
     await this.loadKeysFor(analysis.statements, catalog);
     const reads = analysis.statements.some((s) => s.touched.some((t) => t.uses.includes('read') || t.uses.includes('returning')))
       || sp.targets.some((t) => t.reads);
+    const copyPlan = tplan?.copy ?? analysis.statements[0]?.copy; // a COPY FROM in protect's transition: its own
     const plan: StatementPlanInfo = {
       params, reads, columns: [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)],
       command: sp.commands.join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
       extras: mergeExtras([statementExtras(direct), ...sp.targets.map((t) => t.extras)]),
       search: searchedColumn(direct) ?? sp.targets.find((t) => t.search)?.search ?? null,
-      ...(analysis.statements[0]?.copy ? { copy: analysis.statements[0].copy } : {}),
+      ...(copyPlan ? { copy: copyPlan } : {}),
       ...(sp.executes.length > 0 ? { executes: sp.executes } : {}),
       ...(tplan ? { transition: tplan.fields } : {}),
       ...(tplan && tplan.extraParams.length > 0 ? { transitionParams: { extraParams: tplan.extraParams, clientParams: tplan.clientParams } } : {}),

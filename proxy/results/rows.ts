@@ -35,9 +35,14 @@ export interface FieldPlan {
    * 0x00 followed by the plaintext still held in the old column (rendered by the same decision).
    */
   transition?: boolean;
+  /**
+   * A transition field read as ciphertext: the key domain whose current key encrypts the rows still in plaintext
+   * (a cell made on the fly, as the backfill would store it; moved rows hand out their stored cell).
+   */
+  keyDomain?: string;
 }
 
-export type RowErrorReason = 'not_a_cell' | 'wrong_domain' | 'undecryptable' | 'key_unavailable' | 'invalid_plaintext';
+export type RowErrorReason = 'not_a_cell' | 'wrong_domain' | 'undecryptable' | 'key_unavailable' | 'invalid_plaintext' | 'not_encryptable';
 
 const REASON_TEXT: Record<RowErrorReason, string> = {
   not_a_cell: 'the stored value is not a mamori cell',
@@ -45,6 +50,7 @@ const REASON_TEXT: Record<RowErrorReason, string> = {
   undecryptable: 'the cell cannot be decrypted',
   key_unavailable: 'the key of the cell is not available',
   invalid_plaintext: 'the plaintext still stored (the column is being converted) is not a valid value of its type',
+  not_encryptable: 'the plaintext still stored (the column is being converted) cannot be encrypted now',
 };
 
 /** A protected field that cannot be read; the row must not be sent (fail closed). Names the column, never a value. */
@@ -161,6 +167,7 @@ interface Slot {
   column: ProtectedColumn;
   name: string;
   transition: boolean;
+  keyDomain: string | null;
 }
 
 function actionCode(a: FieldAction): number {
@@ -193,6 +200,11 @@ export interface RowRewriterOptions {
    * changes it between result sets); null when mamori has no converter for it. Default UTF-8.
    */
   codec?(): ClientCodec | null;
+  /**
+   * Encrypts a canonical value under the domain's current key now (a transition field read as ciphertext);
+   * throws when it cannot.
+   */
+  encryptNow?(domain: string, canonical: Buffer): Buffer;
 }
 
 /**
@@ -208,6 +220,7 @@ export class RowRewriter {
   private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
   private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer, stored?: string) => void) | undefined;
   private readonly codec: (() => ClientCodec | null) | undefined;
+  private readonly encryptNow: ((domain: string, canonical: Buffer) => Buffer) | undefined;
   private readonly maxIndex: number;
 
   constructor(
@@ -233,6 +246,7 @@ export class RowRewriter {
         column: p.column,
         name: columnName(p.column),
         transition: p.transition === true,
+        keyDomain: p.keyDomain ?? null,
       });
     }
     this.maxIndex = last;
@@ -242,6 +256,7 @@ export class RowRewriter {
     this.onShredded = opts.onShredded?.bind(opts);
     this.onPlaintext = opts.onPlaintext?.bind(opts);
     this.codec = opts.codec?.bind(opts);
+    this.encryptNow = opts.encryptNow?.bind(opts);
   }
 
   /** DataRow body → full 'D' message. Throws RowError (fail closed) or ProtocolError (malformed row). */
@@ -257,7 +272,7 @@ export class RowRewriter {
       const len = offsets[2 * s.index + 1]!;
       let r: Buffer | null;
       if (len === -1) r = null;
-      else if (s.action === A_CIPHERTEXT) r = body.subarray(start, start + len);
+      else if (s.action === A_CIPHERTEXT) r = s.transition ? this.transitionCiphertext(s, body.subarray(start, start + len)) : body.subarray(start, start + len);
       else if (s.action === A_NULL) r = null;
       else r = this.render(s, body.subarray(start, start + len));
       repl[k] = r;
@@ -266,6 +281,26 @@ export class RowRewriter {
     const out = writeDataRow(body, offsets, this.indices, repl, size);
     repl.fill(null); // drop references to row data between calls
     return out;
+  }
+
+  /**
+   * A transition field read as ciphertext: a moved row's cell as stored; a row still in plaintext gets its value
+   * validated, normalized and encrypted now, in the field's format (bytea text or raw bytes).
+   */
+  private transitionCiphertext(s: Slot, stored: Buffer): Buffer {
+    const value = fieldBytes(s, stored, s.binary, this.escape);
+    if (value.length === 0 || value[0] !== 0) return stored;
+    const c = canonicalFromText(s.type, value.toString('utf8', 1));
+    if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
+    let cell: Buffer;
+    try {
+      if (!this.encryptNow || s.keyDomain === null) throw new Error('no key');
+      cell = this.encryptNow(s.keyDomain, c.value);
+    } catch {
+      throw new RowError(s.name, 'not_encryptable');
+    }
+    if (s.binary) return cell;
+    return this.escape ? encodeByteaEscape(cell) : encodeByteaHex(cell);
   }
 
   /** One stored field (bytea in the client's format) → the rendered value, or null for NULL. */
@@ -329,17 +364,21 @@ export function openStoredCell(s: CellField, stored: Buffer, binary: boolean, es
  */
 export function openTransitionField(s: CellField, stored: Buffer, binary: boolean, escape: boolean, keys: CellKeys,
   onShredded?: (column: ProtectedColumn) => void): Buffer | null {
-  let value: Buffer;
-  try {
-    value = binary ? stored : decodeByteaText(stored, escape);
-  } catch (e) {
-    if (e instanceof ByteaSyntaxError) throw new RowError(s.name, 'not_a_cell');
-    throw e;
-  }
+  const value = fieldBytes(s, stored, binary, escape);
   if (value.length === 0 || value[0] !== 0) return openStoredCell(s, value, true, escape, keys, onShredded);
   const c = canonicalFromText(s.type, value.toString('utf8', 1));
   if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
   return c.value;
+}
+
+/** A bytea field's bytes (raw when binary, else decoded from its text output). */
+function fieldBytes(s: CellField, stored: Buffer, binary: boolean, escape: boolean): Buffer {
+  try {
+    return binary ? stored : decodeByteaText(stored, escape);
+  } catch (e) {
+    if (e instanceof ByteaSyntaxError) throw new RowError(s.name, 'not_a_cell');
+    throw e;
+  }
 }
 
 const TEXT_CANONICAL = new Set(['text', 'varchar', 'char', 'mynumber', 'corporate_number']);

