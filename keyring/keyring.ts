@@ -471,6 +471,28 @@ export class Keyring {
   }
 
   /**
+   * encryptNow() for several values of one domain, with one look at the freeze, the reserved count and the
+   * key cache (bulk writes: COPY). All of them, or null when fewer encryptions are reserved (nothing counted);
+   * with `prefix`, as many as are reserved (maybe none). Null when the key is not at hand.
+   */
+  encryptManyNow(name: string, plaintexts: readonly Uint8Array[], prefix = false): Buffer[] | null {
+    if (this.isWriteFrozen(name)) {
+      throw new KeyringError('frozen', `key domain ${name} is rotating; writes are refused until the rotation finishes`);
+    }
+    const d = this.requireDomain(name);
+    const hit = this.cache.get(entryKey(d.id, d.current));
+    if (!hit?.key || hit.expires <= Date.now()) return null;
+    const a = this.allowance.get(d.id);
+    const n = a && a.version === d.current ? Math.min(Math.max(a.left, 0), plaintexts.length) : 0;
+    if (n < plaintexts.length && !prefix) return null;
+    if (a) a.left -= n;
+    const header: CellHeader = { mode: d.mode, domainId: d.id, version: d.current };
+    const out = new Array<Buffer>(n);
+    for (let i = 0; i < n; i++) out[i] = encryptCell(header, hit.key, plaintexts[i]!);
+    return out;
+  }
+
+  /**
    * Decrypts a cell; null when its version was shredded. With `expectDomain`, a cell of any other domain
    * is refused (CellDecryptError), so cells cannot be moved between columns.
    */

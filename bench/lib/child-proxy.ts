@@ -1,6 +1,7 @@
 // A mamori child process for the pgbench-driven benchmarks (bench:policy, bench:origin), started as an operator
 // starts it (`bin/mamori.js start --config …`), TLS off on both legs, one deterministic My Number column on
-// public.enc. BENCH_MAMORI_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles it (written on exit).
+// public.enc (and on the tables `tables` names). BENCH_MAMORI_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"
+// profiles it (written on exit).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,6 +28,8 @@ export interface ChildProxyOptions {
   password: string;
   /** Lines of the public.enc.my_number column policy after its type and mode (read, search, write, others). */
   column: string[];
+  /** Tables whose my_number column gets that policy (default: public.enc). */
+  tables?: string[];
   /** More top-level config lines. */
   extra?: string[];
   nodeArgs?: string[];
@@ -52,10 +55,12 @@ export async function writeChildConfig(o: ChildProxyOptions): Promise<number> {
     'metrics: { enabled: false }',
     ...(o.extra ?? []),
     'columns:',
-    '  public.enc.my_number:',
-    '    type: mynumber',
-    '    mode: deterministic',
-    ...o.column.map((l) => `    ${l}`),
+    ...(o.tables ?? ['public.enc']).flatMap((t) => [
+      `  ${t}.my_number:`,
+      '    type: mynumber',
+      '    mode: deterministic',
+      ...o.column.map((l) => `    ${l}`),
+    ]),
     '',
   ].join('\n'));
   return port;

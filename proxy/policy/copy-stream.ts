@@ -35,6 +35,11 @@ export interface CopyInOptions {
   rewriter: CopyInRewriter;
   /** Encrypts one message's values (async: counted by the keystore, refused while a domain's writes are frozen). */
   encryptAll(values: readonly CopyValue[]): Promise<Buffer[]>;
+  /**
+   * The same without waiting when the keys are at hand and encryptions reserved (null: use encryptAll); throws
+   * as encryptAll rejects. A message decided at once is forwarded like any other (no pause, no frame copy).
+   */
+  encryptAllNow(values: readonly CopyValue[]): Buffer[] | null;
   handle: StatementHandle | null;
   /** Collects the subjects of the values written (attached to the completion record), or null. */
   subjects?: SubjectCollector | null;
@@ -82,18 +87,23 @@ export class CopyInStream implements ResultTransform {
       if (e instanceof CopyError) return this.fail(new MamoriError(e.sqlstate === '22021' ? 'character_not_in_repertoire' : 'invalid_text_representation', e.message));
       throw e;
     }
-    if (batch.values.length === 0) return this.emit(batch.render([]), trailer);
+    if (batch.values.length === 0) return this.emit(batch.render([], true), trailer);
     const subjects = this.o.subjects;
     if (subjects) for (const v of batch.values) subjects.add(v.column, v.canonical);
-    return this.o.encryptAll(batch.values).then(
-      (cells) => this.emit(batch.render(cells), trailer),
-      (err: unknown) => this.fail(new MamoriError('object_not_in_prerequisite_state', `a protected column cannot be written now: ${(err as Error).message}`)),
-    );
+    const refused = (err: unknown): Decision => this.fail(new MamoriError('object_not_in_prerequisite_state', `a protected column cannot be written now: ${(err as Error).message}`));
+    let now: Buffer[] | null;
+    try {
+      now = this.o.encryptAllNow(batch.values);
+    } catch (err) {
+      return refused(err);
+    }
+    if (now) return this.emit(batch.render(now, true), trailer);
+    return this.o.encryptAll(batch.values).then((cells) => this.emit(batch.render(cells, true), trailer), refused);
   }
 
-  private emit(out: Buffer, trailer: Buffer | null): Decision {
-    if (out.length === 0) return trailer ? { action: 'replace', raw: trailer } : DROP;
-    const data = encodeCopyData(out);
+  /** `data`: one CopyData message, as render(…, true) builds it (just the 5-byte header when no row ended). */
+  private emit(data: Buffer, trailer: Buffer | null): Decision {
+    if (data.length === 5) return trailer ? { action: 'replace', raw: trailer } : DROP;
     return { action: 'replace', raw: trailer ? Buffer.concat([data, trailer]) : data };
   }
 
@@ -179,6 +189,8 @@ export interface CopySetup {
   domainId(domain: string): number;
   keys: CellKeys;
   encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]>;
+  /** encryptAll without waiting, or null (see EngineKeys.encryptAllNow in proxy/policy/keys.ts). */
+  encryptAllNow(items: readonly { domain: string; canonical: Buffer }[]): Buffer[] | null;
   byteaOutput: 'hex' | 'escape';
   /** The codec of the COPY data's encoding (undefined: the session's client_encoding); null if none. */
   codecFor(encoding: string | undefined): ClientCodec | null;
@@ -211,6 +223,7 @@ export function copyTransform(plan: CopyPlan, s: CopySetup): ResultTransform | M
     const stream: CopyInStream = new CopyInStream({
       rewriter: new CopyInRewriter(fmt, plan.columns),
       encryptAll: (values) => s.encryptAll(values.map((v) => ({ domain: domains.get(v.column)!, canonical: v.canonical }))),
+      encryptAllNow: (values) => s.encryptAllNow(values.map((v) => ({ domain: domains.get(v.column)!, canonical: v.canonical }))),
       handle: s.handle,
       subjects: s.subjects,
       onEnd: () => s.endIn(stream),

@@ -61,13 +61,18 @@ export class EngineKeys implements CellKeys {
   }
 
   /**
-   * Encrypts values for one statement: each call counts one encryption in the keystore (so automatic
+   * Encrypts values for one statement: each value counts one encryption in the keystore (so automatic
    * rotation sees every cell) and refuses while the domain's writes are frozen (deterministic rotation).
    */
   async encryptAll(items: readonly { domain: string; canonical: Buffer }[]): Promise<Buffer[]> {
     const out: Buffer[] = [];
-    for (const it of items) out.push(await this.keyring.encrypt(it.domain, it.canonical));
-    if (this.metrics) for (const it of items) this.metrics.crypto(this.keyring.domain(it.domain).mode === 'deterministic' ? 'siv' : 'gcm', 'encrypt');
+    while (out.length < items.length) {
+      // As many as are reserved without waiting, then one through the keystore (which reserves the next block).
+      if (this.encryptReserved(items, out, true) && out.length === items.length) break;
+      const it = items[out.length]!;
+      out.push(await this.keyring.encrypt(it.domain, it.canonical));
+    }
+    this.count(items);
     return out;
   }
 
@@ -77,13 +82,33 @@ export class EngineKeys implements CellKeys {
    */
   encryptAllNow(items: readonly { domain: string; canonical: Buffer }[]): Buffer[] | null {
     const out: Buffer[] = [];
-    for (const it of items) {
-      const cell = this.keyring.encryptNow(it.domain, it.canonical);
-      if (!cell) return null;
-      out.push(cell);
-    }
-    if (this.metrics) for (const it of items) this.metrics.crypto(this.keyring.domain(it.domain).mode === 'deterministic' ? 'siv' : 'gcm', 'encrypt');
+    if (!this.encryptReserved(items, out, false) || out.length < items.length) return null;
+    this.count(items);
     return out;
+  }
+
+  /**
+   * Appends to `out` the cells of items[out.length…], a run of one domain at a time (Keyring.encryptManyNow).
+   * Without `partial`, a run that cannot be done whole stops it (nothing counted for that run). False when a
+   * key is not at hand.
+   */
+  private encryptReserved(items: readonly { domain: string; canonical: Buffer }[], out: Buffer[], partial: boolean): boolean {
+    while (out.length < items.length) {
+      const domain = items[out.length]!.domain;
+      let end = out.length + 1;
+      while (end < items.length && items[end]!.domain === domain) end++;
+      const run: Buffer[] = [];
+      for (let i = out.length; i < end; i++) run.push(items[i]!.canonical);
+      const cells = this.keyring.encryptManyNow(domain, run, partial);
+      if (cells === null) return false;
+      for (const c of cells) out.push(c);
+      if (cells.length < run.length) return true;
+    }
+    return true;
+  }
+
+  private count(items: readonly { domain: string }[]): void {
+    if (this.metrics) for (const it of items) this.metrics.crypto(this.keyring.domain(it.domain).mode === 'deterministic' ? 'siv' : 'gcm', 'encrypt');
   }
 
   domainId(name: string): number {

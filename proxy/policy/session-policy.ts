@@ -981,6 +981,7 @@ export class SessionPolicy {
       domainId: (d) => this.engine.keys.domainId(d),
       keys: this.engine.keys,
       encryptAll: (items) => this.engine.keys.encryptAll(items),
+      encryptAllNow: (items) => this.engine.keys.encryptAllNow(items),
       byteaOutput: this.byteaOutput,
       // COPY … (ENCODING 'x') converts the data from/to x instead of the client_encoding.
       codecFor: (e) => (e === undefined ? this.codec() : clientCodec(e, this.session.params.get('server_encoding'))),

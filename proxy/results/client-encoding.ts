@@ -18,7 +18,10 @@ export interface ClientCodec {
    * and delimiters reads the text as PostgreSQL does (false for SJIS, BIG5, GBK, UHC, GB18030, JOHAB).
    */
   readonly asciiSafe: boolean;
-  /** Client bytes → text, or null when they are invalid or would not read back byte for byte. */
+  /**
+   * Client bytes → text, or null when they are invalid or would not read back byte for byte. Bytes below
+   * 0x80 always read as the same code points (COPY FROM relies on it to skip decoding ASCII fields).
+   */
   decode(bytes: Uint8Array): string | null;
   /** Text → client bytes, or null when a character has no equivalent in the encoding. */
   encode(text: string): Buffer | null;

@@ -489,7 +489,8 @@ export interface CopyValue {
 export interface CopyInBatch {
   readonly values: readonly CopyValue[];
   readonly rows: number;
-  render(cells: readonly Buffer[]): Buffer;
+  /** The rewritten bytes; `framed`: as one CopyData message (type byte and length first), built in place. */
+  render(cells: readonly Buffer[], framed?: boolean): Buffer;
 }
 
 interface InSlot {
@@ -572,14 +573,18 @@ export class CopyInRewriter {
         if (f.isDefault) continue; // the column default applies (server side)
         let isNull = f.isNull;
         if (fmt.csv && isNull && fmt.forceNotNull[k]) isNull = false;
-        let raw: Buffer | null = null;
-        if (!isNull) {
-          raw = fmt.csv ? decodeCsvField(b, f.start, f.end, fmt) : decodeTextField(b, f.start, f.end);
-          if (fmt.csv && fmt.forceNull[k] && raw.equals(fmt.null)) isNull = true;
+        if (isNull) continue; // NULL: sent as is
+        let text: string | null;
+        if (!(fmt.csv && (f.sawQuote || fmt.forceNull[k])) && plainAscii(b, f.start, f.end, fmt.csv)) {
+          // No escape, quote or non-ASCII byte: de-escaping is the identity and every codec reads ASCII
+          // bytes as the same characters (the usual case, without copying the field twice).
+          text = b.toString('latin1', f.start, f.end);
+        } else {
+          const raw = fmt.csv ? decodeCsvField(b, f.start, f.end, fmt) : decodeTextField(b, f.start, f.end);
+          // FORCE_NULL: the server applies it to the quoted marker itself; sent as is.
+          if (fmt.csv && fmt.forceNull[k] && raw.equals(fmt.null)) continue;
+          text = fmt.codec.decode(raw);
         }
-        // NULL (FORCE_NULL included, which the server applies to the quoted marker itself): sent as is.
-        if (isNull) continue;
-        const text = fmt.codec.decode(raw!);
         if (text === null) {
           throw new CopyError(r.line, slot.name, `invalid value for protected column ${columnName(slot.column)}: invalid byte sequence for encoding "${fmt.codec.name}"`, '22021');
         }
@@ -603,21 +608,41 @@ export class CopyInRewriter {
     return {
       values,
       rows,
-      render: (cells: readonly Buffer[]): Buffer => {
+      render: (cells: readonly Buffer[], framed = false): Buffer => {
         if (gen !== this.generation) throw new Error('CopyInBatch.render() called after the next push');
         if (cells.length !== values.length) throw new RangeError('one cell per value is required');
-        const parts: Buffer[] = [];
-        for (let j = 0; j < cellAt.length; j++) {
-          const s = spans[2 * j]!;
-          const e = spans[2 * j + 1]!;
-          if (e > s) parts.push(b.subarray(s, e));
-          const at = cellAt[j]!;
-          if (at >= 0) parts.push(this.cellField(cells[at]!));
-          else if (at === -3) parts.push(NEWLINE);
-        }
-        return Buffer.concat(parts);
+        return this.render(b, spans, cellAt, cells, framed);
       },
     };
+  }
+
+  /** The pieces written once into one buffer (sized first): no per-row buffers or hex strings. */
+  private render(b: Buffer, spans: readonly number[], cellAt: readonly number[], cells: readonly Buffer[], framed: boolean): Buffer {
+    const quoted = this.quoteCells ? cells.map((c) => this.cellField(c)) : null;
+    const prefix = this.hexPrefix;
+    let size = framed ? 5 : 0;
+    for (let j = 0; j < cellAt.length; j++) {
+      size += spans[2 * j + 1]! - spans[2 * j]!;
+      const at = cellAt[j]!;
+      if (at >= 0) size += quoted ? quoted[at]!.length : prefix.length + 2 * cells[at]!.length;
+      else if (at === -3) size += 1;
+    }
+    const out = Buffer.allocUnsafe(size);
+    let o = 0;
+    if (framed) {
+      out[0] = 0x64; // CopyData
+      out.writeInt32BE(size - 1, 1);
+      o = 5;
+    }
+    for (let j = 0; j < cellAt.length; j++) {
+      o = copyBytes(b, spans[2 * j]!, spans[2 * j + 1]!, out, o);
+      const at = cellAt[j]!;
+      if (at >= 0) {
+        if (quoted) o = copyBytes(quoted[at]!, 0, quoted[at]!.length, out, o);
+        else o = writeHex(cells[at]!, out, copyBytes(prefix, 0, prefix.length, out, o));
+      } else if (at === -3) out[o++] = LF;
+    }
+    return out;
   }
 
   private cellField(cell: Buffer): Buffer {
@@ -626,7 +651,36 @@ export class CopyInRewriter {
   }
 }
 
-const NEWLINE = Buffer.from('\n', 'latin1');
+/** True when [start, end) holds only ASCII bytes and, in text format, no backslash (nothing to de-escape). */
+function plainAscii(b: Buffer, start: number, end: number, csv: boolean): boolean {
+  for (let p = start; p < end; p++) {
+    const c = b[p]!;
+    if (c >= 0x80 || (!csv && c === BACKSLASH)) return false;
+  }
+  return true;
+}
+
+/** Copies b[s, e) to out at o; returns the new offset. Short spans (most row pieces) without a native call. */
+function copyBytes(b: Uint8Array, s: number, e: number, out: Buffer, o: number): number {
+  if (e - s > 64) {
+    out.set(b.subarray(s, e), o);
+    return o + e - s;
+  }
+  for (let p = s; p < e; p++) out[o++] = b[p]!;
+  return o;
+}
+
+const HEX_DIGITS = Buffer.from('0123456789abcdef', 'latin1');
+
+/** Lower-case hex of `v` written at o (as bytea's hex input reads it); returns the new offset. */
+function writeHex(v: Uint8Array, out: Buffer, o: number): number {
+  for (let i = 0; i < v.length; i++) {
+    const c = v[i]!;
+    out[o++] = HEX_DIGITS[c >> 4]!;
+    out[o++] = HEX_DIGITS[c & 15]!;
+  }
+  return o;
+}
 
 /** Synchronous helper for tests and callers with sync keys: push, encrypt each value, render. */
 export function rewriteCopyIn(r: CopyInRewriter, chunk: Buffer | null, encrypt: (v: CopyValue) => Buffer): Buffer {

@@ -144,6 +144,46 @@ describe('keyring: cells and caching', () => {
     }
   });
 
+  test('encryptManyNow: all or none within the reserved block (prefix: what is reserved), counted like encrypt(), never past a rotation; refused while frozen', async () => {
+    // Blocks of 4 (threshold/100).
+    const t = tmpLocal({ rotateAfterEncryptions: 400 });
+    try {
+      const kr = await Keyring.init(t.cfg, { databaseIdentity: 'prod' });
+      await kr.ensureDomain('r', 'randomized');
+      const p = (n: number, from = 0): Buffer[] => Array.from({ length: n }, (_, i) => Buffer.from(String(from + i)));
+      assert.equal(kr.encryptManyNow('r', p(1)), null, 'nothing reserved or unwrapped yet');
+      const first = await kr.encrypt('r', Buffer.from('a')); // reserves a block of 4, one used
+      assert.equal(kr.encryptManyNow('r', p(4)), null, 'three are reserved: four is none');
+      assert.equal(kr.encryptManyNow('r', p(2))!.length, 2);
+      const rest = kr.encryptManyNow('r', p(3, 10), true)!;
+      assert.equal(rest.length, 1, 'with prefix: the one left');
+      assert.deepEqual(kr.encryptManyNow('r', p(2), true), [], 'none left');
+      assert.deepEqual(kr.domain('r').versions.map((v) => v.encryptions), [4]);
+      assert.equal((await kr.decrypt(rest[0]!))!.toString(), '10');
+      assert.equal(parseCellHeader(first)!.version, 1);
+      // Up to the rotation threshold and past it: versions and counts as with encrypt() alone.
+      const cells: Buffer[] = [];
+      while (cells.length < 500) {
+        const batch = p(3, cells.length);
+        const now = kr.encryptManyNow('r', batch, true) ?? [];
+        cells.push(...now);
+        if (now.length < batch.length) cells.push(await kr.encrypt('r', batch[now.length]!));
+      }
+      const versions = cells.map((c) => parseCellHeader(c)!.version);
+      assert.deepEqual([1, 2].map((v) => versions.filter((x) => x === v).length), [396, 104]);
+      for (let i = 0; i < cells.length; i += 37) assert.equal((await kr.decrypt(cells[i]!))!.toString(), String(i));
+
+      await kr.ensureDomain('d', 'deterministic');
+      const a = await kr.encrypt('d', Buffer.from('123456789018'));
+      assert.deepEqual(kr.encryptManyNow('d', [Buffer.from('123456789018')]), [a]);
+      await kr.rotate('d');
+      assert.throws(() => kr.encryptManyNow('d', [Buffer.from('123456789018')]), (e: Error) => e instanceof KeyringError && e.code === 'frozen');
+      await kr.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
   test('encryptNow waits again once the cached key expires', async () => {
     const t = tmpLocal({ cacheTtlSeconds: 1 });
     try {

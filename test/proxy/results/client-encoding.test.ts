@@ -64,6 +64,16 @@ describe('encoding names and masking', () => {
     assert.equal(clientCodec('SQL_ASCII', 'LATIN1')?.name, 'LATIN1');
     assert.equal(clientCodec('SQL_ASCII', 'SQL_ASCII'), null);
   });
+  test('every codec reads ASCII bytes as the same code points (COPY FROM skips decoding ASCII fields)', () => {
+    const ascii = Buffer.from(Array.from({ length: 128 }, (_, i) => i));
+    for (const name of ['UTF8', ...Object.keys(CONVERTERS)]) {
+      const codec = clientCodec(name);
+      assert.ok(codec, name);
+      assert.equal(codec.decode(ascii), ascii.toString('latin1'), name);
+      assert.equal(codec.decode(ascii.subarray(48, 60)), '0123456789:;', name);
+    }
+  });
+
   test('unrepresentable characters and invalid bytes are null, never replaced', () => {
     const latin1 = clientCodec('LATIN1')!;
     assert.equal(latin1.encode('山田'), null);
