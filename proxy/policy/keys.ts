@@ -2,7 +2,7 @@
 // parameter transforms are synchronous. So every key a statement may need is loaded before the statement is
 // forwarded, and the transforms look keys up here; a miss fails closed (RowError key_unavailable).
 import type { Keyring } from '../../keyring/index.js';
-import type { CellKey, CellMode } from '../../keyring/cells/index.js';
+import { encryptCell, type CellKey, type CellMode } from '../../keyring/cells/index.js';
 import type { CellKeys } from '../results/keys.js';
 
 /** What the keys report to the metrics (mamori_crypto_operations_total, mamori_key_cache_*). */
@@ -113,6 +113,24 @@ export class EngineKeys implements CellKeys {
 
   domainId(name: string): number {
     return this.keyring.domainId(name);
+  }
+
+  /**
+   * Cells of a deterministic domain's current version made on the read path (a column in transition read as
+   * ciphertext: a row still in plaintext gets the cell a write of its value stores), synchronously from the loaded
+   * key. Not counted in the keystore: SIV has no nonce to wear out and deterministic domains never rotate by count.
+   * Null for a randomized domain, while the domain rotates, or when its current key is not loaded.
+   */
+  deterministicCells(domain: string): ((canonical: Buffer) => Buffer) | null {
+    const info = this.keyring.domain(domain);
+    if (info.mode !== 'deterministic' || info.rotating !== null) return null;
+    const key = this.get(info.id, info.current);
+    if (key === undefined || key === 'shredded') return null;
+    const header = { mode: 'deterministic' as const, domainId: info.id, version: info.current };
+    return (canonical) => {
+      this.metrics?.crypto('siv', 'encrypt');
+      return encryptCell(header, key, canonical);
+    };
   }
 
   async ensureDomain(name: string, mode: CellMode): Promise<number> {

@@ -966,7 +966,11 @@ export class SessionPolicy {
       if (decision === 'plaintext' && TEXT_TYPES.has(pf.column.type.type) && this.codec() === null) {
         throw new MamoriError('object_not_in_prerequisite_state', noConverter(pf.column, this.session.params.get('client_encoding') ?? 'UTF8'));
       }
-      // A row not yet moved has no cell: read as ciphertext, it is encrypted under the domain's current key.
+      // A row not yet moved has no cell: read as ciphertext, it gets the deterministic cell a write would store
+      // (made as the row is sent). A randomized column would need a new, counted encryption per read: refused.
+      if (tf && decision === 'ciphertext' && pf.column.mode !== 'deterministic') {
+        throw new MamoriError('object_not_in_prerequisite_state', `protected column ${qualified(pf.column)} is being converted: ciphertext reads of a randomized column are refused until that has finished`);
+      }
       plans.push({ index, column: pf.column, action: decision as FieldAction, domainId: this.engine.keys.domainId(cc!.keyDomain), ...(tf ? { transition: true, keyDomain: cc!.keyDomain } : {}) });
     });
     return plans;
@@ -1006,11 +1010,7 @@ export class SessionPolicy {
       codec: () => this.codec(),
       ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer, stored?: string) => subjects.add(col, canonical, stored) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
-      encryptNow: (domain, canonical) => {
-        const cells = this.engine.keys.encryptAllNow([{ domain, canonical }]);
-        if (!cells) throw new Error(`the current key of ${domain} is not loaded`);
-        return cells[0]!;
-      },
+      cellMaker: (domain) => this.engine.keys.deterministicCells(domain),
     });
     // mamori_crypto_operations_total: the cells each row decrypts (plaintext and mask fields), by mode.
     const metrics = this.engine.metrics;

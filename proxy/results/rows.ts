@@ -168,6 +168,8 @@ interface Slot {
   name: string;
   transition: boolean;
   keyDomain: string | null;
+  /** The keyDomain's cell maker, looked up at first use (undefined: not yet). */
+  maker?: ((canonical: Buffer) => Buffer) | null;
 }
 
 function actionCode(a: FieldAction): number {
@@ -201,10 +203,10 @@ export interface RowRewriterOptions {
    */
   codec?(): ClientCodec | null;
   /**
-   * Encrypts a canonical value under the domain's current key now (a transition field read as ciphertext);
-   * throws when it cannot.
+   * The maker of the domain's cells for a transition field read as ciphertext (canonical value → cell under the
+   * current key, synchronous), or null when none can be made now.
    */
-  encryptNow?(domain: string, canonical: Buffer): Buffer;
+  cellMaker?(domain: string): ((canonical: Buffer) => Buffer) | null;
 }
 
 /**
@@ -220,7 +222,7 @@ export class RowRewriter {
   private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
   private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer, stored?: string) => void) | undefined;
   private readonly codec: (() => ClientCodec | null) | undefined;
-  private readonly encryptNow: ((domain: string, canonical: Buffer) => Buffer) | undefined;
+  private readonly cellMaker: ((domain: string) => ((canonical: Buffer) => Buffer) | null) | undefined;
   private readonly maxIndex: number;
 
   constructor(
@@ -256,7 +258,7 @@ export class RowRewriter {
     this.onShredded = opts.onShredded?.bind(opts);
     this.onPlaintext = opts.onPlaintext?.bind(opts);
     this.codec = opts.codec?.bind(opts);
-    this.encryptNow = opts.encryptNow?.bind(opts);
+    this.cellMaker = opts.cellMaker?.bind(opts);
   }
 
   /** DataRow body → full 'D' message. Throws RowError (fail closed) or ProtocolError (malformed row). */
@@ -292,13 +294,9 @@ export class RowRewriter {
     if (value.length === 0 || value[0] !== 0) return stored;
     const c = canonicalFromText(s.type, value.toString('utf8', 1));
     if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
-    let cell: Buffer;
-    try {
-      if (!this.encryptNow || s.keyDomain === null) throw new Error('no key');
-      cell = this.encryptNow(s.keyDomain, c.value);
-    } catch {
-      throw new RowError(s.name, 'not_encryptable');
-    }
+    if (s.maker === undefined) s.maker = s.keyDomain === null ? null : (this.cellMaker?.(s.keyDomain) ?? null);
+    if (s.maker === null) throw new RowError(s.name, 'not_encryptable');
+    const cell = s.maker(c.value);
     if (s.binary) return cell;
     return this.escape ? encodeByteaEscape(cell) : encodeByteaHex(cell);
   }

@@ -66,6 +66,7 @@ before(async () => {
   const krCfg = keyringConfigFrom(defaultConfig({ keyring }).keyring);
   kr = await Keyring.init(krCfg, { databaseIdentity: 'protect-test' });
   for (const d of ['public.employees.my_number', 'public.resume_t.my_number', 'public.viewed.my_number', 'public.fixed_t.my_number', 'public.born_t.birth']) await kr.ensureDomain(d, 'deterministic');
+  await kr.ensureDomain('public.rnd_notes.note', 'randomized');
   const columns = {
     'public.employees.my_number': policy(),
     // The owner (superuser) is named by login: superusers count only so (docs/policy.md); it runs unprotect here.
@@ -73,6 +74,7 @@ before(async () => {
     'public.viewed.my_number': policy(),
     'public.fixed_t.my_number': policy(),
     'public.born_t.birth': { ...policy(), type: 'date' },
+    'public.rnd_notes.note': { ...policy(), type: 'text', mode: 'randomized' as const, search: [] },
   };
   const audit = {
     statements: 'none' as const,
@@ -100,11 +102,13 @@ before(async () => {
         await a.query(`INSERT INTO fixed_t VALUES (1, '${myNumber(1)}'), (2, NULL)`);
         await a.query(`CREATE TABLE born_t (id int PRIMARY KEY, birth date)`);
         await a.query(`CREATE TABLE emp_dept (emp_id int PRIMARY KEY, dept text)`);
+        await a.query(`CREATE TABLE rnd_notes (id int PRIMARY KEY, note text)`);
+        await a.query(`INSERT INTO rnd_notes SELECT g, 'note ' || g FROM generate_series(1, 120) g`);
         await a.query(`INSERT INTO emp_dept VALUES (2, 'd2'), (180, 'd180'), (999999, 'nobody')`);
         await a.query(`INSERT INTO born_t SELECT g, date '1980-01-01' + g FROM generate_series(1, 200) g`);
         for (const r of [CLERK, VIEWER, OUTSIDER, BACKUP, NULLED]) {
           await a.query(`CREATE ROLE ${r} LOGIN PASSWORD '${PASSWORD}'`);
-          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t, born_t, emp_dept TO ${r}`);
+          await a.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON employees, resume_t, fixed_t, born_t, emp_dept, rnd_notes TO ${r}`);
         }
       } finally {
         await a.end();
@@ -220,6 +224,10 @@ async function checkInTransition(expected: Map<number, string>): Promise<void> {
       assert.ok(isCell(made));
       assert.equal((await kr.decrypt(made, 'public.employees.my_number'))?.toString('latin1'), expected.get(plain));
       assert.deepEqual(made, await kr.encrypt('public.employees.my_number', Buffer.from(expected.get(plain)!, 'latin1')), 'deterministic: the cell the backfill stores');
+      // The whole table as ciphertext: every cell (stored or made now) decrypts to the row's value.
+      const allCt = await backup.query(`SELECT id, my_number FROM employees WHERE id <= ${EMP_ROWS}`);
+      assert.equal(allCt.rows.length, EMP_ROWS);
+      for (const row of allCt.rows) assert.equal((await kr.decrypt(row.my_number as Buffer, 'public.employees.my_number'))?.toString('latin1'), expected.get(row.id), `row ${row.id}`);
       // Binary results (on the wire: pg decodes binary fields as text): the same two cells, raw.
       const wire = await RawClient.connect('127.0.0.1', stack.mamori.port, { user: BACKUP, password: PASSWORD, tls: { ca: cluster.ca.cert, servername: 'localhost' } });
       try {
@@ -656,6 +664,37 @@ describe('protect a live column', () => {
       await clerk.end();
       await clerkDmy.end();
       await viewerDmy.end();
+    }
+  });
+
+  test('a randomized column in transition: plaintext reads served, ciphertext reads refused (a new encryption per read would be needed)', async () => {
+    const clerk = await connect(CLERK);
+    const backup = await connect(BACKUP);
+    let checked = false;
+    try {
+      const r = await protectColumn(admin, kr, { path: 'public.rnd_notes.note', table: { schema: 'public', table: 'rnd_notes' }, column: 'note', type: { type: 'text' }, mode: 'randomized', domain: 'public.rnd_notes.note' }, {
+        batchSize: 50,
+        beforeBatchUpdate: async () => {
+          if (checked) return;
+          if ((await admin.query('SELECT count(*)::int AS n FROM rnd_notes WHERE note__mamori IS NOT NULL')).rows[0].n === 0) return;
+          checked = true;
+          const read = await eventually(() => clerk.query('SELECT id, note FROM rnd_notes WHERE id IN (1, 120) ORDER BY id'));
+          assert.deepEqual(read.rows, [{ id: 1, note: 'note 1' }, { id: 120, note: 'note 120' }]);
+          await assert.rejects(backup.query('SELECT note FROM rnd_notes WHERE id = 1'), (e: pg.DatabaseError) => {
+            assert.equal(e.code, '55000');
+            assert.match(e.message, /public\.rnd_notes\.note is being converted: ciphertext reads of a randomized column are refused/);
+            return true;
+          });
+          assert.deepEqual((await backup.query('SELECT id FROM rnd_notes WHERE id = 1')).rows, [{ id: 1 }]);
+        },
+      });
+      assert.equal(r.status, 'done', JSON.stringify(r));
+      assert.ok(checked, 'checked mid-backfill');
+      const after = await eventually(() => backup.query('SELECT note FROM rnd_notes WHERE id = 1'));
+      assert.ok(isCell(after.rows[0].note as Buffer));
+    } finally {
+      await clerk.end();
+      await backup.end();
     }
   });
 
