@@ -365,7 +365,7 @@ class Walker {
     for (const x of oc.infer?.indexElems ?? []) {
       const name = x.IndexElem?.name;
       if (typeof name !== 'string') throw this.busy(this.first, 'ON CONFLICT over an expression');
-      if (this.tcols.has(name)) throw this.busy(this.tcols.get(name)!.column, 'ON CONFLICT (…) naming it (uniqueness spans two columns until protect has finished)');
+      if (this.tcols.has(name)) throw this.busy(this.tcols.get(name)!.column, 'ON CONFLICT (…) naming it (uniqueness spans the two columns until the conversion has finished)');
     }
     for (const x of oc.targetList ?? []) {
       const rt = x.ResTarget;
