@@ -369,12 +369,8 @@ class Walker {
     }
     for (const x of oc.targetList ?? []) {
       const rt = x.ResTarget;
-      const t = this.tcols.get(rt.name);
+      const t = this.setTarget(rt);
       if (!t) continue;
-      this.writable(t);
-      if (rt.val?.MultiAssignRef) throw this.busy(t.column, 'SET (a, b) = (…)');
-      if (rt.indirection) throw this.busy(t.column, 'a write to part of it');
-      this.nameEdit(rt.location, t.column, Buffer.from(`${qi(t.column.column)} = NULL, ${qi(t.shadow)}`));
       const cr = rt.val?.ColumnRef;
       const names: unknown[] = cr?.fields?.map((f: AstNode) => f.String?.sval) ?? [];
       if (cr && names.length === 2 && names[0] === 'excluded' && names[1] === t.column.column) {
@@ -389,17 +385,22 @@ class Walker {
     if (u.withClause) throw this.busy(this.first, 'a statement with WITH');
     if ((u.fromClause ?? []).length > 0) throw this.busy(this.first, 'UPDATE … FROM');
     this.relation(u.relation);
-    for (const x of u.targetList ?? []) {
-      const rt = x.ResTarget;
-      const t = this.tcols.get(rt.name);
-      if (!t) continue;
-      this.writable(t);
-      if (rt.val?.MultiAssignRef) throw this.busy(t.column, 'SET (a, b) = (…)');
-      if (rt.indirection) throw this.busy(t.column, 'a write to part of it');
-      // The value goes to the shadow (encrypted as usual) and the column is emptied.
-      this.nameEdit(rt.location, t.column, Buffer.from(`${qi(t.column.column)} = NULL, ${qi(t.shadow)}`));
-    }
+    for (const x of u.targetList ?? []) this.setTarget(x.ResTarget);
     this.targets(returning(u));
+  }
+
+  /**
+   * A SET item of UPDATE or ON CONFLICT DO UPDATE: for the column in transition, its value goes to the shadow
+   * (encrypted as usual) and the column is emptied. Returns the column's entry, or null for any other column.
+   */
+  private setTarget(rt: AstNode): TCol | null {
+    const t = this.tcols.get(rt.name);
+    if (!t) return null;
+    this.writable(t);
+    if (rt.val?.MultiAssignRef) throw this.busy(t.column, 'SET (a, b) = (…)');
+    if (rt.indirection) throw this.busy(t.column, 'a write to part of it');
+    this.nameEdit(rt.location, t.column, Buffer.from(`${qi(t.column.column)} = NULL, ${qi(t.shadow)}`));
+    return t;
   }
 
   delete(d: AstNode): void {
