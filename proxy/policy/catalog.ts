@@ -582,9 +582,12 @@ function buildCatalog(input: {
         transitions.set(key(r.oid, r.attnum), { shadow: column + '__mamori', shadowAttnum: st.shadow_attnum, direction: 'protect' });
         origins.set(key(r.oid, st.shadow_attnum), { column: col, policyKey });
       }
-      // In unprotect's: the column still holds the cells; its plaintext shadow is never a protected origin.
+      // In unprotect's: the column still holds the cells, the plaintext shadow the decrypted values. The shadow
+      // is mapped to the column too, so a read of it in any spelling the name check misses (U&"…") is decided by
+      // the column's policy and fails closed (its values are not cells) instead of passing as an ordinary column.
       if (st?.state === 'unprotecting' && isGuard && typeof st.plain_attnum === 'number') {
         transitions.set(key(r.oid, r.attnum), { shadow: column + '__mamori_plain', shadowAttnum: st.plain_attnum, direction: 'unprotect' });
+        origins.set(key(r.oid, st.plain_attnum), { column: col, policyKey });
       }
       names.add(r.relname);
       const where = self ? policyKey : `${policyKey} (in ${r.nspname}.${r.relname})`;

@@ -8,7 +8,7 @@ import { canonicalFromText, type LogicalTypeSpec as KeyringTypeSpec } from '../.
 import type { CopyOptions, ProtectedColumn } from '../sql/types.js';
 import type { CellKeys } from './keys.js';
 import { columnName, toLogicalType } from './logical.js';
-import { RowError, openStoredCell, renderCanonical, type FieldAction } from './rows.js';
+import { RowError, checkedCiphertext, openStoredCell, renderCanonical, type FieldAction } from './rows.js';
 import { clientCodec, type ClientCodec } from './client-encoding.js';
 
 export type { CopyOptions };
@@ -767,8 +767,11 @@ export class CopyOutRewriter {
         if (!s) continue;
         const f = this.fields[k]!;
         if (f.isNull) continue;
-        if (s.action === 'ciphertext') continue;
         const stored = fmt.csv ? decodeCsvField(b, f.start, f.end, fmt) : decodeTextField(b, f.start, f.end);
+        if (s.action === 'ciphertext') {
+          checkedCiphertext(s, stored, false, this.escape); // handed out as it is, once seen to be a cell
+          continue;
+        }
         const v = s.action === 'null' ? null : this.value(s, stored);
         parts.push(b.subarray(from, f.start));
         if (v === null) parts.push(fmt.null); // written raw, as CopyOneRowTo does

@@ -274,7 +274,7 @@ export class RowRewriter {
       const len = offsets[2 * s.index + 1]!;
       let r: Buffer | null;
       if (len === -1) r = null;
-      else if (s.action === A_CIPHERTEXT) r = s.transition ? this.transitionCiphertext(s, body.subarray(start, start + len)) : body.subarray(start, start + len);
+      else if (s.action === A_CIPHERTEXT) r = s.transition ? this.transitionCiphertext(s, body.subarray(start, start + len)) : checkedCiphertext(s, body.subarray(start, start + len), s.binary, this.escape);
       else if (s.action === A_NULL) r = null;
       else r = this.render(s, body.subarray(start, start + len));
       repl[k] = r;
@@ -291,7 +291,7 @@ export class RowRewriter {
    */
   private transitionCiphertext(s: Slot, stored: Buffer): Buffer {
     const value = fieldBytes(s, stored, s.binary, this.escape);
-    if (value.length === 0 || value[0] !== 0) return stored;
+    if (value.length === 0 || value[0] !== 0) return checkedCiphertext(s, stored, s.binary, this.escape);
     const c = canonicalFromText(s.type, value.toString('utf8', 1));
     if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
     if (s.maker === undefined) s.maker = s.keyDomain === null ? null : (this.cellMaker?.(s.keyDomain) ?? null);
@@ -367,6 +367,20 @@ export function openTransitionField(s: CellField, stored: Buffer, binary: boolea
   const c = canonicalFromText(s.type, value.toString('utf8', 1));
   if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
   return c.value;
+}
+
+const HEX_MAGIC = Buffer.from('\\xff6d', 'latin1'); // bytea_output hex of a cell's magic FF 6D
+const ESCAPE_MAGIC = Buffer.from('\\377m', 'latin1'); // the same in bytea_output escape
+
+/**
+ * A stored field handed out as ciphertext, checked to be a cell (its magic, and in binary its minimum length)
+ * without decoding it: anything else in a field mapped to a protected column fails closed instead of passing.
+ */
+export function checkedCiphertext(s: { name: string }, stored: Buffer, binary: boolean, escape: boolean): Buffer {
+  const magic = escape ? ESCAPE_MAGIC : HEX_MAGIC;
+  const ok = binary ? isCell(stored) : stored.length > magic.length && stored.compare(magic, 0, magic.length, 0, magic.length) === 0;
+  if (!ok) throw new RowError(s.name, 'not_a_cell');
+  return stored;
 }
 
 /** A bytea field's bytes (raw when binary, else decoded from its text output). */

@@ -879,6 +879,23 @@ describe('the CLI', () => {
           await assert.rejects(clerk.query(`INSERT INTO employees (id, name, my_number) VALUES (700002, 'x', '${myNumber(700_002)}')`), { code: '55000' });
           assert.equal((await clerk.query('UPDATE employees SET name = name WHERE id = $1', [moved])).rowCount, 1);
           await assert.rejects(clerk.query('SELECT my_number__mamori_plain FROM employees'), { code: '55000' });
+          // Named in a spelling the name check does not see, the plaintext shadow is still the column's: its values
+          // are not cells, so the read fails closed for every role (a row that cannot be rendered ends the session;
+          // the outsider is refused by policy first).
+          for (const role of [CLERK, VIEWER, BACKUP, OUTSIDER]) {
+            const c = await connect(role);
+            c.on('error', () => undefined);
+            try {
+              const got = await c.query(`SELECT U&"my_number__mamori\\005Fplain" AS x FROM employees WHERE id = ${moved}`).then(
+                (res) => JSON.stringify(res.rows),
+                (e: Error) => `refused: ${e.message}`,
+              );
+              assert.match(got, /^refused: /, role);
+              assert.doesNotMatch(got, new RegExp(want(moved)), role);
+            } finally {
+              await c.end().catch(() => undefined);
+            }
+          }
           // Cells written directly (or by a mamori that has not seen the change yet) are refused by the guard.
           await assert.rejects(admin.query(`UPDATE employees SET my_number = (SELECT my_number FROM employees WHERE id = ${cells}) WHERE id = ${cells - 1}`), { code: '55000' });
         },

@@ -310,6 +310,18 @@ describe('CopyOutRewriter', () => {
     assert.equal(runOut({ format: 'csv', forceQuote: '*' }, fq, 'mask', [3]), '1,"********9018","a"\n');
   });
 
+  test('ciphertext: a field that is not a cell fails closed instead of passing (text and csv)', () => {
+    for (const [opts, input] of [
+      [{ format: 'text' }, '1\t123456789018\tx\n'],
+      [{ format: 'text' }, `1\t\\\\x${Buffer.from('123456789018').toString('hex')}\tx\n`],
+      [{ format: 'csv' }, '1,123456789018,x\n'],
+    ] as const) {
+      assert.throws(() => runOut(opts, input, 'ciphertext', [100]), (e: RowError) => e.reason === 'not_a_cell' && !/123456789018/.test(e.message));
+    }
+    const csv = `1,${cellText('123456789018')},x\n`;
+    assert.equal(runOut({ format: 'csv' }, csv, 'ciphertext', [7]), csv);
+  });
+
   test('bytea_output = escape, a foreign cell, and a shredded key', () => {
     const cell = seal(k, canonical({ type: 'mynumber' }, '000000000019'));
     let esc = '';

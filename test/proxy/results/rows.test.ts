@@ -136,6 +136,17 @@ describe('RowRewriter: NULLs, shredding and failures', () => {
     }
   }
 
+  test('ciphertext is handed out only when the stored value is a cell (hex, escape, binary); anything else fails closed', () => {
+    for (const wire of WIRES) {
+      const rw = rewriter({ column: col, action: 'ciphertext', domainId: 7 }, wire, keys);
+      assert.deepEqual(fieldsOf(rw.rewrite(row(asSent(cell, wire))))[2], asSent(cell, wire));
+      const notCells = wire === 'binary' ? [Buffer.from('123456789018'), cell.subarray(0, 8)] : [asSent(Buffer.from('123456789018'), wire), Buffer.from('123456789018')];
+      for (const bad of notCells) {
+        assert.throws(() => rw.rewrite(row(bad)), (e: unknown) => e instanceof RowError && e.reason === 'not_a_cell' && !/[0-9]/.test(e.message), wire);
+      }
+    }
+  });
+
   test('a canonical value of the wrong shape is refused, not rendered', () => {
     const k4 = newKey('deterministic', 9);
     const bad = seal(k4, Buffer.from([1, 2, 3])); // three bytes are no int4
