@@ -15,7 +15,7 @@
 // One statement per query string, the table once (joined with other tables in a SELECT), no subqueries or CTEs:
 // the rewrite stays checkable.
 import { decodeSql, parseText, type AstNode } from '../sql/parser.js';
-import { readToken, skipTrivia } from '../sql/lexer.js';
+import { readToken, skipTrivia, tokens } from '../sql/lexer.js';
 import { byteaLiteral, splice, verifySplice, type ExpectedEdit } from '../sql/splice.js';
 import { spanEnd, spanStart } from '../sql/span.js';
 import { decodeBind, encodeBind, expandFormats } from '../wire/frontend.js';
@@ -110,6 +110,16 @@ export function mentionsShadow(sql: Buffer, catalog: TransitionCatalog): string 
   for (const tr of catalog.transitions.values()) {
     if (text.includes(tr.shadow.toLowerCase())) {
       return `column ${tr.shadow} is mamori's shadow of a column being converted by \`mamori ${tr.direction}\`: statements naming it are refused (docs/protect.md)`;
+    }
+  }
+  // A U&"…" identifier can spell a shadow's name with escapes the test above does not see.
+  if (text.includes('u&"')) {
+    try {
+      for (const t of tokens(sql)) {
+        if (t.kind === 'uident') return 'U&"…" identifiers are refused while a column is being converted by `mamori protect` or `mamori unprotect` (they could name its shadow column; docs/protect.md)';
+      }
+    } catch {
+      return 'a statement mamori cannot read is refused while a column is being converted (docs/protect.md)';
     }
   }
   return null;
