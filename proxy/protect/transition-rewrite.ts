@@ -167,7 +167,8 @@ export function planTransition(sql: Buffer, statements: readonly StatementPlan[]
       throw busy(first, `${plan.command} of it`);
   }
   w.finish(node);
-  const expect = { type, fieldCount: w.fieldCount, fields: w.fields, tcols, copyColumns: w.copyColumns };
+  const copyColumns = w.copyPlan ? copyColumnList(w.copyPlan, tcols) : null;
+  const expect = { type, fieldCount: w.fieldCount, fields: w.fields, tcols, copyColumns };
   return {
     ...(w.copyPlan ? { copy: w.copyPlan } : {}),
     edits: w.edits,
@@ -249,6 +250,11 @@ function plainText(ref: string, c: ProtectedColumn): string {
     `THEN pg_catalog.to_char(${ref}, 'YYYY-MM-DD') ELSE 'not a supported date' END`;
 }
 
+/** A COPY FROM's columns as written out in transition: the client's, each column in transition as its shadow. */
+function copyColumnList(plan: CopyPlan, tcols: Map<string, TCol>): string[] {
+  return plan.columnNames.map((n) => tcols.get(n)?.shadow ?? n);
+}
+
 /** The column reference of a search, and what it becomes on the plaintext side. */
 interface Rename {
   ref: { start: number; end: number };
@@ -269,8 +275,7 @@ class Walker {
   fieldCount = 0;
   /** The SELECT reads other tables as well (a `*` must then be qualified with the table in transition). */
   private joined = false;
-  /** COPY FROM in transition: the column list written out, and the plan of the rewritten COPY. */
-  copyColumns: string[] | null = null;
+  /** COPY FROM in transition: the plan of the rewritten COPY (its column list: copyColumnList). */
   copyPlan: CopyPlan | null = null;
   private readonly handled = new Set<AstNode>();
   private refnames: string[][] = [];
@@ -444,9 +449,8 @@ class Walker {
     const keep = copy.columnNames.map((n, i) => (shadows.has(n) ? -1 : i)).filter((i) => i >= 0);
     const names = keep.map((i) => copy.columnNames[i]!);
     if (new Set(names).size !== names.length) throw this.busy(this.first, 'a COPY naming a column twice');
-    this.copyColumns = names.map((n) => this.tcols.get(n)?.shadow ?? n);
     this.copyPlan = { ...copy, columnNames: names, columns: keep.map((i) => copy.columns[i] ?? null) };
-    const list = Buffer.from(' (' + this.copyColumns.map(qi).join(', ') + ')');
+    const list = Buffer.from(' (' + copyColumnList(this.copyPlan, this.tcols).map(qi).join(', ') + ')');
     const rel = this.relationEnd(c.relation);
     const open = skipTrivia(this.buf, rel);
     if (c.attlist) {

@@ -36,8 +36,8 @@ export interface FieldPlan {
    */
   transition?: boolean;
   /**
-   * A transition field read as ciphertext: the key domain whose current key encrypts the rows still in plaintext
-   * (a cell made on the fly, as the backfill would store it; moved rows hand out their stored cell).
+   * A transition field: its key domain, whose current key makes the cell of a row still in plaintext when the
+   * field is read as ciphertext (as the backfill would store it; moved rows hand out their stored cell).
    */
   keyDomain?: string;
 }
@@ -290,13 +290,11 @@ export class RowRewriter {
    * validated, normalized and encrypted now, in the field's format (bytea text or raw bytes).
    */
   private transitionCiphertext(s: Slot, stored: Buffer): Buffer {
-    const value = fieldBytes(s, stored, s.binary, this.escape);
-    if (value.length === 0 || value[0] !== 0) return checkedCiphertext(s, stored, s.binary, this.escape);
-    const c = canonicalFromText(s.type, value.toString('utf8', 1));
-    if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
+    const plain = taggedPlaintext(s, fieldBytes(s, stored, s.binary, this.escape));
+    if (plain === null) return checkedCiphertext(s, stored, s.binary, this.escape);
     if (s.maker === undefined) s.maker = s.keyDomain === null ? null : (this.cellMaker?.(s.keyDomain) ?? null);
     if (s.maker === null) throw new RowError(s.name, 'not_encryptable');
-    const cell = s.maker(c.value);
+    const cell = s.maker(plain);
     if (s.binary) return cell;
     return this.escape ? encodeByteaEscape(cell) : encodeByteaHex(cell);
   }
@@ -363,7 +361,15 @@ export function openStoredCell(s: CellField, stored: Buffer, binary: boolean, es
 export function openTransitionField(s: CellField, stored: Buffer, binary: boolean, escape: boolean, keys: CellKeys,
   onShredded?: (column: ProtectedColumn) => void): Buffer | null {
   const value = fieldBytes(s, stored, binary, escape);
-  if (value.length === 0 || value[0] !== 0) return openStoredCell(s, value, true, escape, keys, onShredded);
+  return taggedPlaintext(s, value) ?? openStoredCell(s, value, true, escape, keys, onShredded);
+}
+
+/**
+ * A transition field's value that is 0x00 + the UTF-8 plaintext still in the old column → its canonical value,
+ * validated and normalized like a written value; null when the value is not so tagged (a cell, or not a cell).
+ */
+function taggedPlaintext(s: CellField, value: Buffer): Buffer | null {
+  if (value.length === 0 || value[0] !== 0) return null;
   const c = canonicalFromText(s.type, value.toString('utf8', 1));
   if (!c.ok) throw new RowError(s.name, 'invalid_plaintext');
   return c.value;
