@@ -5,7 +5,7 @@
 // copied into genesis and checkpoint records.
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { ZERO_HASH, sealLine, sealRecordLine, type AuditEvent, type AuditRecord, type ChainHead, type InstanceRegistry, type RecordContext, type RegistryEntry } from './record.js';
+import { ZERO_HASH, RecordTemplate, sealLine, sealRecordLine, type AuditEvent, type AuditRecord, type ChainHead, type InstanceRegistry, type RecordContext, type RegistryEntry, type TemplateValues } from './record.js';
 import { writeJsonAtomic, type RegistryFile, type SeriesPaths } from './files.js';
 
 /** Registry entries kept (most recent first); older instances stay provable through the chain itself. */
@@ -26,8 +26,13 @@ export interface SealedBatch {
   special: AuditRecord[];
 }
 
-/** An item to seal: an event (with the session context kept apart) or a checkpoint built from the head before it. */
-export type SealItem = AuditEvent | ((head: ChainHead | null) => AuditEvent);
+/**
+ * An item to seal: an event (with the session context kept apart), the per-record values of a RecordTemplate
+ * (the template in the item's context slot), or a checkpoint built from the head before it.
+ */
+export type SealItem = AuditEvent | TemplateValues | ((head: ChainHead | null) => AuditEvent);
+/** What `seal` takes beside each item: its context, its template, or null. */
+export type SealContext = RecordContext | RecordTemplate | null;
 
 const SPECIAL_KINDS = new Set(['genesis', 'heartbeat', 'checkpoint']);
 
@@ -81,7 +86,7 @@ export class ChainState {
    * head just before it (it sees the tentative head of the records sealed earlier in the same batch).
    * `contexts[i]` holds the session fields of `items[i]` (or null).
    */
-  seal(items: readonly SealItem[], contexts: ReadonlyArray<RecordContext | null>, time: string): SealedBatch {
+  seal(items: readonly SealItem[], contexts: ReadonlyArray<SealContext>, time: string): SealedBatch {
     let prevHash = this.head?.hash ?? ZERO_HASH;
     let seq = this.lastSeq;
     let data = '';
@@ -94,14 +99,19 @@ export class ChainState {
       chain.seq = seq;
       chain.prev = prevHash;
       let hash: string;
-      if (typeof item === 'function' || SPECIAL_KINDS.has(item.kind)) {
+      const context = contexts[i] ?? null;
+      if (context instanceof RecordTemplate && typeof item !== 'function') {
+        const sealed = context.seal(item as TemplateValues, chain);
+        hash = sealed.hash;
+        data += sealed.line + '\n';
+      } else if (typeof item === 'function' || (item.kind !== undefined && SPECIAL_KINDS.has(item.kind))) {
         const event = typeof item === 'function' ? item(i === 0 ? this.head : { instance: this.instance, seq: seq - 1, hash: prevHash }) : item;
         const sealed = sealRecordLine(event, chain);
         special.push(sealed.record);
         hash = sealed.record.hash;
         data += sealed.line + '\n';
       } else {
-        const sealed = sealLine(item, contexts[i] ?? null, chain);
+        const sealed = sealLine(item as AuditEvent, context as RecordContext | null, chain);
         hash = sealed.hash;
         data += sealed.line + '\n';
       }

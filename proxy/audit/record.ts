@@ -149,8 +149,14 @@ export type AuditEventCommon = Partial<Omit<AuditCommon, 'v' | 'time' | 'instanc
 export type AuditEvent = AuditEventCommon & AuditPayload;
 
 
-/** The session-context fields a record may take from its session (SessionAudit passes them apart from the event). */
-export type RecordContext = Partial<Pick<AuditCommon, 'session' | 'user' | 'client' | 'tlsSubject' | 'applicationName' | 'database'>>;
+/**
+ * Members a record takes from outside its event (passed apart, so no merged copy is built per record): the
+ * session fields, and for a RecordTemplate's shared members also the statement's kind, fingerprint, command,
+ * columns and mode. The event's own members win over the context's.
+ */
+export type RecordContext = Partial<
+  Pick<AuditCommon, 'session' | 'user' | 'client' | 'tlsSubject' | 'applicationName' | 'database' | 'fingerprint' | 'command'>
+> & { columns?: readonly ColumnDecision[]; kind?: AuditKind; mode?: 'protected' | 'all' };
 
 /** Chain fields the trail fills in. */
 export interface ChainFields {
@@ -165,7 +171,6 @@ const DEFAULTS: Readonly<Record<string, null | readonly never[]>> = {
   session: null, user: null, client: null, tlsSubject: null, applicationName: null, database: null,
   fingerprint: null, command: null, columns: [], rows: null, durationMs: null, sqlstate: null,
 };
-const CONTEXT_KEYS = new Set(['session', 'user', 'client', 'tlsSubject', 'applicationName', 'database']);
 const CHAIN_KEYS = new Set(['v', 'time', 'instance', 'seq', 'prev']);
 
 /**
@@ -186,7 +191,6 @@ const PREFIXES = TEMPLATE_KEYS.map((k) => JSON.stringify(k) + ':');
 const COMMA_PREFIXES = PREFIXES.map((p) => ',' + p);
 const INDEX = new Map(TEMPLATE_KEYS.map((k, i) => [k, i]));
 const at = (k: string): number => INDEX.get(k)!;
-const CONTEXT_SLOTS = [...CONTEXT_KEYS].map((k) => [k, at(k)] as const);
 /** Defaults already serialized. */
 const DEFAULT_SLOTS = Object.entries(DEFAULTS).map(([k, v]) => [at(k), canonicalJson(v)] as const);
 const [V, TIME, INSTANCE, SEQ, PREV] = [at('v'), at('time'), at('instance'), at('seq'), at('prev')];
@@ -202,12 +206,17 @@ const lastStringJson: Array<string | undefined> = new Array<string | undefined>(
  * every record it writes. Only frozen contexts are cached — a context that can change is serialized each time.
  */
 const contextJson = new WeakMap<RecordContext, ReadonlyArray<readonly [number, string]>>();
-function contextSlots(context: RecordContext): ReadonlyArray<readonly [number, string]> {
+function contextSlots(context: RecordContext): ReadonlyArray<readonly [number, string]> | null {
   const cached = contextJson.get(context);
   if (cached) return cached;
   const c = context as Record<string, unknown>;
   const out: Array<readonly [number, string]> = [];
-  for (const [k, i] of CONTEXT_SLOTS) if (c[k] !== undefined) out.push([i, memberJson(c[k])]);
+  for (const k in c) {
+    if (c[k] === undefined) continue;
+    const i = INDEX.get(k);
+    if (i === undefined || CHAIN_KEYS.has(k) || k === 'hash') return null; // not a member the template fills
+    out.push([i, memberJson(c[k])]);
+  }
   if (Object.isFrozen(context)) contextJson.set(context, out);
   return out;
 }
@@ -215,6 +224,13 @@ function contextSlots(context: RecordContext): ReadonlyArray<readonly [number, s
 /** The last chain `time` / `instance` and their JSON: every record of a batch has the same time, of a trail the same instance. */
 let lastTime = '';
 let lastTimeJson = '""';
+function timeJson(time: string): string {
+  if (time !== lastTime) {
+    lastTime = time;
+    lastTimeJson = JSON.stringify(time);
+  }
+  return lastTimeJson;
+}
 let lastInstance = '';
 let lastInstanceJson = '""';
 
@@ -289,18 +305,18 @@ export function sealLine(event: AuditEvent, context: RecordContext | null, chain
         slots[i] = lastStringJson[i];
       } else slots[i] = memberJson(v);
     }
-    if (context !== null) for (const [i, json] of contextSlots(context)) if (slots[i] === undefined) slots[i] = json;
-    for (const [i, json] of DEFAULT_SLOTS) if (slots[i] === undefined) slots[i] = json;
-    if (chain.time !== lastTime) {
-      lastTime = chain.time;
-      lastTimeJson = JSON.stringify(chain.time);
+    if (context !== null) {
+      const fromContext = contextSlots(context);
+      if (fromContext === null) return sealGeneric(event, context, chain);
+      for (const [i, json] of fromContext) if (slots[i] === undefined) slots[i] = json;
     }
+    for (const [i, json] of DEFAULT_SLOTS) if (slots[i] === undefined) slots[i] = json;
     if (chain.instance !== lastInstance) {
       lastInstance = chain.instance;
       lastInstanceJson = JSON.stringify(chain.instance);
     }
     slots[V] = VERSION_JSON;
-    slots[TIME] = lastTimeJson;
+    slots[TIME] = timeJson(chain.time);
     slots[INSTANCE] = lastInstanceJson;
     slots[SEQ] = memberJson(chain.seq);
     slots[PREV] = JSON.stringify(chain.prev);
@@ -322,11 +338,115 @@ export function sealLine(event: AuditEvent, context: RecordContext | null, chain
 /** The same record through the generic path (an event with a member the template does not list). */
 function sealGeneric(event: AuditEvent, context: RecordContext | null, chain: ChainFields): { line: string; hash: string } {
   const merged: Record<string, unknown> = {};
-  if (context) for (const k of CONTEXT_KEYS) if ((context as Record<string, unknown>)[k] !== undefined) merged[k] = (context as Record<string, unknown>)[k];
+  if (context) for (const [k, v] of Object.entries(context)) if (v !== undefined && !CHAIN_KEYS.has(k) && k !== 'hash') merged[k] = v;
   const e = event as unknown as Record<string, unknown>;
   for (const k in e) if (e[k] !== undefined) merged[k] = e[k];
   const { record, line } = sealRecordLine(merged as unknown as AuditEvent, chain);
   return { line, hash: record.hash };
+}
+
+/**
+ * The members of a record sealed through a RecordTemplate: only those that change from one record to the next
+ * (the others are the template's). `kind` is the template's, never the values'.
+ */
+export type TemplateValues = Partial<
+  Pick<AuditCommon, 'rows' | 'durationMs' | 'sqlstate' | 'subjects' | 'subjectKeyId' | 'subjectsRef' | 'subjectCount' | 'subjectsDropped'>
+> & { statement?: string; kind?: undefined };
+
+/** Holes of a compiled template that the chain fills (var holes are the var's index, ≥ 0). */
+const TIME_HOLE = -1;
+const SEQ_HOLE = -2;
+const PREV_HOLE = -3;
+
+/** A template compiled for one set of present vars: literal parts, and between each two the hole to fill. */
+interface CompiledTemplate {
+  instance: string;
+  parts: string[];
+  holes: number[];
+}
+
+/**
+ * Records that share most of their members are sealed through a template: a statement's intent (or completion)
+ * records in one session share the session fields, kind, fingerprint, command, columns and mode. Those shared
+ * members are serialized once, in canonical order, around holes for the chain fields and for the members that
+ * change per record (`vars`: statement id, duration, rows, outcome, subjects). A record sealed this way is byte
+ * for byte what sealLine makes of the same members (test/proxy/audit/record.test.ts checks it); what it saves is
+ * walking, looking up and serializing some twenty members per record.
+ */
+export class RecordTemplate {
+  /**
+   * The shared members, frozen: the context a record takes through the generic path when it cannot use the
+   * template (its subject list moved to a side file, say).
+   */
+  readonly members: Readonly<RecordContext>;
+  private readonly vars: readonly string[];
+  private readonly varSlots: readonly number[];
+  /** By bit mask of the vars present (an undefined member is left out, so each mask has its own layout). */
+  private readonly compiled: Array<CompiledTemplate | undefined> = [];
+
+  constructor(members: RecordContext, vars: readonly string[]) {
+    const m = members as Record<string, unknown>;
+    for (const k of [...Object.keys(m), ...vars]) {
+      if (!INDEX.has(k) || CHAIN_KEYS.has(k) || k === 'hash') throw new TypeError(`RecordTemplate: ${k} is not a member a template can hold`);
+    }
+    for (const k of vars) if (m[k] !== undefined) throw new TypeError(`RecordTemplate: ${k} is both shared and per record`);
+    if (vars.length > 16) throw new TypeError('RecordTemplate: too many vars');
+    this.members = Object.isFrozen(members) ? members : Object.freeze({ ...members });
+    this.vars = [...vars];
+    this.varSlots = vars.map(at);
+  }
+
+  /** Seals one record: `values` holds the vars (any other member of it would be ignored; there are none by type). */
+  seal(values: TemplateValues, chain: ChainFields): { line: string; hash: string } {
+    const v = values as Record<string, unknown>;
+    const vars = this.vars;
+    let mask = 0;
+    for (let i = 0; i < vars.length; i++) if (v[vars[i]!] !== undefined) mask |= 1 << i;
+    let c = this.compiled[mask];
+    if (c === undefined || c.instance !== chain.instance) c = this.compiled[mask] = this.compile(mask, chain.instance);
+    const { parts, holes } = c;
+    let body = parts[0]!;
+    for (let j = 0; j < holes.length; j++) {
+      const h = holes[j]!;
+      const json =
+        h >= 0 ? memberJson(v[vars[h]!]) : h === TIME_HOLE ? timeJson(chain.time) : h === SEQ_HOLE ? memberJson(chain.seq) : JSON.stringify(chain.prev);
+      body += json + parts[j + 1]!;
+    }
+    const hash = sha256Hex(body);
+    return { line: body.slice(0, -1) + ',"hash":"' + hash + '"}', hash };
+  }
+
+  /** The layout sealLine would give: the same member order, prefixes and defaults, with holes left open. */
+  private compile(mask: number, instance: string): CompiledTemplate {
+    const layout: Array<string | number | undefined> = new Array<string | number | undefined>(TEMPLATE_KEYS.length).fill(undefined);
+    const m = this.members as Record<string, unknown>;
+    for (const k in m) if (m[k] !== undefined) layout[at(k)] = memberJson(m[k]);
+    for (let i = 0; i < this.vars.length; i++) if (mask & (1 << i)) layout[this.varSlots[i]!] = i;
+    layout[V] = VERSION_JSON;
+    layout[INSTANCE] = JSON.stringify(instance);
+    layout[TIME] = TIME_HOLE;
+    layout[SEQ] = SEQ_HOLE;
+    layout[PREV] = PREV_HOLE;
+    for (const [i, json] of DEFAULT_SLOTS) if (layout[i] === undefined) layout[i] = json;
+    const parts: string[] = [];
+    const holes: number[] = [];
+    let part = '{';
+    let prefixes = PREFIXES;
+    for (let i = 0; i < layout.length; i++) {
+      const x = layout[i];
+      if (x === undefined) continue;
+      part += prefixes[i]!;
+      prefixes = COMMA_PREFIXES;
+      if (typeof x === 'string') part += x;
+      else {
+        parts.push(part);
+        holes.push(x);
+        part = '';
+      }
+    }
+    parts.push(part + '}');
+    return { instance, parts, holes };
+  }
 }
 
 const oneShotHash = (crypto as { hash?: (alg: string, data: string, enc: 'hex') => string }).hash;

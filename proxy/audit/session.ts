@@ -1,7 +1,7 @@
 // A session's view of the trail: fills in the session context on every record and pairs each statement's
 // intent record (written, and awaited, before the first protected row is released) with its completion record.
 import type { AuditTrail } from './trail.js';
-import type { AuditEvent, AuditPayload, ColumnDecision } from './record.js';
+import { RecordTemplate, type AuditEvent, type AuditPayload, type ColumnDecision } from './record.js';
 
 export interface SessionContext {
   session: string;
@@ -38,8 +38,26 @@ export interface StatementHandle {
   complete(outcome: StatementOutcome): Promise<void>;
 }
 
+/** What changes from one intent record of a statement to the next; the rest is the template's. */
+const INTENT_VARS = ['statement', 'subjects', 'subjectKeyId'] as const;
+/** What changes from one completion record of a statement to the next. */
+const COMPLETE_VARS = ['statement', 'durationMs', 'rows', 'sqlstate', 'subjects', 'subjectKeyId', 'subjectsDropped'] as const;
+/** Statement shapes whose templates a session keeps (beyond that the cache starts over). */
+const MAX_TEMPLATES = 64;
+
+/** The record templates of one statement shape in one session (same fingerprint, command, mode and decisions). */
+interface StatementTemplates {
+  command: string;
+  mode: 'protected' | 'all';
+  columns: readonly ColumnDecision[];
+  intent: RecordTemplate;
+  complete: RecordTemplate;
+}
+
 export class SessionAudit {
   private n = 0;
+  /** By fingerprint: a statement run again seals its records from templates instead of member by member. */
+  private readonly templates = new Map<string, StatementTemplates>();
   /** Frozen: sealing serializes a frozen context once for all the session's records (record.ts). */
   readonly context: Readonly<SessionContext>;
   constructor(
@@ -74,41 +92,46 @@ export class SessionAudit {
   intentOr<T>(start: StatementStart, failed: (err: unknown) => T): Promise<StatementHandle | T> {
     const id = `${this.context.session}:${++this.n}`;
     const began = performance.now();
-    const { fingerprint, command } = start;
-    // frozen (and so are its decisions): sealing serializes a frozen array once for both records (record.ts)
-    const columns = freezeColumns(start.columns);
-    // built field by field: object spread into a record costs more than the rest of sealing it
-    const written = this.trail.append(
-      { kind: 'statement_intent', statement: id, mode: start.mode, fingerprint, command, columns, subjects: start.subjects, subjectKeyId: start.subjectKeyId },
-      this.context,
-    );
+    const t = this.templatesFor(start);
+    const written = this.trail.appendFrom(t.intent, { statement: id, subjects: start.subjects, subjectKeyId: start.subjectKeyId });
     const handle: StatementHandle = {
       id,
       complete: (outcome) =>
-        this.trail.appendLater(
-          {
-            kind: 'statement_complete',
-            statement: id,
-            fingerprint,
-            command,
-            columns,
-            durationMs: Math.round((performance.now() - began) * 1000) / 1000,
-            rows: outcome.rows,
-            sqlstate: outcome.sqlstate,
-            subjects: outcome.subjects,
-            subjectKeyId: outcome.subjectKeyId,
-            subjectsDropped: outcome.subjectsDropped,
-          },
-          this.context,
-        ),
+        this.trail.appendLaterFrom(t.complete, {
+          statement: id,
+          durationMs: Math.round((performance.now() - began) * 1000) / 1000,
+          rows: outcome.rows,
+          sqlstate: outcome.sqlstate,
+          subjects: outcome.subjects,
+          subjectKeyId: outcome.subjectKeyId,
+          subjectsDropped: outcome.subjectsDropped,
+        }),
     };
     return written.then(() => handle, failed);
   }
+
+  /** The templates of this statement's records: kept per fingerprint, made anew when anything shared differs. */
+  private templatesFor(start: StatementStart): StatementTemplates {
+    const { fingerprint, command, mode } = start;
+    const kept = this.templates.get(fingerprint);
+    if (kept !== undefined && kept.command === command && kept.mode === mode && sameDecisions(kept.columns, start.columns)) return kept;
+    const columns = Object.freeze(start.columns.map((c) => Object.freeze({ column: c.column, decision: c.decision })));
+    const shared = { ...this.context, fingerprint, command, columns };
+    const t: StatementTemplates = {
+      command,
+      mode,
+      columns,
+      intent: new RecordTemplate({ ...shared, kind: 'statement_intent', mode }, INTENT_VARS),
+      complete: new RecordTemplate({ ...shared, kind: 'statement_complete' }, COMPLETE_VARS),
+    };
+    if (this.templates.size >= MAX_TEMPLATES) this.templates.clear();
+    this.templates.set(fingerprint, t);
+    return t;
+  }
 }
 
-/** The column decisions frozen in place (a prepared statement's plan passes the same array each time: frozen once). */
-function freezeColumns(columns: ColumnDecision[]): ColumnDecision[] {
-  if (Object.isFrozen(columns)) return columns;
-  for (const c of columns) Object.freeze(c);
-  return Object.freeze(columns) as ColumnDecision[];
+function sameDecisions(a: readonly ColumnDecision[], b: readonly ColumnDecision[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i]!.column !== b[i]!.column || a[i]!.decision !== b[i]!.decision) return false;
+  return true;
 }

@@ -8,11 +8,11 @@ import { hostname } from 'node:os';
 import type { KeyObject } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { auditConfigSchema, type AuditConfig, type AuditConfigInput } from './config.js';
-import { ChainState, newInstanceId, writeRegistry, type SealItem, type SealedBatch } from './chain.js';
+import { ChainState, newInstanceId, writeRegistry, type SealContext, type SealItem, type SealedBatch } from './chain.js';
 import { CheckpointFileSink, CheckpointPostgresSink, CheckpointStreamSink, publicKeyId, signCheckpoint, type CheckpointSink } from './checkpoint.js';
 import { AuditUnavailableError, ioReason } from './errors.js';
 import { readRegistry } from './files.js';
-import { canonicalJson, type AuditEvent, type AuditRecord, type ChainHead, type CheckpointBody, type RecordContext } from './record.js';
+import { canonicalJson, RecordTemplate, type AuditEvent, type AuditRecord, type ChainHead, type CheckpointBody, type RecordContext, type TemplateValues } from './record.js';
 import { subjectHash } from './subject.js';
 import { FileSink, type Batch, type OpenResult } from './sinks/file.js';
 import { StdoutSink } from './sinks/stdout.js';
@@ -67,7 +67,7 @@ type Item = SealItem;
  */
 interface PendingBatch {
   items: Item[];
-  contexts: Array<RecordContext | null>;
+  contexts: SealContext[];
   at: bigint;
   promise: Promise<void>;
   resolve: () => void;
@@ -195,6 +195,16 @@ export class AuditTrail {
     return this.enqueue(event, context, true);
   }
 
+  /** append() of a record made from a template and its per-record values (record.ts RecordTemplate). */
+  appendFrom(template: RecordTemplate, values: TemplateValues): Promise<void> {
+    return this.enqueue(values, template, false);
+  }
+
+  /** appendLater() of a record made from a template and its per-record values. */
+  appendLaterFrom(template: RecordTemplate, values: TemplateValues): Promise<void> {
+    return this.enqueue(values, template, true);
+  }
+
   /** Writes a heartbeat record (also done on a timer). */
   heartbeat(): Promise<void> {
     return this.enqueue({ kind: 'heartbeat', lost: this.counts.lost, uptimeS: Math.round((Date.now() - this.startedAt) / 1000) });
@@ -260,7 +270,7 @@ export class AuditTrail {
     return this.probing;
   }
 
-  private enqueue(item: Item, context: RecordContext | null = null, lazy = false): Promise<void> {
+  private enqueue(item: Item, context: SealContext = null, lazy = false): Promise<void> {
     if (this.closed) return this.fail(new AuditUnavailableError('audit trail is closed', 'closed'), 1);
     if (this.pending >= this.config.maxBufferedRecords)
       return this.fail(new AuditUnavailableError('audit writer is behind: pending buffer full', 'buffer_full'), 1);
@@ -423,13 +433,16 @@ export class AuditTrail {
     return [genesis, start];
   }
 
-  private async writeBatch(items: Item[], contexts: Array<RecordContext | null>): Promise<void> {
+  private async writeBatch(items: Item[], contexts: SealContext[]): Promise<void> {
     const preamble = await this.ensureStarted();
     const max = this.config.maxInlineSubjects;
     const spill = this.file !== null && items.some((i) => typeof i !== 'function' && i.subjects !== undefined && i.subjects.length > max);
     const prepared = spill ? await Promise.all(items.map((i) => this.spillSubjects(i))) : items;
+    // a record whose subjects moved to a side file has members its template has no hole for: it is sealed
+    // through the generic path, with the template's shared members as its context
+    const own = spill ? contexts.map((c, i) => (c instanceof RecordTemplate && prepared[i] !== items[i] ? c.members : c)) : contexts;
     const all = preamble.length > 0 ? [...preamble, ...prepared] : prepared;
-    const ctxs = preamble.length > 0 ? [...preamble.map(() => null), ...contexts] : contexts;
+    const ctxs = preamble.length > 0 ? [...preamble.map(() => null), ...own] : own;
     if (all.length === 0) return;
     const sealed = this.chain.seal(all, ctxs, this.now().toISOString());
     await this.primary.append(sinkBatch(sealed));
@@ -471,7 +484,7 @@ export class AuditTrail {
     const content = canonicalJson({ subjectKeyId: item.subjectKeyId ?? null, subjects: item.subjects });
     const sha = await this.file.writeSideFile(content);
     const { subjects, ...rest } = item;
-    return { ...rest, subjectsRef: sha, subjectCount: subjects.length } as AuditEvent;
+    return { ...rest, subjectsRef: sha, subjectCount: subjects.length } as Item;
   }
 
   /** Final checkpoint, drain, registry marked ended, sinks closed. Appends after this are refused. */

@@ -3,7 +3,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { AuditParseError, canonicalJson, parseRecord, recordHash, sealLine, sealRecord, sealRecordLine, serializeRecord, ZERO_HASH, type AuditEvent, type ColumnDecision } from '../../../proxy/audit/record.js';
+import { AuditParseError, canonicalJson, parseRecord, recordHash, RecordTemplate, sealLine, sealRecord, sealRecordLine, serializeRecord, ZERO_HASH, type AuditEvent, type ColumnDecision, type RecordContext, type TemplateValues } from '../../../proxy/audit/record.js';
 
 function shuffleKeys(v: unknown, rnd: () => number): unknown {
   if (Array.isArray(v)) return v.map((x) => shuffleKeys(x, rnd));
@@ -130,5 +130,64 @@ describe('sealLine (the template serializer)', () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('RecordTemplate (shared members serialized once)', () => {
+  const vars = ['statement', 'durationMs', 'rows', 'sqlstate', 'subjects', 'subjectKeyId', 'subjectsDropped'] as const;
+  const reference = (members: RecordContext, values: TemplateValues, chain: { time: string; instance: string; seq: number; prev: string }) =>
+    sealRecordLine({ ...members, ...Object.fromEntries(Object.entries(values).filter(([, v]) => v !== undefined)) } as unknown as AuditEvent, chain);
+
+  test('property: a record sealed through a template is byte for byte the generic sealing of the merged members', () => {
+    const text = fc.string({ maxLength: 12 });
+    const nullable = fc.option(text, { nil: null });
+    const members = fc.record(
+      {
+        session: text, user: nullable, client: nullable, tlsSubject: nullable, applicationName: nullable, database: nullable,
+        fingerprint: text, command: text,
+        columns: fc.array(fc.record({ column: text, decision: fc.constantFrom('plaintext', 'mask', 'deny', 'write') }), { maxLength: 3 }),
+        kind: fc.constantFrom('statement_intent' as const, 'statement_complete' as const),
+        mode: fc.constantFrom('protected' as const, 'all' as const),
+      },
+      { requiredKeys: ['kind'] },
+    );
+    const values = fc.record({
+      statement: fc.option(text, { nil: undefined }),
+      durationMs: fc.option(fc.double({ noNaN: true, noDefaultInfinity: true }), { nil: undefined }),
+      rows: fc.option(fc.oneof(fc.integer(), fc.constant(null)), { nil: undefined }),
+      sqlstate: fc.option(nullable, { nil: undefined }),
+      subjects: fc.option(fc.array(text, { maxLength: 3 }), { nil: undefined }),
+      subjectKeyId: fc.option(text, { nil: undefined }),
+      subjectsDropped: fc.option(fc.nat(), { nil: undefined }),
+    });
+    const chain = fc.record({ time: fc.constantFrom('2026-11-27T00:00:00.000Z', '2026-11-27T00:00:01.000Z'), instance: fc.constantFrom('i1', 'i"2'), seq: fc.nat(), prev: fc.constantFrom(ZERO_HASH, 'f'.repeat(64)) });
+    fc.assert(
+      fc.property(members, fc.array(fc.tuple(values, chain), { minLength: 1, maxLength: 4 }), (m, records) => {
+        const template = new RecordTemplate(m as RecordContext, vars);
+        // the same template seals several records (compiled layouts are reused across masks and chains)
+        for (const [v, c] of records) {
+          const sealed = template.seal(v as TemplateValues, c);
+          const ref = reference(m as RecordContext, v as TemplateValues, c);
+          assert.equal(sealed.line, ref.line);
+          assert.equal(sealed.hash, ref.record.hash);
+        }
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  test('refuses members it cannot hold: chain fields, hash, unknown names, a member both shared and per record', () => {
+    for (const k of ['seq', 'prev', 'time', 'instance', 'v', 'hash', 'somethingNew'])
+      assert.throws(() => new RecordTemplate({ kind: 'statement_intent', [k]: 'x' } as RecordContext, ['statement']), TypeError);
+    assert.throws(() => new RecordTemplate({ kind: 'statement_intent' }, ['seq']), TypeError);
+    assert.throws(() => new RecordTemplate({ kind: 'statement_intent', command: 'SELECT' }, ['command']), TypeError);
+  });
+
+  test('sealLine takes a template\'s shared members as a context (the path of a record whose subjects moved to a side file)', () => {
+    const members: RecordContext = { session: 's', kind: 'statement_complete', fingerprint: 'select ?', command: 'SELECT', columns: [{ column: 'public.t.c', decision: 'mask' }] };
+    const template = new RecordTemplate(members, vars);
+    const chain = { time: '2026-11-27T00:00:00.000Z', instance: 'i1', seq: 3, prev: ZERO_HASH };
+    const values = { statement: 's:1', rows: 2, subjectsRef: 'ab', subjectCount: 900 } as unknown as AuditEvent;
+    assert.equal(sealLine(values, template.members, chain).line, reference(members, values as unknown as TemplateValues, chain).line);
   });
 });

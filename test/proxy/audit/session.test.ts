@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { AuditTrail } from '../../../proxy/audit/trail.js';
 import { SessionAudit } from '../../../proxy/audit/session.js';
 import { AuditUnavailableError } from '../../../proxy/audit/errors.js';
-import { parseRecord } from '../../../proxy/audit/record.js';
+import { parseRecord, recordHash } from '../../../proxy/audit/record.js';
+import { verifyAuditTrail } from '../../../proxy/audit/verify.js';
 import { fileConfig, tempDir } from './fixtures.js';
 
 const ctx = { session: 'S9', user: 'clerk', client: '10.1.2.3:5000', tlsSubject: null, applicationName: 'app', database: 'hr' };
@@ -38,6 +39,48 @@ describe('SessionAudit', () => {
       assert.deepEqual(complete.subjects, ['abc']);
       assert.ok(complete.durationMs! >= 4);
       assert.equal(complete.fingerprint, start.fingerprint);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  test('records of a statement run again (sealed from its templates) carry their own ids, decisions and outcomes, and verify', async () => {
+    const t = await tempDir();
+    try {
+      const trail = await AuditTrail.open(fileConfig(t.dir, { maxInlineSubjects: 2 }));
+      const s = new SessionAudit(trail, ctx);
+      const masked = { ...start, columns: [{ column: 'public.people.my_number', decision: 'mask' as const }] };
+      const runs = [start, start, masked, { ...start, command: 'SELECT 1' }, { ...start, mode: 'all' as const }, start];
+      const subjects = [undefined, ['a'], ['a', 'b', 'c'], undefined, ['d'], undefined];
+      for (let i = 0; i < runs.length; i++) {
+        const h = await s.intent({ ...runs[i]!, subjects: subjects[i], subjectKeyId: subjects[i] ? 'p1' : undefined });
+        await h.complete({ rows: i, sqlstate: i === 3 ? '42501' : null, subjects: subjects[i], subjectKeyId: subjects[i] ? 'p1' : undefined });
+      }
+      await trail.close();
+      const path = join(t.dir, 'mamori.jsonl');
+      assert.equal((await verifyAuditTrail(path)).ok, true);
+      const rs = (await readFile(path, 'utf8')).trim().split('\n').map((l) => parseRecord(l));
+      for (const r of rs) assert.equal(recordHash(r), r.hash);
+      const mine = rs.filter((r) => r.session === 'S9');
+      assert.equal(mine.length, runs.length * 2);
+      for (let i = 0; i < runs.length; i++) {
+        const [intent, complete] = [mine[2 * i]!, mine[2 * i + 1]!];
+        assert.equal(intent.kind, 'statement_intent');
+        assert.equal(complete.kind, 'statement_complete');
+        for (const r of [intent, complete]) {
+          assert.equal((r as { statement?: string }).statement, `S9:${i + 1}`);
+          assert.deepEqual(r.columns, runs[i]!.columns);
+          assert.equal(r.command, runs[i]!.command);
+          assert.equal(r.fingerprint, start.fingerprint);
+          assert.deepEqual({ user: r.user, client: r.client, database: r.database, app: r.applicationName, tls: r.tlsSubject }, { user: 'clerk', client: '10.1.2.3:5000', database: 'hr', app: 'app', tls: null });
+        }
+        assert.equal((intent as { mode?: string }).mode, runs[i]!.mode);
+        assert.equal(complete.rows, i);
+        assert.equal(complete.sqlstate, i === 3 ? '42501' : null);
+        // three subjects are beyond maxInlineSubjects (2): they went to a side file the record names
+        if (i === 2) for (const r of [intent, complete]) assert.deepEqual([r.subjects, r.subjectCount, typeof r.subjectsRef], [undefined, 3, 'string']);
+        else for (const r of [intent, complete]) assert.deepEqual(r.subjects, subjects[i]);
+      }
     } finally {
       await t.cleanup();
     }
