@@ -408,8 +408,11 @@ export class RecordTemplate {
     let body = parts[0]!;
     for (let j = 0; j < holes.length; j++) {
       const h = holes[j]!;
-      const json =
-        h >= 0 ? memberJson(v[vars[h]!]) : h === TIME_HOLE ? timeJson(chain.time) : h === SEQ_HOLE ? memberJson(chain.seq) : JSON.stringify(chain.prev);
+      let json: string;
+      if (h >= 0) {
+        const x = v[vars[h]!];
+        json = typeof x === 'string' ? JSON.stringify(x) : memberJson(x);
+      } else json = h === TIME_HOLE ? timeJson(chain.time) : h === SEQ_HOLE ? String(chain.seq) : JSON.stringify(chain.prev);
       body += json + parts[j + 1]!;
     }
     const hash = sha256Hex(body);

@@ -92,7 +92,8 @@ export function hashValues(keys: SubjectKeySource | null, items: readonly { col:
  * a lookup returning the same rows again costs a map lookup instead of an HMAC. Bounded (oldest dropped first);
  * process-wide.
  */
-const hashByCell = new WeakMap<KeyObject, Map<string, string>>();
+const hashByCell = new WeakMap<KeyObject, Map<string, Map<string, string>>>();
+/** Cells kept per subject key and logical type. */
 const HASH_BY_CELL_MAX = 8192;
 
 export class SubjectCollector {
@@ -126,15 +127,18 @@ export class SubjectCollector {
     let h: string;
     if (stored === undefined) h = subjectHash(src.key, col.type.type, canonical);
     else {
-      let byCell = hashByCell.get(src.key);
-      if (!byCell) hashByCell.set(src.key, (byCell = new Map()));
-      const k = `${col.type.type}\u0000${stored}`;
-      const known = byCell.get(k);
+      // by key, then type, then the cell as sent: no key string built per value
+      let byType = hashByCell.get(src.key);
+      if (!byType) hashByCell.set(src.key, (byType = new Map()));
+      const type = col.type.type;
+      let byCell = byType.get(type);
+      if (!byCell) byType.set(type, (byCell = new Map()));
+      const known = byCell.get(stored);
       if (known !== undefined) h = known;
       else {
-        h = subjectHash(src.key, col.type.type, canonical);
+        h = subjectHash(src.key, type, canonical);
         if (byCell.size >= HASH_BY_CELL_MAX) byCell.delete(byCell.keys().next().value as string); // oldest first
-        byCell.set(k, h);
+        byCell.set(stored, h);
       }
     }
     if (this.seen.size < this.max || this.seen.has(h)) this.seen.add(h);

@@ -28,7 +28,7 @@ import type { Identity } from './membership.js';
 import type { PolicyEngine, ColumnConfig, CatalogEntry } from './engine.js';
 import type { ColumnDecision } from '../audit/record.js';
 import { SessionAudit, type StatementHandle } from '../audit/session.js';
-import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type StatementExtras, type Subjects } from '../audit/statement-records.js';
+import { decisionLabel, hashValues, statementExtras, withDeletions, SubjectCollector, type Deletion, type StatementExtras, type Subjects } from '../audit/statement-records.js';
 import { SearchLimiter, searchedColumn } from './search-limit.js';
 import { executeBinding, preparedParams, unknownStatementRefusal } from './sql-prepare.js';
 import { plaintextStorageRefusal } from '../protect/transition.js';
@@ -159,6 +159,9 @@ interface AnalysedText {
   identity: Identity;
   path: string[];
 }
+
+/** Search and deletion records by statement shape (ownExtras). */
+const extrasByShape = new WeakMap<ShapeEntry, StatementExtras>();
 
 /** The refusal when an audit intent cannot be written and failMode is closed. */
 const AUDIT_UNAVAILABLE = new MamoriError('system_error', 'the audit trail cannot be written, so protected columns are not available (audit failMode: closed)');
@@ -550,7 +553,7 @@ export class SessionPolicy {
     // Without an audit trail there is no intent to write (nor a fingerprint, extras or subject hashes to compute).
     const handle = this.audit
       ? await this.intent(this.fingerprintOf(sql, analysis), sp.commands.join(';'), columns,
-        mergeExtras([statementExtras(analysis.statements.filter((st) => !st.prepare)), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
+        mergeExtras([this.ownExtras(analysis), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
       : null;
     if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
     // (During protect's transition a COPY FROM is rewritten to write the column's shadow: its own plan.)
@@ -574,6 +577,20 @@ export class SessionPolicy {
     const shape = this.engine.analysisCache.shapeEntryOf(analysis);
     if (!shape) return fingerprint(sql);
     return (shape.fingerprint ??= fingerprint(sql));
+  }
+
+  /**
+   * The search and deletion records of a statement text's own statements (PREPAREs aside: each EXECUTE of one
+   * is its own), computed once per statement shape like the fingerprint.
+   */
+  private ownExtras(analysis: Extract<Analysis, { kind: 'protected' }>): StatementExtras {
+    const shape = this.engine.analysisCache.shapeEntryOf(analysis);
+    const kept = shape && extrasByShape.get(shape);
+    if (kept) return kept;
+    const x = statementExtras(analysis.statements.filter((st) => !st.prepare));
+    const frozen: StatementExtras = Object.freeze({ searches: Object.freeze(x.searches) as ColumnDecision[], deletions: Object.freeze(x.deletions) as Deletion[] });
+    if (shape) extrasByShape.set(shape, frozen);
+    return frozen;
   }
 
   /** A simple Query forwarded after analysis: `lastQuery` settles when it has finished. */
@@ -1814,6 +1831,7 @@ export class OriginReads {
 
 /** Search and deletion records of several statements in one. */
 function mergeExtras(all: readonly StatementExtras[]): StatementExtras {
+  if (all.length === 1) return all[0]!;
   const searches = all.flatMap((x) => x.searches).filter((s, i, a) => a.findIndex((y) => y.column === s.column) === i);
   return { searches, deletions: all.flatMap((x) => x.deletions) };
 }

@@ -68,6 +68,8 @@ export class FileSink {
   private inFlight = 0;
   private timer: NodeJS.Timeout | null = null;
   private activeFirstTime: string | null = null;
+  private activeSinceText = '';
+  private activeSinceMs = 0;
   private readonly now: () => Date;
 
   constructor(private readonly opts: FileSinkOptions) {
@@ -266,8 +268,12 @@ export class FileSink {
     if (this.active.records === 0) return false;
     if (this.opts.rotateBytes > 0 && this.active.bytes + incoming > this.opts.rotateBytes) return true;
     if (this.opts.rotateSeconds > 0 && this.manifest) {
-      const age = this.now().getTime() - Date.parse(this.manifest.activeSince);
-      if (age >= this.opts.rotateSeconds * 1000) return true;
+      // the manifest's activeSince parsed once per value, not on every write
+      if (this.activeSinceText !== this.manifest.activeSince) {
+        this.activeSinceText = this.manifest.activeSince;
+        this.activeSinceMs = Date.parse(this.activeSinceText);
+      }
+      if (this.now().getTime() - this.activeSinceMs >= this.opts.rotateSeconds * 1000) return true;
     }
     return false;
   }
