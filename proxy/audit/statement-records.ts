@@ -97,7 +97,8 @@ const hashByCell = new WeakMap<KeyObject, Map<string, Map<string, string>>>();
 const HASH_BY_CELL_MAX = 8192;
 
 export class SubjectCollector {
-  private readonly seen = new Set<string>();
+  /** Made at the first value: most statements' collectors see none (a lookup by key, a write without values). */
+  private seen: Set<string> | null = null;
   private keyId: string | undefined;
   /** The subject key of this collector's hashes (null: none configured), taken at the first value. */
   private key: { id: string; key: KeyObject } | null | undefined;
@@ -141,23 +142,25 @@ export class SubjectCollector {
         byCell.set(stored, h);
       }
     }
-    if (this.seen.size < this.max || this.seen.has(h)) this.seen.add(h);
+    const seen = (this.seen ??= new Set());
+    if (seen.size < this.max || seen.has(h)) seen.add(h);
     else this.dropped++;
   }
 
   get size(): number {
-    return this.seen.size;
+    return this.seen?.size ?? 0;
   }
 
   take(): Subjects & { subjectsDropped?: number } {
-    if (this.seen.size === 0) {
+    const seen = this.seen;
+    if (seen === null || seen.size === 0) {
       this.key = undefined;
       return {};
     }
-    const out: Subjects & { subjectsDropped?: number } = { subjects: [...this.seen] };
+    const out: Subjects & { subjectsDropped?: number } = { subjects: [...seen] };
     if (this.keyId) out.subjectKeyId = this.keyId;
     if (this.dropped > 0) out.subjectsDropped = this.dropped;
-    this.seen.clear();
+    this.seen = null;
     this.dropped = 0;
     this.key = undefined; // the next statement's values take the key current then
     return out;

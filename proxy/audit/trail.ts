@@ -300,6 +300,22 @@ export class AuditTrail {
     return b.promise;
   }
 
+  /**
+   * The records' time (ISO 8601, ms). Without an injected clock the string is made once per millisecond:
+   * batches written within the same millisecond share it.
+   */
+  private timeNow(): string {
+    if (this.opts.now) return this.opts.now().toISOString();
+    const ms = Date.now();
+    if (ms !== this.lastMs) {
+      this.lastMs = ms;
+      this.lastIso = new Date(ms).toISOString();
+    }
+    return this.lastIso;
+  }
+  private lastMs = -1;
+  private lastIso = '';
+
   /** Closed mode: reject. Open mode: count the loss and resolve. */
   private fail(err: AuditUnavailableError, n: number): Promise<void> {
     if (this.config.failMode === 'open') {
@@ -342,7 +358,7 @@ export class AuditTrail {
     let sealed: SealedBatch;
     try {
       // sealing can throw too (a non-finite number in an event): that batch fails, the writer goes on
-      sealed = this.chain.seal(b.items, b.contexts, this.now().toISOString());
+      sealed = this.chain.seal(b.items, b.contexts, this.timeNow());
       if (!file.appendSync(sinkBatch(sealed))) return false;
     } catch (e) {
       this.batches.shift();
@@ -444,7 +460,7 @@ export class AuditTrail {
     const all = preamble.length > 0 ? [...preamble, ...prepared] : prepared;
     const ctxs = preamble.length > 0 ? [...preamble.map(() => null), ...own] : own;
     if (all.length === 0) return;
-    const sealed = this.chain.seal(all, ctxs, this.now().toISOString());
+    const sealed = this.chain.seal(all, ctxs, this.timeNow());
     await this.primary.append(sinkBatch(sealed));
     this.committed(sealed);
     if (preamble.length > 0) this.started = true;

@@ -1822,6 +1822,7 @@ export class OriginReads {
   }
 
   done(rows: number, sqlstate: string | null): void {
+    if (this.handles.length === 0 && this.columns.size === 0) return; // no cell of unknown origin released
     const hs = this.handles;
     this.handles = [];
     this.columns = new Set();
