@@ -103,6 +103,9 @@ export class SubjectCollector {
   /** The subject key of this collector's hashes (null: none configured), taken at the first value. */
   private key: { id: string; key: KeyObject } | null | undefined;
   private dropped = 0;
+  /** The cell map of the last value's type under this collector's key. */
+  private lastType: string | undefined;
+  private lastByCell: Map<string, string> | undefined;
   constructor(
     private readonly keys: SubjectKeySource,
     private readonly max = MAX_SUBJECTS_PER_STATEMENT,
@@ -128,12 +131,18 @@ export class SubjectCollector {
     let h: string;
     if (stored === undefined) h = subjectHash(src.key, col.type.type, canonical);
     else {
-      // by key, then type, then the cell as sent: no key string built per value
-      let byType = hashByCell.get(src.key);
-      if (!byType) hashByCell.set(src.key, (byType = new Map()));
+      // by key, then type, then the cell as sent: no key string built per value; the map of the key and type
+      // is kept from the collector's previous value (one statement's values are usually of one type)
       const type = col.type.type;
-      let byCell = byType.get(type);
-      if (!byCell) byType.set(type, (byCell = new Map()));
+      let byCell = this.lastType === type ? this.lastByCell : undefined;
+      if (byCell === undefined) {
+        let byType = hashByCell.get(src.key);
+        if (!byType) hashByCell.set(src.key, (byType = new Map()));
+        byCell = byType.get(type);
+        if (!byCell) byType.set(type, (byCell = new Map()));
+        this.lastType = type;
+        this.lastByCell = byCell;
+      }
       const known = byCell.get(stored);
       if (known !== undefined) h = known;
       else {
@@ -155,6 +164,7 @@ export class SubjectCollector {
     const seen = this.seen;
     if (seen === null || seen.size === 0) {
       this.key = undefined;
+      this.lastType = this.lastByCell = undefined;
       return {};
     }
     const out: Subjects & { subjectsDropped?: number } = { subjects: [...seen] };
@@ -163,6 +173,7 @@ export class SubjectCollector {
     this.seen = null;
     this.dropped = 0;
     this.key = undefined; // the next statement's values take the key current then
+    this.lastType = this.lastByCell = undefined;
     return out;
   }
 }

@@ -88,6 +88,25 @@ function sinkBatch(sealed: SealedBatch): Batch {
   return { data: sealed.data, count: sealed.count, first: sealed.first!, last: sealed.last! };
 }
 
+let isoSecond = -1;
+let isoPrefix = '';
+/** Year 10000: from there toISOString writes six-digit years. */
+const ISO_LIMIT_MS = 253402300800000;
+/**
+ * `new Date(ms).toISOString()`, with `YYYY-MM-DDTHH:mm:ss.` made once per second and the milliseconds written
+ * in: a batch is written every few hundred microseconds, and a Date with its formatting per batch shows.
+ */
+export function isoTime(ms: number): string {
+  if (!Number.isInteger(ms) || ms < 0 || ms >= ISO_LIMIT_MS) return new Date(ms).toISOString();
+  const second = Math.floor(ms / 1000);
+  if (second !== isoSecond) {
+    isoSecond = second;
+    isoPrefix = new Date(second * 1000).toISOString().slice(0, 20);
+  }
+  const frac = ms - second * 1000;
+  return isoPrefix + (frac < 10 ? '00' : frac < 100 ? '0' : '') + frac + 'Z';
+}
+
 const MAX_BATCH = 1024;
 /** Longest a record appended with appendLater waits for a write to share. */
 export const LAZY_FLUSH_MS = 5;
@@ -300,21 +319,10 @@ export class AuditTrail {
     return b.promise;
   }
 
-  /**
-   * The records' time (ISO 8601, ms). Without an injected clock the string is made once per millisecond:
-   * batches written within the same millisecond share it.
-   */
+  /** The records' time: what `new Date().toISOString()` gives, without a Date and its formatting per batch. */
   private timeNow(): string {
-    if (this.opts.now) return this.opts.now().toISOString();
-    const ms = Date.now();
-    if (ms !== this.lastMs) {
-      this.lastMs = ms;
-      this.lastIso = new Date(ms).toISOString();
-    }
-    return this.lastIso;
+    return this.opts.now ? this.opts.now().toISOString() : isoTime(Date.now());
   }
-  private lastMs = -1;
-  private lastIso = '';
 
   /** Closed mode: reject. Open mode: count the loss and resolve. */
   private fail(err: AuditUnavailableError, n: number): Promise<void> {

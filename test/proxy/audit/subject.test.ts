@@ -74,6 +74,14 @@ describe('SubjectCollector', () => {
     const next = new SubjectCollector(source);
     next.add(col('mynumber'), v, stored);
     assert.deepEqual(next.take(), { subjects: [subjectHash(key2, 'mynumber', v)], subjectKeyId: 'k2' });
+    // one collector across statements (the cell map it keeps from its last value is dropped with its key)
+    current = { id: 'k1', key };
+    const reused = new SubjectCollector(source);
+    reused.add(col('mynumber'), v, stored);
+    assert.deepEqual(reused.take().subjects, [subjectHash(key, 'mynumber', v)]);
+    current = { id: 'k2', key: key2 };
+    reused.add(col('mynumber'), v, stored);
+    assert.deepEqual(reused.take(), { subjects: [subjectHash(key2, 'mynumber', v)], subjectKeyId: 'k2' });
   });
 
   test('one statement hashes all its values under one subject key, the one its record names; the next takes the key current then', () => {

@@ -7,7 +7,8 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { appendFile, mkdir, open, readFile, readdir, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
-import { AuditTrail } from '../../../proxy/audit/trail.js';
+import { AuditTrail, isoTime } from '../../../proxy/audit/trail.js';
+import fc from 'fast-check';
 import { AuditUnavailableError } from '../../../proxy/audit/errors.js';
 import { AUDIT_KINDS, parseRecord, type AuditEvent, type AuditRecord } from '../../../proxy/audit/record.js';
 import { verifyAuditTrail } from '../../../proxy/audit/verify.js';
@@ -465,5 +466,19 @@ describe('AuditTrail', () => {
     } finally {
       await t.cleanup();
     }
+  });
+});
+
+describe('isoTime (record times without a Date per batch)', () => {
+  test('property: the same string as toISOString, across seconds, years and the edges of the four-digit range', () => {
+    const edges = [0, 1, 999, 1000, 1001, 59_999, 60_000, Date.parse('2026-12-31T23:59:59.999Z'), Date.parse('2027-01-01T00:00:00.000Z'), 253402300799999, 253402300800000, -1, -86_400_001];
+    for (const ms of edges) assert.equal(isoTime(ms), new Date(ms).toISOString());
+    fc.assert(
+      fc.property(fc.integer({ min: -1e13, max: 3e14 }), fc.integer({ min: 0, max: 2500 }), (ms, step) => {
+        // consecutive calls within and across a second share the cached prefix correctly
+        for (const t of [ms, ms + step, ms + step + 1, ms]) assert.equal(isoTime(t), new Date(t).toISOString());
+      }),
+      { numRuns: 2000 },
+    );
   });
 });
