@@ -411,7 +411,11 @@ export class RecordTemplate {
       let json: string;
       if (h >= 0) {
         const x = v[vars[h]!];
-        json = typeof x === 'string' ? JSON.stringify(x) : memberJson(x);
+        // the common member types inline (memberJson's own rules): string, finite number, null
+        if (typeof x === 'string') json = JSON.stringify(x);
+        else if (typeof x === 'number' && Number.isFinite(x)) json = String(x);
+        else if (x === null) json = 'null';
+        else json = memberJson(x);
       } else json = h === TIME_HOLE ? timeJson(chain.time) : h === SEQ_HOLE ? String(chain.seq) : JSON.stringify(chain.prev);
       body += json + parts[j + 1]!;
     }

@@ -223,20 +223,25 @@ export class FileSink {
   appendSync(batch: Batch): boolean {
     const fh = this.fh;
     if (!fh || this.inFlight > 0 || this.opts.writeMode === 'async' || this.opts.fsync === 'always') return false;
-    const size = Buffer.byteLength(batch.data, 'utf8');
+    // encoded once into a buffer kept for the purpose (it fits: UTF-8 takes at most 3 bytes per UTF-16 unit),
+    // which also gives the byte count; a larger batch gets a buffer of its own
+    const data = batch.data;
+    let bytes: Buffer;
+    let size: number;
+    if (data.length * 3 <= SCRATCH.length) {
+      bytes = SCRATCH;
+      size = SCRATCH.write(data, 0, 'utf8');
+    } else {
+      bytes = Buffer.from(data, 'utf8');
+      size = bytes.length;
+    }
     if (this.shouldRotate(size)) return false;
     let off = 0;
     try {
-      // the string goes to write(2) as it is (encoded on the native side, no Buffer made here); the rare short
-      // write continues from the bytes
-      off = writeSync(fh.fd, batch.data);
-      if (off < size) {
-        const bytes = Buffer.from(batch.data, 'utf8');
-        while (off < size) {
-          const written = writeSync(fh.fd, bytes, off, size - off);
-          if (written <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-          off += written;
-        }
+      while (off < size) {
+        const written = writeSync(fh.fd, bytes, off, size - off);
+        if (written <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+        off += written;
       }
     } catch (e) {
       if (off > 0) {
@@ -374,6 +379,9 @@ export class FileSink {
     });
   }
 }
+
+/** appendSync's encoding buffer (sealing and writing are synchronous: one serves every sink). */
+const SCRATCH = Buffer.allocUnsafe(256 * 1024);
 
 /** When this process started (ms since the epoch, rounded): tells our locks from a previous holder of our pid. */
 const PROCESS_STARTED = Math.round(Date.now() - process.uptime() * 1000);
