@@ -80,16 +80,16 @@ export class SessionAudit {
    * (failMode closed): the caller must then refuse the statement instead of releasing rows.
    */
   intent(start: StatementStart): Promise<StatementHandle> {
-    return this.intentOr(start, (err) => {
-      throw err;
-    });
+    const { handle, written } = this.begin(start);
+    return written.then(() => handle);
   }
 
   /**
-   * The intent record, with what to answer when it cannot be written (`failed` gets the trail's error): one
-   * promise per protected statement instead of the intent's and a caller's mapping of its failure.
+   * The intent record appended, and its handle: `written` is the promise of the write the record shares (it
+   * settles as intent() does), so a caller on the hot path awaits it without a promise of its own per statement.
+   * The handle must not be used before `written` has resolved.
    */
-  intentOr<T>(start: StatementStart, failed: (err: unknown) => T): Promise<StatementHandle | T> {
+  begin(start: StatementStart): { handle: StatementHandle; written: Promise<void> } {
     const id = `${this.context.session}:${++this.n}`;
     const began = performance.now();
     const t = this.templatesFor(start);
@@ -107,7 +107,7 @@ export class SessionAudit {
           subjectsDropped: outcome.subjectsDropped,
         }),
     };
-    return written.then(() => handle, failed);
+    return { handle, written };
   }
 
   /** The templates of this statement's records: kept per fingerprint, made anew when anything shared differs. */

@@ -551,11 +551,21 @@ export class SessionPolicy {
     await this.loadKeysFor(analysis.statements, catalog);
     const columns = [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)];
     // Without an audit trail there is no intent to write (nor a fingerprint, extras or subject hashes to compute).
-    const handle = this.audit
-      ? await this.intent(this.fingerprintOf(sql, analysis), sp.commands.join(';'), columns,
+    let handle: StatementHandle | null = null;
+    const started = this.audit
+      ? this.beginIntent(this.fingerprintOf(sql, analysis), sp.commands.join(';'), columns,
         mergeExtras([this.ownExtras(analysis), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
       : null;
-    if (handle instanceof MamoriError) return { action: 'refuse', error: handle };
+    if (started) {
+      // awaits the write the record shares (no promise of its own per statement: this runs for each one)
+      try {
+        await started.written;
+        handle = started.handle;
+      } catch (err) {
+        const refused = this.intentFailed(err);
+        if (refused) return { action: 'refuse', error: refused };
+      }
+    }
     // (During protect's transition a COPY FROM is rewritten to write the column's shadow: its own plan.)
     const copy = tplan?.copy ?? analysis.statements[0]?.copy;
     if (copy) {
@@ -918,22 +928,32 @@ export class SessionPolicy {
 
   /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
   private intent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> | null {
+    const started = this.beginIntent(fp, command, columns, extras, subjects);
+    return started ? started.written.then(() => started.handle, (err: unknown) => this.intentFailed(err)) : null;
+  }
+
+  /**
+   * The intent record appended (with its search record), and the handle that completes it once `written` has
+   * resolved; when `written` rejects, intentFailed() says what to answer.
+   */
+  private beginIntent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects): { handle: StatementHandle; written: Promise<void> } | null {
     const audit = this.audit;
     if (!audit) return null;
-    const failed = (err: unknown): null | MamoriError => {
-      if (this.engine.config.audit.failMode === 'open') return null;
-      this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
-      return AUDIT_UNAVAILABLE;
-    };
     // search records are not awaited: they share the intent's write
     if (extras.searches.length > 0) {
       void audit.record({ kind: 'search', fingerprint: fp, command, columns: extras.searches, ...subjects }).catch(() => undefined);
     }
-    const start = { fingerprint: fp, command, columns, mode: 'protected' as const, ...subjects };
-    // one promise per statement on the common path (this runs for every protected statement); deletions are
-    // written at completion by a wrapped handle
-    if (extras.deletions.length === 0) return audit.intentOr(start, failed);
-    return audit.intent(start).then((h) => withDeletions(h, audit, extras.deletions, fp, command), failed);
+    const started = audit.begin({ fingerprint: fp, command, columns, mode: 'protected', ...subjects });
+    // deletions are written at completion by a wrapped handle
+    if (extras.deletions.length === 0) return started;
+    return { handle: withDeletions(started.handle, audit, extras.deletions, fp, command), written: started.written };
+  }
+
+  /** An intent record that could not be written: refused (failMode closed), or carried on without it (open). */
+  private intentFailed(err: unknown): MamoriError | null {
+    if (this.engine.config.audit.failMode === 'open') return null;
+    this.engine.log.error({ err: (err as Error).message }, 'audit intent record could not be written; protected access refused');
+    return AUDIT_UNAVAILABLE;
   }
 
   /** A per-statement collector of plaintext subjects, when the trail hashes subjects. */
