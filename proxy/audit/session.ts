@@ -94,20 +94,7 @@ export class SessionAudit {
     const began = performance.now();
     const t = this.templatesFor(start);
     const written = this.trail.appendFrom(t.intent, { statement: id, subjects: start.subjects, subjectKeyId: start.subjectKeyId });
-    const handle: StatementHandle = {
-      id,
-      complete: (outcome) =>
-        this.trail.appendLaterFrom(t.complete, {
-          statement: id,
-          durationMs: Math.round((performance.now() - began) * 1000) / 1000,
-          rows: outcome.rows,
-          sqlstate: outcome.sqlstate,
-          subjects: outcome.subjects,
-          subjectKeyId: outcome.subjectKeyId,
-          subjectsDropped: outcome.subjectsDropped,
-        }),
-    };
-    return { handle, written };
+    return { handle: new Statement(this.trail, t.complete, id, began), written };
   }
 
   /** The templates of this statement's records: kept per fingerprint, made anew when anything shared differs. */
@@ -127,6 +114,31 @@ export class SessionAudit {
     if (this.templates.size >= MAX_TEMPLATES) this.templates.clear();
     this.templates.set(fingerprint, t);
     return t;
+  }
+}
+
+/**
+ * A statement's handle: a class rather than an object with a closure, since one is made per protected statement
+ * (and the sources run through tsx, whose kept function names cost a property definition per closure made).
+ */
+class Statement implements StatementHandle {
+  constructor(
+    private readonly trail: AuditTrail,
+    private readonly template: RecordTemplate,
+    readonly id: string,
+    private readonly began: number,
+  ) {}
+
+  complete(outcome: StatementOutcome): Promise<void> {
+    return this.trail.appendLaterFrom(this.template, {
+      statement: this.id,
+      durationMs: Math.round((performance.now() - this.began) * 1000) / 1000,
+      rows: outcome.rows,
+      sqlstate: outcome.sqlstate,
+      subjects: outcome.subjects,
+      subjectKeyId: outcome.subjectKeyId,
+      subjectsDropped: outcome.subjectsDropped,
+    });
   }
 }
 

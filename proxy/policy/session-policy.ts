@@ -160,6 +160,9 @@ interface AnalysedText {
   path: string[];
 }
 
+/** A completion record's failure is counted by the trail (lost/refused); nothing waits on it. */
+const ignore = (): void => undefined;
+
 /** Search and deletion records by statement shape (ownExtras). */
 const extrasByShape = new WeakMap<ShapeEntry, StatementExtras>();
 
@@ -1664,10 +1667,10 @@ class QueryResults implements ResultTransform {
       case BE.ReadyForQuery:
         this.reads?.done(this.rows, this.ended ? '42501' : null);
         // once per Query: an ErrorResponse already completed it (the ReadyForQuery after it must not again)
-        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
+        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(ignore);
         return null;
       case BE.ErrorResponse:
-        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: errorSqlstate(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        if (!this.failed) void this.handle?.complete({ rows: this.tagged ?? this.rows, sqlstate: errorSqlstate(f.body), ...this.subjects?.take() }).catch(ignore);
         this.failed = true;
         return null;
       default:
@@ -1679,7 +1682,7 @@ class QueryResults implements ResultTransform {
   private end(err: MamoriError): Buffer {
     this.ended = true;
     this.passRows = true;
-    if (!this.failed) void this.handle?.complete({ rows: this.rows, sqlstate: err.sqlstate, ...this.subjects?.take() }).catch(() => undefined);
+    if (!this.failed) void this.handle?.complete({ rows: this.rows, sqlstate: err.sqlstate, ...this.subjects?.take() }).catch(ignore);
     this.failed = true;
     return this.policy.endResult(err);
   }
@@ -1719,19 +1722,19 @@ class ExecuteResults implements ResultTransform {
         } catch (err) {
           if (!(err instanceof OriginRefusal)) throw err;
           this.ended = true;
-          void this.handle?.complete({ rows: this.rows, sqlstate: err.error.sqlstate, ...this.subjects?.take() }).catch(() => undefined);
+          void this.handle?.complete({ rows: this.rows, sqlstate: err.error.sqlstate, ...this.subjects?.take() }).catch(ignore);
           this.reads?.done(this.rows, err.error.sqlstate);
           return this.policy.endResult(err.error);
         }
       case BE.CommandComplete:
-        void this.handle?.complete({ rows: commandRows(f.body) ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(() => undefined);
+        void this.handle?.complete({ rows: commandRows(f.body) ?? this.rows, sqlstate: null, ...this.subjects?.take() }).catch(ignore);
         this.reads?.done(this.rows, null);
         return null;
       case BE.PortalSuspended:
         this.reads?.done(this.rows, null);
         return null;
       case BE.ErrorResponse:
-        void this.handle?.complete({ rows: this.rows, sqlstate: errorSqlstate(f.body), ...this.subjects?.take() }).catch(() => undefined);
+        void this.handle?.complete({ rows: this.rows, sqlstate: errorSqlstate(f.body), ...this.subjects?.take() }).catch(ignore);
         this.reads?.done(this.rows, errorSqlstate(f.body));
         return null;
       default:
