@@ -160,6 +160,8 @@ interface AnalysedText {
   path: string[];
 }
 
+const targetExtras = (t: { extras: StatementExtras }): StatementExtras => t.extras;
+
 /** A completion record's failure is counted by the trail (lost/refused); nothing waits on it. */
 const ignore = (): void => undefined;
 
@@ -556,8 +558,9 @@ export class SessionPolicy {
     // Without an audit trail there is no intent to write (nor a fingerprint, extras or subject hashes to compute).
     let handle: StatementHandle | null = null;
     const started = this.audit
-      ? this.beginIntent(this.fingerprintOf(sql, analysis), sp.commands.join(';'), columns,
-        mergeExtras([this.ownExtras(analysis), ...sp.targets.map((t) => t.extras)]), hashValues(this.engine.subjects, toEncrypt))
+      ? this.beginIntent(this.fingerprintOf(sql, analysis), sp.commands.length === 1 ? sp.commands[0]! : sp.commands.join(';'), columns,
+        sp.targets.length === 0 ? this.ownExtras(analysis) : mergeExtras([this.ownExtras(analysis), ...sp.targets.map(targetExtras)]),
+        hashValues(this.engine.subjects, toEncrypt))
       : null;
     if (started) {
       // awaits the write the record shares (no promise of its own per statement: this runs for each one)
@@ -814,12 +817,13 @@ export class SessionPolicy {
   originReadsAudit(): OriginReads {
     const audit = this.audit;
     if (!audit) return new OriginReads(null);
-    return new OriginReads(
-      (columns) => audit.intent({ fingerprint: 'unknown-origin', command: 'unknown-origin', columns, mode: 'protected' }),
-      (gate) => this.session.holdOutput(gate, AUDIT_UNAVAILABLE),
-      this.engine.config.audit.failMode === 'open',
-    );
+    // one per result set: the functions it calls are made once per session
+    this.readIntent ??= (columns) => audit.intent({ fingerprint: 'unknown-origin', command: 'unknown-origin', columns, mode: 'protected' });
+    this.readHold ??= (gate) => this.session.holdOutput(gate, AUDIT_UNAVAILABLE);
+    return new OriginReads(this.readIntent, this.readHold, this.engine.config.audit.failMode === 'open');
   }
+  private readIntent: ((columns: ColumnDecision[]) => Promise<StatementHandle>) | undefined;
+  private readHold: ((gate: Promise<boolean>) => void) | undefined;
 
   /**
    * A result ended by a cell this session may not receive: the refusal is logged and audited (never the
