@@ -105,6 +105,7 @@ export class SubjectCollector {
   private dropped = 0;
   /** The cell map of the last value's type under this collector's key. */
   private lastType: string | undefined;
+  private lastFormat: string | undefined;
   private lastByCell: Map<string, string> | undefined;
   constructor(
     private readonly keys: SubjectKeySource,
@@ -112,10 +113,11 @@ export class SubjectCollector {
   ) {}
 
   /**
-   * `stored`: the value's stored cell as sent (with its encoding), when known — a cell decrypts to one value,
-   * so its subject hash is looked up by it (under the same subject key) instead of recomputed.
+   * `stored`: the value's stored cell as sent, when known, and `format` the form it was sent in (text hex,
+   * text escape, binary) — a cell decrypts to one value, so its subject hash is looked up by it (under the same
+   * subject key, per logical type and format) instead of recomputed.
    */
-  add(col: ProtectedColumn, canonical: Buffer, stored?: string): void {
+  add(col: ProtectedColumn, canonical: Buffer, stored?: string, format = ''): void {
     // the subject key is taken once per collector: one statement's hashes all under one key, the one its
     // record names (subjectKeyId), even if the retention period turns mid-statement
     let src = this.key;
@@ -131,16 +133,18 @@ export class SubjectCollector {
     let h: string;
     if (stored === undefined) h = subjectHash(src.key, col.type.type, canonical);
     else {
-      // by key, then type, then the cell as sent: no key string built per value; the map of the key and type
-      // is kept from the collector's previous value (one statement's values are usually of one type)
+      // by key, then type and format, then the cell as sent: no key string built per value; the map of the key,
+      // type and format is kept from the collector's previous value (one statement's values share them)
       const type = col.type.type;
-      let byCell = this.lastType === type ? this.lastByCell : undefined;
+      let byCell = this.lastType === type && this.lastFormat === format ? this.lastByCell : undefined;
       if (byCell === undefined) {
         let byType = hashByCell.get(src.key);
         if (!byType) hashByCell.set(src.key, (byType = new Map()));
-        byCell = byType.get(type);
-        if (!byCell) byType.set(type, (byCell = new Map()));
+        const k = `${type}\u0000${format}`;
+        byCell = byType.get(k);
+        if (!byCell) byType.set(k, (byCell = new Map()));
         this.lastType = type;
+        this.lastFormat = format;
         this.lastByCell = byCell;
       }
       const known = byCell.get(stored);

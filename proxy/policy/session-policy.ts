@@ -1052,7 +1052,7 @@ export class SessionPolicy {
     const r = new RowRewriter(plans, formats, this.engine.keys, {
       byteaOutput: this.byteaOutput,
       codec: () => this.codec(),
-      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer, stored?: string) => subjects.add(col, canonical, stored) } : {}),
+      ...(subjects ? { onPlaintext: (col: ProtectedColumn, canonical: Buffer, stored?: string, format?: string) => subjects.add(col, canonical, stored, format) } : {}),
       onShredded: (col) => void this.audit?.record({ kind: 'shredded_read', columns: [{ column: qualified(col), decision: 'null' }] } as never).catch(() => undefined),
       cellMaker: (domain) => this.engine.keys.deterministicCells(domain),
     });

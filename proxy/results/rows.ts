@@ -196,7 +196,7 @@ export interface RowRewriterOptions {
    * which identifies the value without holding it; absent for a transition field, whose stored form can be
    * the plaintext itself.
    */
-  onPlaintext?(column: ProtectedColumn, canonical: Buffer, stored?: string): void;
+  onPlaintext?(column: ProtectedColumn, canonical: Buffer, stored?: string, format?: string): void;
   /**
    * The session's client encoding at the time a row is rendered (a SET earlier in the same query string
    * changes it between result sets); null when mamori has no converter for it. Default UTF-8.
@@ -220,7 +220,7 @@ export class RowRewriter {
   private readonly repl: (Buffer | null)[];
   private readonly escape: boolean;
   private readonly onShredded: ((column: ProtectedColumn) => void) | undefined;
-  private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer, stored?: string) => void) | undefined;
+  private readonly onPlaintext: ((column: ProtectedColumn, canonical: Buffer, stored?: string, format?: string) => void) | undefined;
   private readonly codec: (() => ClientCodec | null) | undefined;
   private readonly cellMaker: ((domain: string) => ((canonical: Buffer) => Buffer) | null) | undefined;
   private readonly maxIndex: number;
@@ -306,7 +306,7 @@ export class RowRewriter {
       : openStoredCell(s, stored, s.binary, this.escape, this.keys, this.onShredded);
     if (canonical === null) return null;
     if (s.action !== A_MASK && this.onPlaintext) {
-      this.onPlaintext(s.column, canonical, s.transition ? undefined : (s.binary ? 'b' : this.escape ? 'e' : 'h') + stored.toString('latin1'));
+      this.onPlaintext(s.column, canonical, s.transition ? undefined : stored.toString('latin1'), s.binary ? 'b' : this.escape ? 'e' : 'h');
     }
     return renderCanonical(s, canonical, s.action === A_MASK, s.binary, this.escape, this.codec);
   }

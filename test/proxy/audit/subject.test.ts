@@ -68,6 +68,12 @@ describe('SubjectCollector', () => {
     again.add(col('mynumber'), v, stored); // looked up
     again.add(col('text'), v, stored); // another logical type: its own hash
     assert.deepEqual(again.take().subjects, [subjectHash(key, 'mynumber', v), subjectHash(key, 'text', v)]);
+    // the same characters sent in another format (binary, escape) are another cell: never answered from this one
+    const w = Buffer.from('000000000019');
+    const other = new SubjectCollector(source);
+    other.add(col('mynumber'), v, '\\x0badc0ffee', 'h');
+    other.add(col('mynumber'), w, '\\x0badc0ffee', 'b');
+    assert.deepEqual(other.take().subjects, [subjectHash(key, 'mynumber', v), subjectHash(key, 'mynumber', w)]);
     // A new subject key (next retention period) is never answered with the old key's hash.
     const key2 = createSecretKey(randomBytes(32));
     current = { id: 'k2', key: key2 };
