@@ -394,14 +394,21 @@ export class RecordTemplate {
     this.members = Object.isFrozen(members) ? members : Object.freeze({ ...members });
     this.vars = [...vars];
     this.varSlots = vars.map(at);
+    this.got = new Array<unknown>(vars.length).fill(undefined);
   }
 
   /** Seals one record: `values` holds the vars (any other member of it would be ignored; there are none by type). */
   seal(values: TemplateValues, chain: ChainFields): { line: string; hash: string } {
     const v = values as Record<string, unknown>;
     const vars = this.vars;
+    // each var read once (a keyed load by a name from a list is the slow kind): into `got`, by var index
+    const got = this.got;
     let mask = 0;
-    for (let i = 0; i < vars.length; i++) if (v[vars[i]!] !== undefined) mask |= 1 << i;
+    for (let i = 0; i < vars.length; i++) {
+      const x = v[vars[i]!];
+      got[i] = x;
+      if (x !== undefined) mask |= 1 << i;
+    }
     let c = this.compiled[mask];
     if (c === undefined || c.instance !== chain.instance) c = this.compiled[mask] = this.compile(mask, chain.instance);
     const { parts, holes } = c;
@@ -410,7 +417,7 @@ export class RecordTemplate {
       const h = holes[j]!;
       let json: string;
       if (h >= 0) {
-        const x = v[vars[h]!];
+        const x = got[h];
         // the common member types inline (memberJson's own rules): string, finite number, null
         if (typeof x === 'string') json = JSON.stringify(x);
         else if (typeof x === 'number' && Number.isFinite(x)) json = String(x);
@@ -419,9 +426,12 @@ export class RecordTemplate {
       } else json = h === TIME_HOLE ? timeJson(chain.time) : h === SEQ_HOLE ? String(chain.seq) : JSON.stringify(chain.prev);
       body += json + parts[j + 1]!;
     }
+    got.fill(undefined); // hold no value past the record
     const hash = sha256Hex(body);
     return { line: body.slice(0, -1) + ',"hash":"' + hash + '"}', hash };
   }
+  /** Scratch for seal (synchronous): the vars of the record being sealed. */
+  private readonly got: unknown[];
 
   /** The layout sealLine would give: the same member order, prefixes and defaults, with holes left open. */
   private compile(mask: number, instance: string): CompiledTemplate {
