@@ -75,8 +75,9 @@ export function withDeletions(handle: StatementHandle, audit: SessionAudit, dele
 }
 
 /** Hashes of values of protected columns (written or searched), under the trail's current subject key. */
+const NO_SUBJECTS: Subjects = Object.freeze({});
 export function hashValues(keys: SubjectKeySource | null, items: readonly { col: ProtectedColumn; canonical: Buffer }[]): Subjects {
-  if (!keys || items.length === 0) return {};
+  if (!keys || items.length === 0) return NO_SUBJECTS;
   try {
     const c = new SubjectCollector(keys);
     for (const it of items) c.add(it.col, it.canonical);

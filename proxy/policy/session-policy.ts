@@ -950,7 +950,7 @@ export class SessionPolicy {
     if (extras.searches.length > 0) {
       void audit.record({ kind: 'search', fingerprint: fp, command, columns: extras.searches, ...subjects }).catch(() => undefined);
     }
-    const started = audit.begin({ fingerprint: fp, command, columns, mode: 'protected', ...subjects });
+    const started = audit.begin({ fingerprint: fp, command, columns, mode: 'protected', subjects: subjects.subjects, subjectKeyId: subjects.subjectKeyId });
     // deletions are written at completion by a wrapped handle
     if (extras.deletions.length === 0) return started;
     return { handle: withDeletions(started.handle, audit, extras.deletions, fp, command), written: started.written };
