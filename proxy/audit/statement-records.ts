@@ -168,8 +168,7 @@ export class SubjectCollector {
   take(): Subjects & { subjectsDropped?: number } {
     const seen = this.seen;
     if (seen === null || seen.size === 0) {
-      this.key = undefined;
-      this.lastType = this.lastByCell = undefined;
+      this.forgetKey();
       return {};
     }
     const out: Subjects & { subjectsDropped?: number } = { subjects: [...seen] };
@@ -177,9 +176,14 @@ export class SubjectCollector {
     if (this.dropped > 0) out.subjectsDropped = this.dropped;
     this.seen = null;
     this.dropped = 0;
-    this.key = undefined; // the next statement's values take the key current then
-    this.lastType = this.lastByCell = undefined;
+    this.forgetKey();
     return out;
+  }
+
+  /** The next statement's values take the key current then (and the cell map that goes with it). */
+  private forgetKey(): void {
+    this.key = undefined;
+    this.lastType = this.lastFormat = this.lastByCell = undefined;
   }
 }
 

@@ -559,8 +559,7 @@ export class SessionPolicy {
     let handle: StatementHandle | null = null;
     const started = this.audit
       ? this.beginIntent(this.fingerprintOf(sql, analysis), sp.commands.length === 1 ? sp.commands[0]! : sp.commands.join(';'), columns,
-        sp.targets.length === 0 ? this.ownExtras(analysis) : mergeExtras([this.ownExtras(analysis), ...sp.targets.map(targetExtras)]),
-        hashValues(this.engine.subjects, toEncrypt))
+        this.extrasOf(analysis, sp), hashValues(this.engine.subjects, toEncrypt))
       : null;
     if (started) {
       // awaits the write the record shares (no promise of its own per statement: this runs for each one)
@@ -607,6 +606,12 @@ export class SessionPolicy {
     const frozen: StatementExtras = Object.freeze({ searches: Object.freeze(x.searches) as ColumnDecision[], deletions: Object.freeze(x.deletions) as Deletion[] });
     if (shape) extrasByShape.set(shape, frozen);
     return frozen;
+  }
+
+  /** The search and deletion records of a statement text: its own statements' and those of the EXECUTEs in it. */
+  private extrasOf(analysis: Extract<Analysis, { kind: 'protected' }>, sp: SqlPrepared): StatementExtras {
+    const own = this.ownExtras(analysis);
+    return sp.targets.length === 0 ? own : mergeExtras([own, ...sp.targets.map(targetExtras)]);
   }
 
   /** A simple Query forwarded after analysis: `lastQuery` settles when it has finished. */
@@ -933,12 +938,6 @@ export class SessionPolicy {
     return out;
   }
 
-  /** The intent record, written (to the OS) before the statement runs; refused when it cannot be written. */
-  private intent(fp: string, command: string, columns: ColumnDecision[], extras: StatementExtras, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> | null {
-    const started = this.beginIntent(fp, command, columns, extras, subjects);
-    return started ? started.written.then(() => started.handle, (err: unknown) => this.intentFailed(err)) : null;
-  }
-
   /**
    * The intent record appended (with its search record), and the handle that completes it once `written` has
    * resolved; when `written` rejects, intentFailed() says what to answer.
@@ -1156,8 +1155,8 @@ export class SessionPolicy {
     const copyPlan = tplan?.copy ?? analysis.statements[0]?.copy; // a COPY FROM in protect's transition: its own
     const plan: StatementPlanInfo = {
       params, reads, columns: [...this.columnDecisions(analysis.statements, role), ...sp.targets.flatMap((t) => t.columns)],
-      command: sp.commands.join(';'), fingerprint: fingerprint(sql), declaredTypes: paramTypes,
-      extras: mergeExtras([statementExtras(direct), ...sp.targets.map((t) => t.extras)]),
+      command: sp.commands.join(';'), fingerprint: this.fingerprintOf(sql, analysis), declaredTypes: paramTypes,
+      extras: this.extrasOf(analysis, sp),
       search: searchedColumn(direct) ?? sp.targets.find((t) => t.search)?.search ?? null,
       ...(copyPlan ? { copy: copyPlan } : {}),
       ...(sp.executes.length > 0 ? { executes: sp.executes } : {}),
@@ -1559,8 +1558,10 @@ export class SessionPolicy {
     return this.executeDecision(plan, f, entry.enforced, role, handle);
   }
 
+  /** An Execute's intent record, written (to the OS) before it runs; refused when it cannot be written. */
   private intentFor(plan: StatementPlanInfo | null, subjects: Subjects = {}): Promise<StatementHandle | null | MamoriError> | null {
-    return plan ? this.intent(plan.fingerprint, plan.command, plan.columns, plan.extras, subjects) : null;
+    const started = plan ? this.beginIntent(plan.fingerprint, plan.command, plan.columns, plan.extras, subjects) : null;
+    return started ? started.written.then(() => started.handle, (err: unknown) => this.intentFailed(err)) : null;
   }
 
   /** Injects Describe(portal) before the client's Execute and returns the RowDescription (null: no rows). */
